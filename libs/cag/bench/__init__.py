@@ -1,0 +1,1 @@
+"""Benchmarks of the platform (`cag bench ...`); results are written as JSON under benchmarks/results/."""

@@ -1,0 +1,1 @@
+"""The `cag` command line."""

@@ -1,0 +1,13 @@
+"""`cag bench ttft`: the restore benchmark (see benchmarks/)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="run a benchmark and write its JSON")
+    which = p.add_subparsers(dest="bench", required=True)
+    from cag.bench import ttft
+
+    ttft.register(which)

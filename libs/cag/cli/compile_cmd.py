@@ -1,0 +1,90 @@
+"""`cag compile`: build one KV module from a source directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cag.cli.progress import RichCompileObserver
+from cag.compiler.pipeline import CompileResult, compile_module
+from cag.compiler.request import AclSpec, CompileRequest
+from cag.kvmodule import DTYPES
+from cag.settings import CagSettings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("compile", help="compile a knowledge source into a KV module")
+    p.add_argument("--model", required=True, help="catalog name or model folder")
+    p.add_argument("--tokenizer", help="catalog name or folder (default: the model's own)")
+    p.add_argument("--source", required=True, type=Path, help="directory of documents, tools/*.json, golden.json")
+    p.add_argument("--layout", required=True, type=Path, help="layout JSON file")
+    p.add_argument("--acl", required=True, help="public | tenant:<t>[:<route>] | workspace:<t>:<w> | user:<t>:<u>")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--parent", action="append", default=[], type=Path, help="parent module file (repeat for a chain)")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--route", help="route name (default: from --acl or the source directory name)")
+    p.add_argument("--created-at", help="ISO date of the module (default: SOURCE_DATE_EPOCH or newest 'updated')")
+    p.add_argument("--ttl-days", type=int, help="module expires this many days after created_at")
+    p.add_argument("--storage-prefix", help="URI prefix recorded as storage_uri (default: --out)")
+    p.add_argument(
+        "--keep-failed", action="store_true", help="write the module even when golden tests fail (unpublishable)"
+    )
+    p.set_defaults(run=run)
+
+
+def _created_at(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    return datetime.fromtimestamp(int(epoch), UTC).isoformat() if epoch else None
+
+
+def run(args: argparse.Namespace, settings: CagSettings) -> int:
+    request = CompileRequest(
+        model=args.model,
+        tokenizer=args.tokenizer,
+        source=args.source,
+        layout=args.layout,
+        acl=AclSpec.parse(args.acl),
+        out=args.out,
+        parents=tuple(args.parent),
+        dtype=args.dtype,
+        route=args.route,
+        created_at=_created_at(args.created_at),
+        ttl_days=args.ttl_days,
+        storage_prefix=args.storage_prefix,
+        keep_failed=args.keep_failed,
+    )
+    console = Console(stderr=True)
+    with RichCompileObserver(console) as observer:
+        result = compile_module(request, models_dir=settings.models_dir, observer=observer)
+    console.print(summary_table(result))
+    if not result.publishable:
+        console.print("[red]golden questions failed: the module is marked failed and cannot be published[/red]")
+        return 4
+    return 0
+
+
+def summary_table(result: CompileResult) -> Table:
+    m = result.metadata
+    table = Table(title=f"module {m.module_id}", show_header=False)
+    passed = sum(r.passed for r in result.golden)
+    rows = [
+        ("file", str(result.path)),
+        ("route / tenant / acl", f"{m.route} / {m.tenant_id} / {m.acl_scope.value}"),
+        ("tokens", f"{m.token_count:,} (on a parent chain of {result.parent_tokens:,})"),
+        ("model", f"{m.model_name} rev {m.model_revision[:12]} · tokenizer {m.tokenizer_revision[:12]} · {m.dtype}"),
+        ("layout", f"{m.layout_id} ({m.layout_hash[:12]})"),
+        ("context checksum", m.context_checksum[:16]),
+        ("golden", f"{m.golden_status.value}: {passed}/{len(result.golden)} passed"),
+        ("prefill", f"{result.prefill_seconds:.2f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table

@@ -1,0 +1,185 @@
+"""A Llama forward pass over token-major preallocated KV buffers (the torch reference model).
+
+Written as short steps in the style of gpt-fast so the KV layout is ours: the
+cache rows a prefill writes are exactly the rows a KV module stores, and
+restoring a module is a copy into those rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from cag.engine.cache import KVCache, KVShape
+from cag.errors import UnknownModelError
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    max_positions: int
+    tie_word_embeddings: bool
+
+    @property
+    def group_size(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def rope_fingerprint(self) -> str:
+        return f"rope=default:theta={self.rope_theta:g}:dim={self.head_dim}"
+
+    @classmethod
+    def from_hf(cls, config: dict[str, object]) -> LlamaConfig:
+        if config.get("model_type") != "llama":
+            raise UnknownModelError(f"model_type {config.get('model_type')!r} is not supported (llama only)")
+        rope = config.get("rope_parameters") or {"rope_type": "default", "rope_theta": config.get("rope_theta")}
+        assert isinstance(rope, dict)
+        if rope.get("rope_type", "default") != "default" or config.get("attention_bias") or config.get("mlp_bias"):
+            raise UnknownModelError("only plain Llama (default RoPE, no biases) is supported by the torch engine")
+        hidden = _int(config, "hidden_size")
+        heads = _int(config, "num_attention_heads")
+        return cls(
+            vocab_size=_int(config, "vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=_int(config, "intermediate_size"),
+            layers=_int(config, "num_hidden_layers"),
+            heads=heads,
+            kv_heads=_int(config, "num_key_value_heads"),
+            head_dim=int(str(config.get("head_dim") or hidden // heads)),
+            rope_theta=float(str(rope["rope_theta"])),
+            rms_norm_eps=float(str(config["rms_norm_eps"])),
+            max_positions=_int(config, "max_position_embeddings"),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+
+def _int(config: dict[str, object], key: str) -> int:
+    return int(str(config[key]))
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: torch.Tensor  # [hidden]
+    wqkv: torch.Tensor  # [(heads + 2*kv_heads) * head_dim, hidden]
+    wo: torch.Tensor  # [hidden, heads * head_dim]
+    mlp_norm: torch.Tensor  # [hidden]
+    w_gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    w_down: torch.Tensor  # [hidden, intermediate]
+
+
+class LlamaModel:
+    """Weights plus the forward step; holds no per-request state."""
+
+    def __init__(self, config: LlamaConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+        self.config = config
+        self.dtype = dtype
+
+        def w(name: str) -> torch.Tensor:
+            return weights[name].to(dtype).contiguous()
+
+        self.embed = w("model.embed_tokens.weight")  # [vocab, hidden]
+        self.final_norm = w("model.norm.weight")
+        self.lm_head = self.embed if config.tie_word_embeddings else w("lm_head.weight")
+        self.layers = [self._layer(w, i) for i in range(config.layers)]
+        inv_freq = 1.0 / (
+            config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim)
+        )
+        angles = torch.outer(torch.arange(config.max_positions, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # [positions, head_dim]
+        self.cos = angles.cos().to(dtype)
+        self.sin = angles.sin().to(dtype)
+
+    @staticmethod
+    def _layer(w: Callable[[str], torch.Tensor], i: int) -> LayerWeights:
+        p = f"model.layers.{i}."
+        return LayerWeights(
+            attn_norm=w(p + "input_layernorm.weight"),
+            wqkv=torch.cat([w(p + f"self_attn.{n}_proj.weight") for n in "qkv"]),
+            wo=w(p + "self_attn.o_proj.weight"),
+            mlp_norm=w(p + "post_attention_layernorm.weight"),
+            w_gate_up=torch.cat([w(p + "mlp.gate_proj.weight"), w(p + "mlp.up_proj.weight")]),
+            w_down=w(p + "mlp.down_proj.weight"),
+        )
+
+    @classmethod
+    def load(cls, folder: Path, dtype: torch.dtype) -> LlamaModel:
+        config = LlamaConfig.from_hf(json.loads((folder / "config.json").read_text()))
+        weights: dict[str, torch.Tensor] = {}
+        for shard in sorted(folder.glob("*.safetensors")):
+            weights.update(load_file(shard))
+        return cls(config, weights, dtype)
+
+    @property
+    def kv_shape(self) -> KVShape:
+        c = self.config
+        return KVShape(layers=c.layers, kv_heads=c.kv_heads, head_dim=c.head_dim, dtype=self.dtype)
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
+        return weight * xf.to(self.dtype)
+
+    def _rope(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        # x: [S, n_heads, head_dim]
+        s, half = x.shape[0], x.shape[-1] // 2
+        cos = self.cos[start : start + s, None, :]  # [S, 1, D]
+        sin = self.sin[start : start + s, None, :]
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def _attention(self, layer: int, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+        c, lw = self.config, self.layers[layer]
+        s = x.shape[0]
+        sizes = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim]
+        q, k, v = torch.split(F.linear(x, lw.wqkv), sizes, dim=-1)
+        q = self._rope(q.view(s, c.heads, c.head_dim), start)  # [S, H, D]
+        cache.k[layer, start : start + s] = self._rope(k.view(s, c.kv_heads, c.head_dim), start)
+        cache.v[layer, start : start + s] = v.view(s, c.kv_heads, c.head_dim)
+        end = start + s
+        keys = cache.k[layer, :end].transpose(0, 1)  # [KV, N, D], a strided view, no copy
+        values = cache.v[layer, :end].transpose(0, 1)
+        # Grouped-query attention without repeating K/V: the query heads sharing a KV head are
+        # stacked along the query axis, so each KV head attends for group*S query rows.
+        g = c.group_size
+        qg = q.view(s, c.kv_heads, g, c.head_dim).permute(1, 2, 0, 3).reshape(c.kv_heads, g * s, c.head_dim)
+        mask = None
+        if s > 1:
+            positions = torch.arange(start, end)
+            future = torch.arange(end)[None, :] > positions[:, None]  # [S, N]
+            # An additive float mask takes a faster SDPA path on CPU than a boolean one.
+            mask = torch.zeros(s, end, dtype=self.dtype).masked_fill_(future, float("-inf")).repeat(g, 1)  # [g*S, N]
+        out = F.scaled_dot_product_attention(qg[None], keys[None], values[None], attn_mask=mask)[0]
+        out = out.view(c.kv_heads, g, s, c.head_dim).permute(2, 0, 1, 3).reshape(s, c.heads * c.head_dim)
+        return F.linear(out, lw.wo)
+
+    def _mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        lw = self.layers[layer]
+        gate, up = F.linear(x, lw.w_gate_up).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, lw.w_down)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Append `tokens` ([S] int64) to the cache; returns logits of the last position: [vocab]."""
+        start = cache.length
+        cache.reserve(tokens.shape[0])
+        x = self.embed[tokens]  # [S, hidden]
+        for layer, lw in enumerate(self.layers):
+            x = x + self._attention(layer, self._rms_norm(x, lw.attn_norm), cache, start)
+            x = x + self._mlp(layer, self._rms_norm(x, lw.mlp_norm))
+        cache.length = start + tokens.shape[0]
+        last = self._rms_norm(x[-1:], self.final_norm)
+        return F.linear(last, self.lm_head)[0].float()

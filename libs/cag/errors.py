@@ -1,0 +1,87 @@
+"""The one domain error hierarchy of the platform.
+
+Each error carries a `status` naming the gRPC status code it maps to, so the
+gRPC interceptor (and the CLI's exit codes) translate errors in one place
+without the core importing grpc.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    DATA_LOSS = "DATA_LOSS"
+    UNAVAILABLE = "UNAVAILABLE"
+    ABORTED = "ABORTED"
+
+
+class CagError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+    status: Status = Status.FAILED_PRECONDITION
+
+
+class InvalidInputError(CagError):
+    status = Status.INVALID_ARGUMENT
+
+
+class SourceError(InvalidInputError):
+    """The knowledge source is missing, empty or malformed."""
+
+
+class LayoutError(InvalidInputError):
+    """A layout file is not valid JSON or violates the layout schema."""
+
+
+class QueryError(InvalidInputError):
+    """A query cannot be placed into the prompt layout."""
+
+
+class ContextWindowExceededError(InvalidInputError):
+    """The rendered prompt does not fit the model's context window."""
+
+
+class UnknownModelError(CagError):
+    status = Status.NOT_FOUND
+
+
+class UnknownLayoutError(CagError):
+    status = Status.NOT_FOUND
+
+
+class KVModuleNotFoundError(CagError):
+    status = Status.NOT_FOUND
+
+
+class ModuleMismatchError(CagError):
+    """A module was built for another model, tokenizer, layout, dtype or parent."""
+
+    status = Status.FAILED_PRECONDITION
+
+    def __init__(self, field: str, expected: str, actual: str, *, module: str = "") -> None:
+        self.field = field
+        self.expected = expected
+        self.actual = actual
+        where = f"module {module}: " if module else ""
+        super().__init__(f"{where}{field} mismatch: module has {actual!r}, engine expects {expected!r}")
+
+
+class ModuleCorruptedError(CagError):
+    """A module file failed checksum or structure verification; it is never served."""
+
+    status = Status.DATA_LOSS
+
+
+class GoldenTestsFailedError(CagError):
+    status = Status.FAILED_PRECONDITION
+
+
+class ChainError(CagError):
+    """Modules given as a chain do not link up (a parent is missing or does not match)."""
+
+    status = Status.FAILED_PRECONDITION

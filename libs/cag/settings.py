@@ -1,0 +1,25 @@
+"""Typed settings shared by the command line and every service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "cag"
+
+
+class CagSettings(BaseSettings):
+    """Where the platform keeps converted models and its run directory (env prefix `CAG_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAG_")
+
+    home: Path = Field(default_factory=_default_home)
+    num_threads: int | None = None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"

@@ -1,0 +1,1 @@
+"""The compiler: static knowledge in, verified KV modules out."""

@@ -1,0 +1,186 @@
+"""The compile pipeline: canonical source → layout → tokens → KV on top of the parent chain → golden tests → module.
+
+Pure core: no printing, no argument parsing. Progress goes to an observer, which the
+CLI renders as a progress bar and the compiler service will stream over gRPC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from transformers import AutoTokenizer
+
+from cag.canonical import chain_hash, context_checksum, load_source, source_checksum
+from cag.compiler.golden import GoldenResult, results_json, run_golden
+from cag.compiler.request import CompileRequest, expires_at, resolve_created_at
+from cag.engine import Engine, load_engine
+from cag.errors import ContextWindowExceededError, GoldenTestsFailedError
+from cag.kvmodule import GoldenStatus, ModuleFile, ModuleMetadata, order_chain, write_module
+from cag.layout import PromptLayout, layout_hash, layout_json, load_layout
+from cag.models import ModelFiles, resolve_model, resolve_tokenizer
+
+PREFILL_CHUNK = 256
+
+
+class CompileObserver(Protocol):
+    def stage(self, name: str) -> None: ...
+    def prefill_started(self, total_tokens: int) -> None: ...
+    def prefill_advanced(self, tokens: int) -> None: ...
+    def golden_result(self, result: GoldenResult) -> None: ...
+
+
+class SilentObserver:
+    def stage(self, name: str) -> None:
+        pass
+
+    def prefill_started(self, total_tokens: int) -> None:
+        pass
+
+    def prefill_advanced(self, tokens: int) -> None:
+        pass
+
+    def golden_result(self, result: GoldenResult) -> None:
+        pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompileResult:
+    metadata: ModuleMetadata
+    path: Path | None  # None when golden tests failed and nothing was written
+    parent_tokens: int
+    golden: list[GoldenResult] = field(default_factory=list)
+    prefill_seconds: float = 0.0
+
+    @property
+    def publishable(self) -> bool:
+        return self.path is not None and self.metadata.golden_status is not GoldenStatus.FAILED
+
+
+def module_id_for(*, context: str, tenant_id: str, route: str, acl: str) -> str:
+    digest = hashlib.sha256(f"{context}\0{tenant_id}\0{route}\0{acl}".encode()).hexdigest()
+    return f"{route}-{digest[:16]}"
+
+
+def compile_module(
+    request: CompileRequest,
+    *,
+    models_dir: Path,
+    engine: Engine | None = None,
+    observer: CompileObserver | None = None,
+) -> CompileResult:
+    """Build one module; raises a CagError on bad input, GoldenTestsFailedError when goldens fail."""
+    obs = observer or SilentObserver()
+    obs.stage("reading source and layout")
+    layout = load_layout(request.layout)
+    bundle = load_source(request.source, layout.section_order)
+    model = resolve_tokenizer(request.tokenizer, resolve_model(request.model, models_dir), models_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path)
+    prompt = PromptLayout(layout, tokenizer)
+    parents = order_chain([ModuleFile.open(p) for p in request.parents]) if request.parents else []
+    is_root = not parents
+    tokens = prompt.module_tokens(prompt.module_content(bundle, is_root=is_root), is_root=is_root)
+    parent_tokens = sum(p.token_count for p in parents)
+    _check_context_window(model, request, parent_tokens, len(tokens), layout.max_query_tokens)
+
+    obs.stage("loading model")
+    engine = engine or load_engine("torch", model, request.dtype)
+    the_layout_hash = layout_hash(layout)
+    for parent in parents:
+        engine.identity.check(parent.metadata, layout_hash=the_layout_hash)
+        parent.verify()
+    reserve = len(tokens) + layout.max_query_tokens + request.golden_max_new_tokens
+    obs.stage("prefilling")
+    cache = engine.restore(parents, reserve=reserve) if parents else engine.prefill([], reserve=reserve)
+    obs.prefill_started(len(tokens))
+    started = time.perf_counter()
+    engine.prefill(tokens, cache, chunk_size=PREFILL_CHUNK, on_progress=obs.prefill_advanced)
+    prefill_seconds = time.perf_counter() - started
+
+    obs.stage("running golden questions")
+    golden = run_golden(
+        bundle.golden,
+        engine=engine,
+        cache=cache,
+        suffix_tokens=prompt.suffix_tokens,
+        decode=prompt.decode,
+        max_new_tokens=request.golden_max_new_tokens,
+        on_result=obs.golden_result,
+    )
+    status = GoldenStatus.NONE if not golden else GoldenStatus("passed" if all(r.passed for r in golden) else "failed")
+    parent_chain = parents[-1].metadata.chain_hash if parents else None
+    context = context_checksum(
+        source_checksum=source_checksum(bundle),
+        layout_hash=the_layout_hash,
+        model_revision=model.model_revision,
+        tokenizer_revision=model.tokenizer_revision,
+        parent_chain_hash=parent_chain,
+        dtype=request.dtype,
+    )
+    route = request.route_name
+    module_id = module_id_for(
+        context=context, tenant_id=request.acl.tenant_id, route=route, acl=request.acl.scope.value
+    )
+    created = resolve_created_at(request.created_at, bundle.updated)
+    filename = f"{module_id}.safetensors"
+    prefix = request.storage_prefix or request.out.as_posix()
+    identity = engine.identity
+    metadata = ModuleMetadata(
+        module_id=module_id,
+        tenant_id=request.acl.tenant_id,
+        route=route,
+        model_name=identity.model_name,
+        model_revision=identity.model_revision,
+        tokenizer_revision=identity.tokenizer_revision,
+        context_checksum=context,
+        source_checksum=source_checksum(bundle),
+        token_count=len(tokens),
+        dtype=request.dtype,  # type: ignore[arg-type]  # validated by CompileRequest
+        storage_uri=f"{prefix.rstrip('/')}/{filename}",
+        acl_scope=request.acl.scope,
+        acl_principal=request.acl.principal,
+        created_at=created,
+        expires_at=expires_at(created, request.ttl_days),
+        layout_id=layout.name,
+        layout_hash=the_layout_hash,
+        layout=layout_json(layout),
+        parent_id=parents[-1].metadata.module_id if parents else None,
+        parent_chain_hash=parent_chain,
+        chain_hash=chain_hash(parent_chain_hash=parent_chain, context_checksum=context),
+        engine_fingerprint=identity.engine_fingerprint,
+        golden_status=status,
+        golden_results=results_json(golden),
+    )
+    if status is GoldenStatus.FAILED and not request.keep_failed:
+        failed = [r for r in golden if not r.passed]
+        raise GoldenTestsFailedError(_golden_failure_message(failed, len(golden)))
+    k, v = cache.rows(parent_tokens, parent_tokens + len(tokens))
+    written = write_module(request.out / filename, metadata, k, v, tokens)
+    return CompileResult(
+        metadata=written,
+        path=request.out / filename,
+        parent_tokens=parent_tokens,
+        golden=golden,
+        prefill_seconds=prefill_seconds,
+    )
+
+
+def _check_context_window(model: ModelFiles, request: CompileRequest, parent: int, module: int, query: int) -> None:
+    reserved = query + request.golden_max_new_tokens
+    needed = parent + module + reserved
+    if needed > model.context_window:
+        raise ContextWindowExceededError(
+            f"source {request.source} renders to {module:,} tokens on top of a parent chain of {parent:,}; "
+            f"with {reserved:,} reserved for the query and answer that is {needed:,} tokens, "
+            f"but {model.name} accepts at most {model.context_window:,}. Split the source into smaller modules."
+        )
+
+
+def _golden_failure_message(failed: list[GoldenResult], total: int) -> str:
+    lines = [f"{len(failed)} of {total} golden questions failed; the module was not written:"]
+    for r in failed:
+        lines.append(f"  - {r.question!r}: expected {list(r.expect)}, answered {r.answer!r}")
+    return "\n".join(lines)

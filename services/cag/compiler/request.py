@@ -1,0 +1,92 @@
+"""What a compile is asked to do, validated before any model is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cag.errors import InvalidInputError
+from cag.kvmodule import DTYPES, AclScope
+
+
+@dataclass(frozen=True, kw_only=True)
+class AclSpec:
+    """`public`, `tenant:<tenant>[:<route>]`, `workspace:<tenant>:<workspace>` or `user:<tenant>:<user>`."""
+
+    scope: AclScope
+    tenant_id: str
+    principal: str  # the workspace or user id for those scopes, else ""
+    route_hint: str
+
+    @classmethod
+    def parse(cls, text: str) -> AclSpec:
+        parts = text.split(":")
+        try:
+            scope = AclScope(parts[0])
+        except ValueError:
+            raise InvalidInputError(f"--acl {text!r}: scope must be one of {[s.value for s in AclScope]}") from None
+        if scope is AclScope.PUBLIC:
+            if len(parts) > 1:
+                raise InvalidInputError(f"--acl {text!r}: 'public' takes no qualifier")
+            return cls(scope=scope, tenant_id="public", principal="", route_hint="")
+        if len(parts) < 2 or not all(parts[1:]) or len(parts) > 3:
+            raise InvalidInputError(f"--acl {text!r}: expected {scope.value}:<tenant>[:<qualifier>]")
+        qualifier = parts[2] if len(parts) == 3 else ""
+        if scope is not AclScope.TENANT and not qualifier:
+            raise InvalidInputError(f"--acl {text!r}: {scope.value} scope needs {scope.value}:<tenant>:<id>")
+        if scope is AclScope.TENANT:
+            return cls(scope=scope, tenant_id=parts[1], principal="", route_hint=qualifier)
+        return cls(scope=scope, tenant_id=parts[1], principal=qualifier, route_hint="")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompileRequest:
+    model: str
+    tokenizer: str | None
+    source: Path
+    layout: Path
+    acl: AclSpec
+    out: Path
+    parents: tuple[Path, ...] = ()
+    dtype: str = "fp32"
+    route: str | None = None
+    created_at: str | None = None
+    ttl_days: int | None = None
+    storage_prefix: str | None = None
+    keep_failed: bool = False
+    golden_max_new_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InvalidInputError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.ttl_days is not None and self.ttl_days < 1:
+            raise InvalidInputError("--ttl-days must be at least 1")
+
+    @property
+    def route_name(self) -> str:
+        return self.route or self.acl.route_hint or self.source.resolve().name
+
+
+def resolve_created_at(explicit: str | None, knowledge_date: str | None) -> str:
+    """The module's date: explicit (the CLI maps SOURCE_DATE_EPOCH here), else the knowledge's newest `updated` date.
+
+    Only when none exists is the wall clock used, and then the file is not reproducible.
+    """
+    if explicit:
+        return _iso(datetime.fromisoformat(explicit))
+    if knowledge_date:
+        return _iso(datetime.fromisoformat(knowledge_date))
+    return _iso(datetime.now(UTC))
+
+
+def expires_at(created_at: str, ttl_days: int | None) -> str | None:
+    if ttl_days is None:
+        return None
+    return _iso(datetime.fromisoformat(created_at) + timedelta(days=ttl_days))
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,82 @@
+"""Session fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cag.compiler.pipeline import CompileResult, compile_module
+from cag.compiler.request import AclSpec, CompileRequest
+from cag.engine import Engine, load_engine
+from cag.models import SMOLLM2, TINY, ModelFiles, resolve_model
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """Converted models are cached across runs (CAG_HOME, as the Makefile sets it)."""
+    home = Path(os.environ.get("CAG_HOME", REPO / ".cag"))
+    return home / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir: Path) -> ModelFiles:
+    return resolve_model(TINY, models_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2(models_dir: Path) -> ModelFiles:
+    return resolve_model(SMOLLM2, models_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model: ModelFiles) -> Engine:
+    return load_engine("torch", tiny_model, "fp32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2: ModelFiles) -> Engine:
+    return load_engine("torch", smollm2, "fp32")
+
+
+LAYOUT = EXAMPLES / "layouts" / "support_agent.v1.json"
+KNOWLEDGE = EXAMPLES / "knowledge"
+
+
+def compile_example(
+    source: Path, out: Path, *, model: str, engine: Engine, models_dir: Path, parents: tuple[Path, ...] = (), **kw: Any
+) -> CompileResult:
+    """Compile a demo source as tenant `acme`; golden failures are kept (the tiny model answers nonsense)."""
+    request = CompileRequest(
+        model=model,
+        tokenizer=None,
+        source=source,
+        layout=kw.pop("layout", LAYOUT),
+        acl=AclSpec.parse(kw.pop("acl", "tenant:acme")),
+        out=out,
+        parents=parents,
+        keep_failed=kw.pop("keep_failed", True),
+        **kw,
+    )
+    return compile_module(request, models_dir=models_dir, engine=engine)
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tmp_path_factory: pytest.TempPathFactory, tiny_engine: Engine, models_dir: Path) -> tuple[Path, Path]:
+    """(shared root module, billing child module) compiled with the tiny model."""
+    out = tmp_path_factory.mktemp("tiny-chain")
+    shared = compile_example(KNOWLEDGE / "shared", out, model=TINY, engine=tiny_engine, models_dir=models_dir)
+    assert shared.path is not None
+    child = compile_example(
+        KNOWLEDGE / "billing", out, model=TINY, engine=tiny_engine, models_dir=models_dir, parents=(shared.path,)
+    )
+    assert child.path is not None
+    return shared.path, child.path

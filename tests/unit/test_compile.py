@@ -1,0 +1,135 @@
+"""The compiler: reproducible output, golden gates, and every kind of bad input refused cleanly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cag.compiler.pipeline import CompileResult
+from cag.engine import Engine
+from cag.errors import (
+    ContextWindowExceededError,
+    GoldenTestsFailedError,
+    InvalidInputError,
+    LayoutError,
+    SourceError,
+    UnknownLayoutError,
+    UnknownModelError,
+)
+from cag.kvmodule import GoldenStatus, ModuleFile
+from cag.models import TINY
+from tests.conftest import KNOWLEDGE, compile_example
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+CompileTiny = Callable[..., CompileResult]
+
+
+@pytest.fixture
+def compile_tiny(tiny_engine: Engine, models_dir: Path, tmp_path: Path) -> CompileTiny:
+    """Compile a source with the tiny model into tmp_path/out unless `out=` says otherwise."""
+
+    def run(source: Path, out: Path | None = None, **kw: Any) -> CompileResult:
+        return compile_example(
+            source, out or tmp_path / "out", model=TINY, engine=tiny_engine, models_dir=models_dir, **kw
+        )
+
+    return run
+
+
+def test_same_inputs_give_a_byte_identical_module(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    first = compile_tiny(KNOWLEDGE / "shared", out=tmp_path / "a", storage_prefix="s3://kv/acme")
+    second = compile_tiny(KNOWLEDGE / "shared", out=tmp_path / "b", storage_prefix="s3://kv/acme")
+    assert first.path.name == second.path.name
+    assert _sha(first.path) == _sha(second.path)
+
+
+def test_changed_source_changes_identity(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(KNOWLEDGE / "shared", source)
+    before = compile_tiny(source).metadata
+    guidelines = source / "guidelines.md"
+    guidelines.write_text(guidelines.read_text() + "\nAlways sign off politely.\n")
+    after = compile_tiny(source).metadata
+    assert before.context_checksum != after.context_checksum
+    assert before.module_id != after.module_id
+
+
+def test_golden_failure_writes_nothing_and_says_why(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    with pytest.raises(GoldenTestsFailedError, match="golden questions failed") as caught:
+        compile_tiny(KNOWLEDGE / "billing", keep_failed=False)
+    assert "expected" in str(caught.value)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_keep_failed_writes_an_unpublishable_module_with_results(compile_tiny: CompileTiny) -> None:
+    result = compile_tiny(KNOWLEDGE / "billing", keep_failed=True)
+    assert not result.publishable
+    meta = ModuleFile.open(result.path).metadata
+    assert meta.golden_status is GoldenStatus.FAILED
+    recorded = json.loads(meta.golden_results)
+    assert len(recorded) == len(json.loads((KNOWLEDGE / "billing" / "golden.json").read_text()))
+    assert {"question", "expect", "answer", "passed"} <= recorded[0].keys()
+
+
+def test_empty_source_is_refused(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="empty"):
+        compile_tiny(tmp_path / "empty")
+
+
+def test_missing_source_is_refused(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    with pytest.raises(SourceError):
+        compile_tiny(tmp_path / "absent")
+
+
+def test_source_over_the_context_window_gives_counts_and_limit(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "manual.md").write_text("# Manual\n\n" + "The warranty covers parts and labour for two years. " * 900)
+    with pytest.raises(ContextWindowExceededError, match=r"4,096") as caught:
+        compile_tiny(big)
+    assert "tokens" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_model_is_refused(tiny_engine: Engine, models_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match="no-such-model"):
+        compile_example(
+            KNOWLEDGE / "shared", tmp_path, model="no-such-model", engine=tiny_engine, models_dir=models_dir
+        )
+
+
+def test_unknown_layout_is_refused(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    with pytest.raises(UnknownLayoutError):
+        compile_tiny(KNOWLEDGE / "shared", layout=tmp_path / "missing.json")
+
+
+def test_invalid_layout_json_is_refused_with_position(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format_version": 1, "layout_id": "x",')
+    with pytest.raises(LayoutError, match=r"bad.json:1:"):
+        compile_tiny(KNOWLEDGE / "shared", layout=bad)
+
+
+@pytest.mark.parametrize("acl", ["secret", "tenant", "workspace:acme", "public:acme", "user::bob"])
+def test_malformed_acl_is_refused(compile_tiny: CompileTiny, acl: str) -> None:
+    with pytest.raises(InvalidInputError, match="--acl"):
+        compile_tiny(KNOWLEDGE / "shared", acl=acl)
+
+
+def test_child_compiles_on_top_of_its_parent(tiny_chain: tuple[Path, Path]) -> None:
+    root, child = (ModuleFile.open(p).metadata for p in tiny_chain)
+    assert child.parent_id == root.module_id
+    assert child.parent_chain_hash == root.chain_hash
+    assert child.chain_hash != root.chain_hash
+    assert child.layout_hash == root.layout_hash
