@@ -18,13 +18,15 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+# The CLI under test reads its settings from the environment, like a user's shell.
+os.environ.setdefault("CAG_HOME", str(REPO / ".cag"))
+os.environ.setdefault("CAG_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """Converted models are cached across runs (CAG_HOME, as the Makefile sets it)."""
-    home = Path(os.environ.get("CAG_HOME", REPO / ".cag"))
-    return home / "models"
+    return Path(os.environ["CAG_HOME"]) / "models"
 
 
 @pytest.fixture(scope="session")
