@@ -13,6 +13,7 @@ from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import Engine, load_engine
 from cag.models import SMOLLM2, TINY, ModelFiles, resolve_model
+from tests.infra_fixtures import fresh_database, infra  # noqa: F401  (real Postgres and NATS)
 
 torch.set_num_threads(1)
 

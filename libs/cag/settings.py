@@ -23,3 +23,8 @@ class CagSettings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where `cag infra up` keeps its servers' data, logs and state."""
+        return self.home / "run"

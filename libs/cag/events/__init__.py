@@ -1,0 +1,1 @@
+"""Events on the NATS backbone: subjects, versioned schemas, publishing and idempotent consumption."""

@@ -1,0 +1,1 @@
+"""The registry: modules, versions, states, routes and the outbox, on Postgres."""

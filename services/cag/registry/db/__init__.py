@@ -1,0 +1,1 @@
+"""Postgres persistence of the registry: schema, migrations and the repository."""

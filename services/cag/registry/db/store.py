@@ -1,0 +1,270 @@
+"""The registry store on Postgres. Every state change writes its outbox events in the same transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cag.errors import InvalidInputError
+from cag.events.schemas import Envelope
+from cag.registry.db.convert import record_of, row_values
+from cag.registry.db.schema import (
+    LayoutRow,
+    ModelRevisionRow,
+    ModuleRow,
+    OutboxRow,
+    ProcessedEventRow,
+    RouteRow,
+    SourceRow,
+)
+from cag.registry.records import ModuleChange, ModuleRecord
+from cag.registry.states import ALLOWED, LIVE, IllegalTransitionError, ModuleState, check_transition
+from cag.registry.store import (
+    AlreadyRegisteredError,
+    ConcurrentPublishError,
+    ListQuery,
+    RegistryNotFoundError,
+    RegistryStore,
+    RouteResolution,
+    encode_page_token,
+    module_event,
+    trigger_reason,
+)
+from cag.registry.triggers import (
+    AclChanged,
+    LayoutChanged,
+    ModelRevised,
+    ModuleWithdrawn,
+    SourceChanged,
+    TokenizerRetired,
+    Trigger,
+    TtlElapsed,
+)
+
+M = ModuleRow
+
+
+def trigger_predicate(trigger: Trigger) -> ColumnElement[bool]:
+    """The SQL twin of `trigger.selects` (the conformance suite checks they agree)."""
+    match trigger:
+        case SourceChanged():
+            return and_(M.tenant_id == trigger.tenant_id, M.source_uri == trigger.source_uri,
+                        M.source_checksum != trigger.checksum)  # fmt: skip
+        case ModelRevised():
+            return and_(M.model_name == trigger.model_name, M.model_revision != trigger.model_revision)
+        case TokenizerRetired():
+            return M.tokenizer_revision == trigger.tokenizer_revision
+        case AclChanged():
+            clause = and_(M.tenant_id == trigger.tenant_id, M.acl_scope == trigger.scope.value)
+            return and_(clause, M.acl_principal == trigger.principal) if trigger.principal else clause
+        case LayoutChanged():
+            return and_(M.layout_id == trigger.layout_id, M.layout_hash != trigger.layout_hash)
+        case ModuleWithdrawn():
+            return M.module_id == trigger.module_id
+        case TtlElapsed():
+            return and_(M.expires_at.is_not(None), M.expires_at <= trigger.now)
+    raise AssertionError(f"unhandled trigger {trigger!r}")
+
+
+class PostgresStore(RegistryStore):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def _records(self, session: AsyncSession, rows: Sequence[ModuleRow]) -> list[ModuleRecord]:
+        hashes = {r.layout_hash for r in rows}
+        layouts = {}
+        if hashes:
+            found = await session.execute(select(LayoutRow).where(LayoutRow.layout_hash.in_(hashes)))
+            layouts = {row.layout_hash: row.body for row in found.scalars()}
+        return [record_of(r, layouts[r.layout_hash]) for r in rows]
+
+    async def _row(self, session: AsyncSession, module_id: str, *, lock: bool = False) -> ModuleRow:
+        query = select(ModuleRow).where(ModuleRow.module_id == module_id)
+        row = (await session.execute(query.with_for_update() if lock else query)).scalar_one_or_none()
+        if row is None:
+            raise RegistryNotFoundError(f"module {module_id} is not registered")
+        return row
+
+    @staticmethod
+    def _outbox(session: AsyncSession, envelope: Envelope, module_id: str | None) -> None:
+        session.add(OutboxRow(event_id=envelope.event_id, subject=envelope.subject, module_id=module_id,
+                              envelope=envelope.model_dump(mode="json"), attempts=0))  # fmt: skip
+
+    async def register(self, record: ModuleRecord) -> ModuleRecord:
+        m = record.metadata
+        async with self.sessions.begin() as session:
+            existing = await session.get(ModuleRow, m.module_id)
+            if existing is not None:
+                if existing.tensor_sha256 != m.tensor_sha256:
+                    raise AlreadyRegisteredError(f"module {m.module_id} is registered with different content")
+                return (await self._records(session, [existing]))[0]
+            if m.parent_id is not None:
+                await self._row(session, m.parent_id)  # the parent must be registered first
+            await session.execute(insert(LayoutRow).values(layout_hash=m.layout_hash, layout_id=m.layout_id,
+                                                           body=json.loads(m.layout)).on_conflict_do_nothing())  # fmt: skip
+            await session.execute(
+                insert(SourceRow).values(tenant_id=m.tenant_id, uri=record.source_uri, checksum=m.source_checksum)
+                .on_conflict_do_update(index_elements=["tenant_id", "uri"], set_={"checksum": m.source_checksum,
+                                                                                  "updated_at": func.now()})
+            )  # fmt: skip
+            await session.execute(insert(ModelRevisionRow).values(
+                model_name=m.model_name, model_revision=m.model_revision, tokenizer_revision=m.tokenizer_revision
+            ).on_conflict_do_nothing())  # fmt: skip
+            row = ModuleRow(**row_values(record))
+            session.add(row)
+            await session.flush()
+            await session.refresh(row)
+            return (await self._records(session, [row]))[0]
+
+    async def get(self, module_id: str) -> ModuleRecord:
+        async with self.sessions() as session:
+            return (await self._records(session, [await self._row(session, module_id)]))[0]
+
+    async def list_modules(self, query: ListQuery) -> tuple[list[ModuleRecord], str]:
+        stmt = select(ModuleRow).order_by(ModuleRow.module_id).limit(query.page_size + 1)
+        filters = {"tenant_id": query.tenant_id, "route": query.route, "model_name": query.model_name,
+                   "layout_id": query.layout_id, "state": query.state.value if query.state else None}  # fmt: skip
+        for column, value in filters.items():
+            if value is not None:
+                stmt = stmt.where(getattr(ModuleRow, column) == value)
+        if query.after is not None:
+            stmt = stmt.where(ModuleRow.module_id > query.after)
+        async with self.sessions() as session:
+            rows = list((await session.execute(stmt)).scalars())
+            page = await self._records(session, rows[: query.page_size])
+        more = len(rows) > query.page_size
+        return page, encode_page_token(page[-1].module_id) if more else ""
+
+    async def publish(self, module_id: str) -> ModuleRecord:
+        try:
+            async with self.sessions.begin() as session:
+                row = await self._row(session, module_id, lock=True)
+                if row.state == ModuleState.PUBLISHED:
+                    return (await self._records(session, [row]))[0]
+                check_transition(module_id, ModuleState(row.state), ModuleState.PUBLISHED)
+                latest = await session.scalar(select(func.max(ModuleRow.version)).where(
+                    ModuleRow.tenant_id == row.tenant_id, ModuleRow.route == row.route))  # fmt: skip
+                row.version = (latest or 0) + 1
+                row.state = ModuleState.PUBLISHED
+                row.published_at = row.state_changed_at = datetime.now(UTC)
+                await session.flush()
+                await self._activate(session, row)
+                record = (await self._records(session, [row]))[0]
+                self._outbox(session, module_event(record, reason="published"), module_id)
+                return record
+        except IntegrityError as e:
+            raise ConcurrentPublishError(
+                f"module {module_id}: another module took its route's next version concurrently; retry"
+            ) from e
+
+    @staticmethod
+    async def _activate(session: AsyncSession, row: ModuleRow) -> None:
+        assert row.version is not None
+        await session.execute(
+            insert(RouteRow).values(tenant_id=row.tenant_id, route=row.route, active_module_id=row.module_id,
+                                    active_version=row.version)
+            .on_conflict_do_update(index_elements=["tenant_id", "route"], set_={
+                "active_module_id": row.module_id, "active_version": row.version, "updated_at": func.now()})
+        )  # fmt: skip
+
+    async def quarantine(self, module_id: str, reason: str) -> ModuleRecord:
+        async with self.sessions.begin() as session:
+            row = await self._row(session, module_id, lock=True)
+            check_transition(module_id, ModuleState(row.state), ModuleState.QUARANTINED)
+            row.state, row.state_reason = ModuleState.QUARANTINED, reason
+            row.state_changed_at = datetime.now(UTC)
+            record = (await self._records(session, [row]))[0]
+            self._outbox(session, module_event(record), module_id)
+            return record
+
+    async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
+        chain = text("""
+            WITH RECURSIVE chain(module_id, parent_id, depth) AS (
+                SELECT m.module_id, m.parent_id, 0 FROM routes r JOIN modules m ON m.module_id = r.active_module_id
+                WHERE r.tenant_id = :tenant AND r.route = :route
+                UNION ALL
+                SELECT p.module_id, p.parent_id, c.depth + 1 FROM modules p JOIN chain c ON p.module_id = c.parent_id
+            ) SELECT module_id FROM chain ORDER BY depth DESC
+        """)  # fmt: skip
+        async with self.sessions() as session:
+            ids = list((await session.execute(chain, {"tenant": tenant_id, "route": route})).scalars())
+            if not ids:
+                raise RegistryNotFoundError(f"route {tenant_id}/{route} has no published module")
+            rows = {r.module_id: r for r in (await session.execute(select(ModuleRow).where(
+                ModuleRow.module_id.in_(ids)))).scalars()}  # fmt: skip
+            records = await self._records(session, [rows[i] for i in ids])
+        leaf = records[-1]
+        assert leaf.version is not None
+        return RouteResolution(tenant_id=tenant_id, route=route, version=leaf.version, chain=records)
+
+    async def invalidate(self, trigger: Trigger, *, event_id: str, consumer: str = "registry") -> list[ModuleRecord]:
+        from_states = [s.value for s in LIVE if trigger.target in ALLOWED[s]]
+        hit = select(ModuleRow.module_id).where(trigger_predicate(trigger)).cte("hit", recursive=True)
+        hit = hit.union(select(ModuleRow.module_id).join(hit, ModuleRow.parent_id == hit.c.module_id))
+        reason = trigger_reason(trigger)
+        async with self.sessions.begin() as session:
+            first_time = await session.execute(insert(ProcessedEventRow).values(consumer=consumer, event_id=event_id)
+                                               .on_conflict_do_nothing().returning(literal(1)))  # fmt: skip
+            if first_time.first() is None:
+                return []  # a redelivery: already applied
+            changed = await session.execute(
+                update(ModuleRow)
+                .where(ModuleRow.module_id.in_(select(hit.c.module_id)), ModuleRow.state.in_(from_states))
+                .values(state=trigger.target.value, state_reason=reason, state_changed_at=func.now())
+                .returning(ModuleRow)
+                .execution_options(synchronize_session=False)
+            )
+            rows = sorted(changed.scalars(), key=lambda r: r.module_id)
+            records = await self._records(session, rows)
+            for record in records:
+                self._outbox(session, module_event(record, trigger_event_id=event_id), record.module_id)
+            return records
+
+    async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
+        if to_version < 1:
+            raise InvalidInputError(f"to_version must be a published version (>= 1), got {to_version}")
+        async with self.sessions.begin() as session:
+            row = (await session.execute(select(ModuleRow).where(
+                ModuleRow.tenant_id == tenant_id, ModuleRow.route == route, ModuleRow.version == to_version
+            ))).scalar_one_or_none()  # fmt: skip
+            if row is None:
+                raise RegistryNotFoundError(f"route {tenant_id}/{route} has no version {to_version}")
+            if row.state != ModuleState.PUBLISHED:
+                raise _not_servable(row)
+            await self._activate(session, row)
+            record = (await self._records(session, [row]))[0]
+            self._outbox(session, module_event(record, reason=f"rollback to version {to_version}"), row.module_id)
+            return record
+
+    async def changes_since(self, sequence: int, *, tenant_id: str | None = None, limit: int = 100) -> list[ModuleChange]:
+        stmt = select(OutboxRow).where(OutboxRow.sequence > sequence).order_by(OutboxRow.sequence).limit(limit)
+        if tenant_id is not None:
+            stmt = stmt.where(OutboxRow.envelope["data"]["tenant_id"].astext == tenant_id)
+        async with self.sessions() as session:
+            rows = list((await session.execute(stmt)).scalars())
+        return [_change(r) for r in rows]
+
+
+def _not_servable(row: ModuleRow) -> Exception:
+    return IllegalTransitionError(f"module {row.module_id} (version {row.version}) is {row.state}; it cannot be served")
+
+
+def _change(row: OutboxRow) -> ModuleChange:
+    data: dict[str, Any] = row.envelope["data"]
+    return ModuleChange(
+        sequence=row.sequence,
+        subject=row.subject,
+        module_id=data["module_id"],
+        tenant_id=data["tenant_id"],
+        route=data["route"],
+        version=data.get("version"),
+        state=ModuleState(data["state"]),
+        occurred_at=datetime.fromisoformat(row.envelope["occurred_at"]),
+    )

@@ -1,0 +1,142 @@
+"""A stateful in-memory registry store for unit tests; behaves like PostgresStore (conformance suite)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+
+from cag.errors import InvalidInputError
+from cag.registry.records import ModuleChange, ModuleRecord
+from cag.registry.states import IllegalTransitionError, ModuleState, check_transition
+from cag.registry.store import (
+    AlreadyRegisteredError,
+    ListQuery,
+    RegistryNotFoundError,
+    RegistryStore,
+    RouteResolution,
+    encode_page_token,
+    module_event,
+    trigger_reason,
+)
+from cag.registry.triggers import Trigger, affected_modules
+
+
+class MemoryStore(RegistryStore):
+    def __init__(self) -> None:
+        self.modules: dict[str, ModuleRecord] = {}
+        self.routes: dict[tuple[str, str], str] = {}
+        self.processed: set[tuple[str, str]] = set()
+        self.outbox: list[ModuleChange] = []
+        self._lock = asyncio.Lock()  # one writer at a time, as a serializable transaction would
+
+    def _get(self, module_id: str) -> ModuleRecord:
+        try:
+            return self.modules[module_id]
+        except KeyError:
+            raise RegistryNotFoundError(f"module {module_id} is not registered") from None
+
+    def _set(self, record: ModuleRecord, *, reason: str = "", trigger_event_id: str = "") -> ModuleRecord:
+        self.modules[record.module_id] = record
+        envelope = module_event(record, reason=reason, trigger_event_id=trigger_event_id)
+        m = record.metadata
+        self.outbox.append(ModuleChange(sequence=len(self.outbox) + 1, subject=envelope.subject, module_id=m.module_id,
+                                        tenant_id=m.tenant_id, route=m.route, version=record.version,
+                                        state=record.state, occurred_at=envelope.occurred_at))  # fmt: skip
+        return record
+
+    async def register(self, record: ModuleRecord) -> ModuleRecord:
+        async with self._lock:
+            existing = self.modules.get(record.module_id)
+            if existing is not None:
+                if existing.metadata.tensor_sha256 != record.metadata.tensor_sha256:
+                    raise AlreadyRegisteredError(f"module {record.module_id} is registered with different content")
+                return existing
+            if record.parent_id is not None:
+                self._get(record.parent_id)
+            now = datetime.now(UTC)
+            stored = dataclasses.replace(record, state=ModuleState.VALIDATING, version=None, registered_at=now,
+                                         state_changed_at=now)  # fmt: skip
+            self.modules[record.module_id] = stored
+            return stored
+
+    async def get(self, module_id: str) -> ModuleRecord:
+        return self._get(module_id)
+
+    async def list_modules(self, query: ListQuery) -> tuple[list[ModuleRecord], str]:
+        wanted = {"tenant_id": query.tenant_id, "route": query.route, "model_name": query.model_name,
+                  "layout_id": query.layout_id}  # fmt: skip
+        after = query.after
+        rows = [
+            r for _, r in sorted(self.modules.items())
+            if all(v is None or getattr(r.metadata, k) == v for k, v in wanted.items())
+            and (query.state is None or r.state is query.state)
+            and (after is None or r.module_id > after)
+        ]  # fmt: skip
+        page = rows[: query.page_size]
+        return page, encode_page_token(page[-1].module_id) if len(rows) > query.page_size else ""
+
+    async def publish(self, module_id: str) -> ModuleRecord:
+        async with self._lock:
+            record = self._get(module_id)
+            if record.state is ModuleState.PUBLISHED:
+                return record
+            check_transition(module_id, record.state, ModuleState.PUBLISHED)
+            m = record.metadata
+            versions = [r.version or 0 for r in self.modules.values() if (r.metadata.tenant_id, r.metadata.route)
+                        == (m.tenant_id, m.route)]  # fmt: skip
+            now = datetime.now(UTC)
+            published = dataclasses.replace(record, state=ModuleState.PUBLISHED, version=max(versions) + 1,
+                                            published_at=now, state_changed_at=now)  # fmt: skip
+            self.routes[(m.tenant_id, m.route)] = module_id
+            return self._set(published, reason="published")
+
+    async def quarantine(self, module_id: str, reason: str) -> ModuleRecord:
+        async with self._lock:
+            record = self._get(module_id)
+            check_transition(module_id, record.state, ModuleState.QUARANTINED)
+            return self._set(dataclasses.replace(record, state=ModuleState.QUARANTINED, state_reason=reason,
+                                                 state_changed_at=datetime.now(UTC)))  # fmt: skip
+
+    async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
+        module_id = self.routes.get((tenant_id, route))
+        if module_id is None:
+            raise RegistryNotFoundError(f"route {tenant_id}/{route} has no published module")
+        chain = [self._get(module_id)]
+        while chain[0].parent_id is not None:
+            chain.insert(0, self._get(chain[0].parent_id))
+        assert chain[-1].version is not None
+        return RouteResolution(tenant_id=tenant_id, route=route, version=chain[-1].version, chain=chain)
+
+    async def invalidate(self, trigger: Trigger, *, event_id: str, consumer: str = "registry") -> list[ModuleRecord]:
+        async with self._lock:
+            if (consumer, event_id) in self.processed:
+                return []
+            self.processed.add((consumer, event_id))
+            now, reason = datetime.now(UTC), trigger_reason(trigger)
+            changed = []
+            for module_id, state in sorted(affected_modules(self.modules.values(), trigger).items()):
+                record = dataclasses.replace(self.modules[module_id], state=state, state_reason=reason,
+                                             state_changed_at=now)  # fmt: skip
+                changed.append(self._set(record, trigger_event_id=event_id))
+            return changed
+
+    async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
+        if to_version < 1:
+            raise InvalidInputError(f"to_version must be a published version (>= 1), got {to_version}")
+        async with self._lock:
+            matches = [r for r in self.modules.values()
+                       if (r.metadata.tenant_id, r.metadata.route, r.version) == (tenant_id, route, to_version)]  # fmt: skip
+            if not matches:
+                raise RegistryNotFoundError(f"route {tenant_id}/{route} has no version {to_version}")
+            record = matches[0]
+            if record.state is not ModuleState.PUBLISHED:
+                raise IllegalTransitionError(
+                    f"module {record.module_id} (version {to_version}) is {record.state.value}; it cannot be served"
+                )
+            self.routes[(tenant_id, route)] = record.module_id
+            return self._set(record, reason=f"rollback to version {to_version}")
+
+    async def changes_since(self, sequence: int, *, tenant_id: str | None = None, limit: int = 100) -> list[ModuleChange]:
+        feed = [c for c in self.outbox if c.sequence > sequence and (tenant_id is None or c.tenant_id == tenant_id)]
+        return feed[:limit]

@@ -1,0 +1,43 @@
+"""What the registry knows about a module: its file metadata plus lifecycle fields the registry owns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from cag.kvmodule import ModuleMetadata
+from cag.registry.states import ModuleState
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleRecord:
+    metadata: ModuleMetadata
+    source_uri: str
+    state: ModuleState
+    state_reason: str = ""
+    version: int | None = None  # assigned when first published, per tenant + route
+    registered_at: datetime | None = None
+    published_at: datetime | None = None
+    state_changed_at: datetime | None = None
+
+    @property
+    def module_id(self) -> str:
+        return self.metadata.module_id
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.metadata.parent_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleChange:
+    """One entry of the registry's ordered change feed (what Watch streams)."""
+
+    sequence: int
+    subject: str
+    module_id: str
+    tenant_id: str
+    route: str
+    version: int | None
+    state: ModuleState
+    occurred_at: datetime

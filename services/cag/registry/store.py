@@ -1,0 +1,156 @@
+"""The registry store interface: persistence with state changes and their events in one transaction.
+
+Two implementations: `PostgresStore` (production) and `MemoryStore` (a stateful fake for unit
+tests). The conformance suite in tests/ runs the same scenarios against both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from cag.errors import CagError, InvalidInputError, Status
+from cag.events.schemas import Envelope, ModuleEventV1, ModuleExpiredV1, ModuleInvalidatedV1, ModulePublishedV1
+from cag.registry.records import ModuleChange, ModuleRecord
+from cag.registry.states import ModuleState
+from cag.registry.triggers import Trigger
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_MODULE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+MAX_PAGE_SIZE = 1000
+
+
+class RegistryNotFoundError(CagError):
+    status = Status.NOT_FOUND
+
+
+class ConcurrentPublishError(CagError):
+    """Another publish took the same route version first; the loser changes nothing."""
+
+    status = Status.ABORTED
+
+
+class AlreadyRegisteredError(CagError):
+    status = Status.ALREADY_EXISTS
+
+
+def check_name(kind: str, value: str) -> str:
+    if not _NAME.match(value):
+        raise InvalidInputError(f"{kind} {value!r} is malformed: use 1-128 of [a-z0-9._-], starting alphanumeric")
+    return value
+
+
+def check_module_id(value: str) -> str:
+    if not _MODULE_ID.match(value):
+        raise InvalidInputError(f"module id {value!r} is malformed: use [a-z0-9._-], starting alphanumeric")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListQuery:
+    tenant_id: str | None = None
+    route: str | None = None
+    state: ModuleState | None = None
+    model_name: str | None = None
+    layout_id: str | None = None
+    page_size: int = 100
+    page_token: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise InvalidInputError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {self.page_size}")
+
+    @property
+    def after(self) -> str | None:
+        return decode_page_token(self.page_token)
+
+
+def encode_page_token(last_module_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"v": 1, "after": last_module_id}).encode()).decode()
+
+
+def decode_page_token(token: str) -> str | None:
+    if not token:
+        return None
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after = body["after"] if body.get("v") == 1 else None
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        after = None
+    if not isinstance(after, str):
+        raise InvalidInputError("page_token is malformed: pass back the next_page_token of a previous List")
+    return after
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteResolution:
+    tenant_id: str
+    route: str
+    version: int
+    chain: list[ModuleRecord]  # root first; the last one is the route's module
+
+
+_EVENT_OF_STATE: dict[ModuleState, type[ModuleEventV1]] = {
+    ModuleState.PUBLISHED: ModulePublishedV1,
+    ModuleState.EXPIRED: ModuleExpiredV1,
+}
+
+
+def module_event(record: ModuleRecord, *, reason: str = "", trigger_event_id: str = "") -> Envelope:
+    """The event announcing a module's new state (stale, invalidated and quarantined are 'invalidated')."""
+    payload_type = _EVENT_OF_STATE.get(record.state, ModuleInvalidatedV1)
+    m = record.metadata
+    return Envelope.wrap(
+        payload_type(
+            module_id=m.module_id,
+            tenant_id=m.tenant_id,
+            route=m.route,
+            version=record.version,
+            state=record.state.value,
+            reason=reason or record.state_reason,
+            chain_hash=m.chain_hash,
+            trigger_event_id=trigger_event_id,
+        )
+    )
+
+
+def trigger_reason(trigger: Trigger) -> str:
+    return f"{trigger.kind}: {trigger}"
+
+
+class RegistryStore(ABC):
+    @abstractmethod
+    async def register(self, record: ModuleRecord) -> ModuleRecord:
+        """Insert a module in state VALIDATING; re-registering identical content returns the existing row."""
+
+    @abstractmethod
+    async def get(self, module_id: str) -> ModuleRecord: ...
+
+    @abstractmethod
+    async def list_modules(self, query: ListQuery) -> tuple[list[ModuleRecord], str]:
+        """A page of modules ordered by id, and the token of the next page ('' at the end)."""
+
+    @abstractmethod
+    async def publish(self, module_id: str) -> ModuleRecord:
+        """VALIDATING → PUBLISHED with the route's next version, made the route's active version."""
+
+    @abstractmethod
+    async def quarantine(self, module_id: str, reason: str) -> ModuleRecord: ...
+
+    @abstractmethod
+    async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution: ...
+
+    @abstractmethod
+    async def invalidate(self, trigger: Trigger, *, event_id: str, consumer: str = "registry") -> list[ModuleRecord]:
+        """Apply a trigger once per (consumer, event_id); returns the modules whose state changed."""
+
+    @abstractmethod
+    async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord: ...
+
+    @abstractmethod
+    async def changes_since(self, sequence: int, *, tenant_id: str | None = None, limit: int = 100) -> list[ModuleChange]:
+        """The change feed (the outbox) after `sequence`, oldest first."""

@@ -1,0 +1,130 @@
+"""The registry store contract, run against the in-memory fake and the Postgres store alike."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+
+from cag.errors import InvalidInputError
+from cag.kvmodule import AclScope
+from cag.registry.records import ModuleRecord
+from cag.registry.states import IllegalTransitionError, ModuleState
+from cag.registry.store import (
+    ConcurrentPublishError,
+    ListQuery,
+    RegistryNotFoundError,
+    RegistryStore,
+)
+from cag.registry.triggers import (
+    AclChanged,
+    LayoutChanged,
+    ModelRevised,
+    ModuleWithdrawn,
+    SourceChanged,
+    TokenizerRetired,
+    Trigger,
+    TtlElapsed,
+    affected_modules,
+)
+from tests.registry_population import Population, generate_population, make_metadata
+
+TRIGGERS: list[Trigger] = [
+    SourceChanged(tenant_id="acme", source_uri="git://kb/acme/system", checksum="new"),
+    SourceChanged(tenant_id="globex", source_uri="git://kb/globex/billing", checksum="new"),
+    ModelRevised(model_name="smollm2", model_revision="rev-b"),
+    ModelRevised(model_name="tinyllama", model_revision="rev-y"),
+    TokenizerRetired(tokenizer_revision="tok-2"),
+    AclChanged(tenant_id="acme", scope=AclScope.TENANT),
+    AclChanged(tenant_id="initech", scope=AclScope.WORKSPACE, principal="ws-1"),
+    LayoutChanged(layout_id="support.v1", layout_hash="lh-2"),
+    ModuleWithdrawn(module_id="system-0000"),
+    TtlElapsed(now=datetime(2026, 6, 1, tzinfo=UTC)),
+]
+
+
+async def load(store: RegistryStore, population: Population, *, publish_every: int = 1) -> None:
+    for i, record in enumerate(population.records):
+        await store.register(record)
+        if i % publish_every == 0:
+            await store.publish(record.module_id)
+
+
+async def states(store: RegistryStore) -> dict[str, ModuleState]:
+    out: dict[str, ModuleState] = {}
+    token = ""
+    while True:
+        page, token = await store.list_modules(ListQuery(page_size=50, page_token=token))
+        out.update({r.module_id: r.state for r in page})
+        if not token:
+            return out
+
+
+@pytest.mark.parametrize("trigger", TRIGGERS, ids=lambda t: f"{t.kind}")
+async def test_each_trigger_changes_exactly_the_expected_modules(store: RegistryStore, trigger: Trigger) -> None:
+    population = generate_population()
+    await load(store, population, publish_every=2)
+    before = await states(store)
+    registered = [dataclasses.replace(r, state=before[r.module_id]) for r in population.records]
+    expected = affected_modules(registered, trigger)
+    assert expected, "the population must exercise every trigger"
+    changed = await store.invalidate(trigger, event_id=f"evt-{trigger.kind}")
+    assert {r.module_id: r.state for r in changed} == expected
+    after = await states(store)
+    assert {m for m in after if after[m] != before[m]} == set(expected)
+
+
+async def test_redelivered_event_changes_nothing(store: RegistryStore) -> None:
+    await load(store, generate_population())
+    trigger = ModelRevised(model_name="smollm2", model_revision="rev-b")
+    first = await store.invalidate(trigger, event_id="evt-1")
+    snapshot = await states(store)
+    feed = await store.changes_since(0, limit=10_000)
+    assert first
+    assert await store.invalidate(trigger, event_id="evt-1") == []
+    assert await states(store) == snapshot
+    assert await store.changes_since(0, limit=10_000) == feed
+
+
+async def test_publish_assigns_increasing_versions_and_resolves_the_chain(store: RegistryStore) -> None:
+    root = ModuleRecord(metadata=make_metadata("system-a", route="system"), source_uri="s", state=ModuleState.VALIDATING)
+    v1 = ModuleRecord(metadata=make_metadata("billing-a", parent_id="system-a"), source_uri="b", state=ModuleState.VALIDATING)
+    v2 = ModuleRecord(metadata=make_metadata("billing-b", parent_id="system-a"), source_uri="b", state=ModuleState.VALIDATING)
+    for r in (root, v1, v2):
+        await store.register(r)
+        await store.publish(r.module_id)
+    resolved = await store.resolve_route("acme", "billing")
+    assert resolved.version == 2
+    assert [r.module_id for r in resolved.chain] == ["system-a", "billing-b"]
+    await store.rollback("acme", "billing", 1)
+    assert [r.module_id for r in (await store.resolve_route("acme", "billing")).chain] == ["system-a", "billing-a"]
+
+
+async def test_concurrent_publishes_of_one_route_version_have_one_winner(store: RegistryStore) -> None:
+    for name in ("billing-x", "billing-y"):
+        await store.register(ModuleRecord(metadata=make_metadata(name), source_uri="b", state=ModuleState.VALIDATING))
+    results = await asyncio.gather(store.publish("billing-x"), store.publish("billing-y"), return_exceptions=True)
+    winners = [r for r in results if isinstance(r, ModuleRecord)]
+    losers = [r for r in results if isinstance(r, Exception)]
+    versions = sorted(r.version or 0 for r in winners)
+    # Either one publish lost the race (ABORTED) or they were serialized into versions 1 and 2: never two v1s.
+    assert all(isinstance(e, ConcurrentPublishError) for e in losers)
+    assert versions in ([1], [1, 2])
+
+
+async def test_bad_requests_are_typed_and_change_nothing(store: RegistryStore) -> None:
+    await store.register(ModuleRecord(metadata=make_metadata("billing-z"), source_uri="b", state=ModuleState.VALIDATING))
+    with pytest.raises(RegistryNotFoundError):
+        await store.get("nope")
+    with pytest.raises(RegistryNotFoundError):
+        await store.resolve_route("acme", "billing")  # nothing published yet
+    with pytest.raises(InvalidInputError):
+        await store.list_modules(ListQuery(page_token="not-a-token"))
+    with pytest.raises(InvalidInputError):
+        ListQuery(page_size=0)
+    await store.invalidate(ModuleWithdrawn(module_id="billing-z"), event_id="e")
+    with pytest.raises(IllegalTransitionError):
+        await store.publish("billing-z")
+    assert (await store.get("billing-z")).state is ModuleState.INVALIDATED
