@@ -85,3 +85,11 @@ class ChainError(CagError):
     """Modules given as a chain do not link up (a parent is missing or does not match)."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class InvalidFieldError(InvalidInputError):
+    """A request field is missing or malformed; `field` names it (the gRPC ErrorInfo carries it)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field} {problem}")

@@ -105,13 +105,29 @@ async def test_publish_assigns_increasing_versions_and_resolves_the_chain(store:
 async def test_concurrent_publishes_of_one_route_version_have_one_winner(store: RegistryStore) -> None:
     for name in ("billing-x", "billing-y"):
         await store.register(ModuleRecord(metadata=make_metadata(name), source_uri="b", state=ModuleState.VALIDATING))
-    results = await asyncio.gather(store.publish("billing-x"), store.publish("billing-y"), return_exceptions=True)
+    results = await asyncio.gather(
+        store.publish("billing-x", expected_version=1), store.publish("billing-y", expected_version=1),
+        return_exceptions=True,
+    )  # fmt: skip
     winners = [r for r in results if isinstance(r, ModuleRecord)]
-    losers = [r for r in results if isinstance(r, Exception)]
-    versions = sorted(r.version or 0 for r in winners)
-    # Either one publish lost the race (ABORTED) or they were serialized into versions 1 and 2: never two v1s.
-    assert all(isinstance(e, ConcurrentPublishError) for e in losers)
+    losers = [r for r in results if not isinstance(r, ModuleRecord)]
+    assert len(winners) == 1
+    assert winners[0].version == 1
+    assert len(losers) == 1
+    assert isinstance(losers[0], ConcurrentPublishError)
+    loser_id = "billing-y" if winners[0].module_id == "billing-x" else "billing-x"
+    assert (await store.get(loser_id)).state is ModuleState.VALIDATING  # the loser changed nothing
+    assert [r.module_id for r in (await store.resolve_route("acme", "billing")).chain] == [winners[0].module_id]
+
+
+async def test_unversioned_concurrent_publishes_get_distinct_versions(store: RegistryStore) -> None:
+    for name in ("billing-x", "billing-y"):
+        await store.register(ModuleRecord(metadata=make_metadata(name), source_uri="b", state=ModuleState.VALIDATING))
+    results = await asyncio.gather(store.publish("billing-x"), store.publish("billing-y"), return_exceptions=True)
+    versions = sorted(r.version or 0 for r in results if isinstance(r, ModuleRecord))
+    # Serialized into versions 1 and 2, or one lost the race for version 1 and must retry: never two v1s.
     assert versions in ([1], [1, 2])
+    assert all(isinstance(r, ConcurrentPublishError) for r in results if not isinstance(r, ModuleRecord))
 
 
 async def test_bad_requests_are_typed_and_change_nothing(store: RegistryStore) -> None:

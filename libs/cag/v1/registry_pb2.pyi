@@ -75,18 +75,24 @@ class PublishRequest(_message.Message):
 
     MODULE_ID_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     module_id: _builtins.str
     actor: _builtins.str
     """Who published (audit)."""
+    expected_version: _builtins.int
+    """Optimistic concurrency: the route version this publish must become (0 = whatever is next).
+    When another publish took that version first, the call fails with ABORTED and changes nothing.
+    """
     def __init__(
         self,
         *,
         module_id: _builtins.str = ...,
         actor: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "module_id", b"module_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_version", b"expected_version", "module_id", b"module_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

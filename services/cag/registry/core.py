@@ -63,7 +63,7 @@ class RegistryCore:
     async def list_modules(self, query: ListQuery) -> tuple[list[ModuleRecord], str]:
         return await self.store.list_modules(query)
 
-    async def publish(self, module_id: str) -> ModuleRecord:
+    async def publish(self, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
         record = await self.get(module_id)
         if record.state is ModuleState.PUBLISHED:
             return record
@@ -78,7 +78,7 @@ class RegistryCore:
             if e.status is Status.DATA_LOSS:  # the bytes are bad: never serve this module
                 await self.store.quarantine(module_id, f"checksum failed at publish: {e}")
             raise PublishRefusedError(f"module {module_id} cannot be published: {e}") from e
-        return await self.store.publish(module_id)
+        return await self.store.publish(module_id, expected_version=expected_version)
 
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
         resolution = await self.store.resolve_route(check_name("tenant", tenant_id), check_name("route", route))

@@ -15,6 +15,7 @@ from cag.registry.store import (
     RegistryNotFoundError,
     RegistryStore,
     RouteResolution,
+    check_expected_version,
     encode_page_token,
     module_event,
     trigger_reason,
@@ -76,7 +77,7 @@ class MemoryStore(RegistryStore):
         page = rows[: query.page_size]
         return page, encode_page_token(page[-1].module_id) if len(rows) > query.page_size else ""
 
-    async def publish(self, module_id: str) -> ModuleRecord:
+    async def publish(self, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
         async with self._lock:
             record = self._get(module_id)
             if record.state is ModuleState.PUBLISHED:
@@ -85,6 +86,7 @@ class MemoryStore(RegistryStore):
             m = record.metadata
             versions = [r.version or 0 for r in self.modules.values() if (r.metadata.tenant_id, r.metadata.route)
                         == (m.tenant_id, m.route)]  # fmt: skip
+            check_expected_version(module_id, expected_version, max(versions) + 1)
             now = datetime.now(UTC)
             published = dataclasses.replace(record, state=ModuleState.PUBLISHED, version=max(versions) + 1,
                                             published_at=now, state_changed_at=now)  # fmt: skip

@@ -118,6 +118,13 @@ def module_event(record: ModuleRecord, *, reason: str = "", trigger_event_id: st
     )
 
 
+def check_expected_version(module_id: str, expected: int | None, next_version: int) -> None:
+    if expected is not None and expected != next_version:
+        raise ConcurrentPublishError(
+            f"module {module_id}: route version {expected} is taken (next is {next_version}); re-read and retry"
+        )
+
+
 def trigger_reason(trigger: Trigger) -> str:
     return f"{trigger.kind}: {trigger}"
 
@@ -135,8 +142,11 @@ class RegistryStore(ABC):
         """A page of modules ordered by id, and the token of the next page ('' at the end)."""
 
     @abstractmethod
-    async def publish(self, module_id: str) -> ModuleRecord:
-        """VALIDATING → PUBLISHED with the route's next version, made the route's active version."""
+    async def publish(self, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
+        """VALIDATING → PUBLISHED with the route's next version, made the route's active version.
+
+        With `expected_version`, the publish happens only if that is the route's next version.
+        """
 
     @abstractmethod
     async def quarantine(self, module_id: str, reason: str) -> ModuleRecord: ...

@@ -33,6 +33,7 @@ from cag.registry.store import (
     RegistryNotFoundError,
     RegistryStore,
     RouteResolution,
+    check_expected_version,
     encode_page_token,
     module_event,
     trigger_reason,
@@ -142,7 +143,7 @@ class PostgresStore(RegistryStore):
         more = len(rows) > query.page_size
         return page, encode_page_token(page[-1].module_id) if more else ""
 
-    async def publish(self, module_id: str) -> ModuleRecord:
+    async def publish(self, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
         try:
             async with self.sessions.begin() as session:
                 row = await self._row(session, module_id, lock=True)
@@ -151,6 +152,7 @@ class PostgresStore(RegistryStore):
                 check_transition(module_id, ModuleState(row.state), ModuleState.PUBLISHED)
                 latest = await session.scalar(select(func.max(ModuleRow.version)).where(
                     ModuleRow.tenant_id == row.tenant_id, ModuleRow.route == row.route))  # fmt: skip
+                check_expected_version(module_id, expected_version, (latest or 0) + 1)
                 row.version = (latest or 0) + 1
                 row.state = ModuleState.PUBLISHED
                 row.published_at = row.state_changed_at = datetime.now(UTC)

@@ -1,0 +1,61 @@
+"""The registry's event handlers: invalidation triggers in, idempotent by event id; bad events dead-lettered."""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.nats import NatsBroker, NatsMessage, PullSub
+from pydantic import ValidationError
+
+from cag.events.bus import CAG_STREAM, dead_letter
+from cag.events.schemas import (
+    AclChangedV1,
+    Envelope,
+    LayoutChangedV1,
+    ModelRevisedV1,
+    Payload,
+    SourceChangedV1,
+    TokenizerRetiredV1,
+    UnknownSchemaError,
+    decode,
+)
+from cag.kvmodule import AclScope
+from cag.registry.core import RegistryCore
+from cag.registry.triggers import AclChanged, LayoutChanged, ModelRevised, SourceChanged, TokenizerRetired, Trigger
+
+log = logging.getLogger(__name__)
+CONSUMER = "registry-invalidations"
+
+
+def trigger_of(payload: Payload) -> Trigger:
+    """The registry trigger an ops event stands for."""
+    match payload:
+        case SourceChangedV1():
+            return SourceChanged(tenant_id=payload.tenant_id, source_uri=payload.source_uri, checksum=payload.checksum)
+        case ModelRevisedV1():
+            return ModelRevised(model_name=payload.model_name, model_revision=payload.model_revision)
+        case TokenizerRetiredV1():
+            return TokenizerRetired(tokenizer_revision=payload.tokenizer_revision)
+        case AclChangedV1():
+            return AclChanged(tenant_id=payload.tenant_id, scope=AclScope(payload.scope), principal=payload.principal)
+        case LayoutChangedV1():
+            return LayoutChanged(layout_id=payload.layout_id, layout_hash=payload.layout_hash)
+    raise UnknownSchemaError(f"{payload.subject} is not an invalidation trigger")
+
+
+def subscribe_invalidations(broker: NatsBroker, core: RegistryCore) -> None:
+    """A durable pull consumer on `cag.invalidate.*`; redelivery is harmless (the store dedups by event id)."""
+
+    @broker.subscriber(
+        "cag.invalidate.*", stream=CAG_STREAM, durable=CONSUMER, pull_sub=PullSub(batch_size=16, timeout=0.2)
+    )
+    async def on_invalidation(msg: NatsMessage) -> None:
+        body = msg.body
+        try:
+            envelope = Envelope.model_validate_json(body)
+            trigger = trigger_of(decode(envelope))
+        except (UnknownSchemaError, ValidationError, ValueError) as e:
+            await dead_letter(broker, subject=msg.raw_message.subject, body=body, error=str(e), consumer=CONSUMER)
+            return  # acked: a malformed event must not block the ones behind it
+        _, changed = await core.invalidate(trigger, event_id=envelope.event_id)
+        log.info("%s %s: %d module(s) changed", envelope.subject, envelope.event_id, len(changed))

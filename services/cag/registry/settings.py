@@ -1,0 +1,18 @@
+"""Registry settings (env prefix CAG_REGISTRY_; the shared CAG_DATABASE_URL / CAG_NATS_URL work too)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RegistrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAG_REGISTRY_")
+
+    database_url: str = Field(validation_alias=AliasChoices("CAG_REGISTRY_DATABASE_URL", "CAG_DATABASE_URL"))
+    nats_url: str = Field(validation_alias=AliasChoices("CAG_REGISTRY_NATS_URL", "CAG_NATS_URL"))
+    address: str = "127.0.0.1:50051"
+    ttl_interval_s: float = 30.0
+    outbox_poll_s: float = 0.02
+    watch_poll_s: float = 0.1
+    pool_size: int = 10
