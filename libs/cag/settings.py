@@ -19,6 +19,8 @@ class CagSettings(BaseSettings):
 
     home: Path = Field(default_factory=_default_home)
     num_threads: int | None = None
+    registry_address: str = "127.0.0.1:50051"
+    nats_url: str = "nats://127.0.0.1:4222"
 
     @property
     def models_dir(self) -> Path:

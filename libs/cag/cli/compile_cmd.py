@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cag.cli.progress import RichCompileObserver
+from cag.cli.registry_client import RegistryClient, module_message, run_with_rpc_errors
 from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.kvmodule import DTYPES
@@ -35,6 +36,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--keep-failed", action="store_true", help="write the module even when golden tests fail (unpublishable)"
     )
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="register the module in the registry and publish it (storage_uri defaults to the absolute file:// URI)",
+    )
+    p.add_argument("--registry", help="registry host:port for --publish (default: CAG_REGISTRY_ADDRESS)")
+    p.add_argument("--source-uri", help="source URI recorded in the registry (default: file:// URI of --source)")
     p.set_defaults(run=run)
 
 
@@ -58,16 +66,34 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
         route=args.route,
         created_at=_created_at(args.created_at),
         ttl_days=args.ttl_days,
-        storage_prefix=args.storage_prefix,
+        storage_prefix=args.storage_prefix or (args.out.resolve().as_uri() if args.publish else None),
         keep_failed=args.keep_failed,
     )
     console = Console(stderr=True)
     with RichCompileObserver(console) as observer:
         result = compile_module(request, models_dir=settings.models_dir, observer=observer)
     console.print(summary_table(result))
+    if args.publish and result.path is not None:
+        # Failed goldens are registered too: the registry's refusal (FAILED_PRECONDITION) is the answer.
+        return run_with_rpc_errors(lambda: publish(result, args, settings, console))
     if not result.publishable:
         console.print("[red]golden questions failed: the module is marked failed and cannot be published[/red]")
         return 4
+    return 0
+
+
+def publish(result: CompileResult, args: argparse.Namespace, settings: CagSettings, console: Console) -> int:
+    """Register the written module, then publish it; print the version its route assigned."""
+    source_uri = args.source_uri or args.source.resolve().as_uri()
+    address = args.registry or settings.registry_address
+    with RegistryClient(address) as client:
+        registered = client.register(module_message(result.metadata, source_uri))
+        published = client.publish(registered.module_id, actor="cag compile")
+    console.print(
+        f"published {published.module_id} as version {published.version} of "
+        f"{published.tenant_id}/{published.route} on {address}"
+    )
+    print(published.version)
     return 0
 
 

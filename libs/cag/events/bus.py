@@ -22,7 +22,7 @@ def make_broker(nats_url: str) -> NatsBroker:
         nats_url,
         middlewares=[NatsTelemetryMiddleware()],
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.2,
+        reconnect_time_wait=1,
         logger=log,
     )
 

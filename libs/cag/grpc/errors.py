@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -51,8 +51,11 @@ def error_info(error: CagError) -> common_pb2.ErrorInfo:
     )
 
 
-def decode_error_info(trailing_metadata: Sequence[tuple[str, str | bytes]] | None) -> common_pb2.ErrorInfo | None:
-    """The ErrorInfo a failed call carried (client side: pass `call.trailing_metadata()`), if any."""
+def decode_error_info(trailing_metadata: Iterable[Any] | None) -> common_pb2.ErrorInfo | None:
+    """The ErrorInfo a failed call carried, if any.
+
+    trailing_metadata: `error.trailing_metadata()` of a failed call, (key, value) pairs (aio or sync).
+    """
     for key, value in trailing_metadata or ():
         if key == ERROR_INFO_KEY and isinstance(value, bytes):
             return common_pb2.ErrorInfo.FromString(value)

@@ -5,7 +5,7 @@ Layout on disk (standard safetensors, readable by `safetensors.safe_open`):
 Tensors, in data order: k.0, v.0, k.1, v.1, ... ([tokens, kv_heads, head_dim] each), then
 token_ids (int32 [tokens]). Layer-interleaved order lets a restore stream layer by layer.
 
-Two checksums make the file fail closed: `tensor_sha256` covers the whole data section and
+Two checksums make the file fail closed: `tensor_sha256` covers every tensor (see checksum.py) and
 `header_sha256` covers the canonical header (metadata and tensor index) without itself.
 The writer emits canonical JSON, so identical inputs give byte-identical files.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cag.kvmodule.atomic import atomic_writer
+from cag.kvmodule.checksum import tensors_checksum
 from cag.kvmodule.metadata import SAFETENSORS_DTYPES, ModuleMetadata
 
 HEADER_HASH_KEY = "header_sha256"
@@ -79,16 +80,14 @@ def write_module(
     if k.shape != v.shape or k.shape[1] != len(token_ids) or k.dtype != metadata.torch_dtype:
         raise ValueError(f"K {tuple(k.shape)}/{k.dtype} and V {tuple(v.shape)} do not match {len(token_ids)} tokens")
     tensors = list(_module_tensors(k, v, token_ids))
-    digest = hashlib.sha256()
     index: dict[str, object] = {}
     offset = 0
     for name, t in tensors:
         data = tensor_bytes(t)
-        digest.update(data)
         dtype = "I32" if t.dtype == torch.int32 else SAFETENSORS_DTYPES[t.dtype]
         index[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
-    final = replace(metadata, tensor_sha256=digest.hexdigest())
+    final = replace(metadata, tensor_sha256=tensors_checksum(tensor_bytes(t) for _, t in tensors))
     header: dict[str, object] = {"__metadata__": final.to_header(), **index}
     header["__metadata__"] = {**final.to_header(), HEADER_HASH_KEY: header_digest(header)}
     encoded = canonical_json(header)

@@ -7,12 +7,10 @@ by `write_into()` while it streams a module from disk into engine buffers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,12 +19,11 @@ import torch
 
 from cag.engine.cache import KVCache
 from cag.errors import KVModuleNotFoundError, ModuleCorruptedError
+from cag.kvmodule import checksum
 from cag.kvmodule.fileformat import HEADER_HASH_KEY, TensorEntry, header_digest, layer_tensor_names, tensor_bytes
 from cag.kvmodule.metadata import SAFETENSORS_DTYPES, ModuleMetadata
 
 _MAX_HEADER = 64 << 20
-# A single worker keeps hash updates in file order while the main thread reads ahead.
-_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-verify")
 
 
 def _parse_header(raw: bytes, path: Path) -> dict[str, object]:
@@ -111,9 +108,10 @@ class ModuleFile:
 
     def verify(self) -> None:
         """Hash the whole data section (zero-copy through mmap); raise if it differs."""
-        mapped = self._mapped()
-        digest = hashlib.sha256(memoryview(mapped)[self.data_offset :])
-        self._check_digest(digest.hexdigest())
+        self._check_digest(self._mapped_checksum(memoryview(self._mapped())[self.data_offset :]))
+
+    def _mapped_checksum(self, data: memoryview) -> str:
+        return checksum.tensors_checksum(data[e.start : e.stop] for e in self.entries)
 
     def _check_digest(self, actual: str) -> None:
         if actual != self.metadata.tensor_sha256:
@@ -132,7 +130,7 @@ class ModuleFile:
         """Map the file (zero-copy), verify every byte, and return host-RAM tensor views."""
         mapped = self._mapped()
         view = memoryview(mapped)[self.data_offset :]
-        self._check_digest(hashlib.sha256(view).hexdigest())
+        self._check_digest(self._mapped_checksum(view))
         dtype = self.metadata.torch_dtype
         kv = self.entries[0].shape
         flat = torch.frombuffer(view[: self.entries[-1].start], dtype=dtype)
@@ -144,7 +142,6 @@ class ModuleFile:
     def write_into(self, cache: KVCache, start: int) -> None:
         """Stream K/V rows from disk straight into cache rows [start, start+tokens), verifying as it goes."""
         t = self.token_count
-        digest = hashlib.sha256()
         pending = []
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -155,15 +152,13 @@ class ModuleFile:
                     for buf in (cache.k[i, start : start + t], cache.v[i, start : start + t]):
                         target = tensor_bytes(buf)
                         _read_exactly(f, target, self.path)
-                        pending.append(_hasher.submit(digest.update, target))
+                        pending.append(checksum.submit(target))
                 ids = bytearray(self.entries[-1].nbytes)
                 _read_exactly(f, memoryview(ids), self.path)
         finally:
             os.close(fd)
-        for p in pending:
-            p.result()
-        digest.update(ids)
-        self._check_digest(digest.hexdigest())
+        pending.append(checksum.submit(memoryview(ids)))
+        self._check_digest(checksum.combine(p.result() for p in pending))
 
 
 def _read_exactly(f: object, target: memoryview, path: Path) -> None:

@@ -1,0 +1,81 @@
+"""Wiring of the registry service: Postgres (migrated at start), the gRPC server, the NATS consumer,
+the outbox relay and the TTL job, built through constructors from typed settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+
+import grpc
+from faststream.nats import NatsBroker
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cag.events.bus import make_broker, publish_event
+from cag.grpc.server import build_server
+from cag.registry.core import RegistryCore
+from cag.registry.db.engine import connect, session_factory
+from cag.registry.db.store import PostgresStore
+from cag.registry.handlers import subscribe_invalidations
+from cag.registry.outbox import OutboxRelay
+from cag.registry.servicer import RegistryServicer
+from cag.registry.settings import RegistrySettings
+from cag.registry.ttl import run_ttl_job
+from cag.v1 import registry_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "cag.v1.RegistryService"
+
+
+@dataclass
+class RegistryApp:
+    settings: RegistrySettings
+    engine: AsyncEngine | None = None
+    broker: NatsBroker | None = None
+    server: grpc.aio.Server | None = None
+    core: RegistryCore | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.engine = await asyncio.to_thread(connect, s.database_url, pool_size=s.pool_size)  # runs migrations
+        sessions = session_factory(self.engine)
+        self.core = RegistryCore(PostgresStore(sessions))
+        self.broker = make_broker(s.nats_url)
+        subscribe_invalidations(self.broker, self.core)
+        await self.broker.start()
+        relay = OutboxRelay(sessions, partial(publish_event, self.broker), poll_interval_s=s.outbox_poll_s)
+        self.tasks = [
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+            asyncio.create_task(run_ttl_job(self.core, s.ttl_interval_s), name="ttl-job"),
+        ]
+        servicer = RegistryServicer(self.core, poll_interval=s.watch_poll_s)
+        self.server = await build_server(
+            [(registry_pb2_grpc.add_RegistryServiceServicer_to_server, servicer)], [SERVICE_NAME], s.address
+        )
+        await self.server.start()
+        log.info("registry serving on %s", s.address)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.engine is not None:
+            await self.engine.dispose()
+
+
+async def serve(settings: RegistrySettings) -> None:
+    """Run until cancelled (SIGINT/SIGTERM in the CLI)."""
+    app = RegistryApp(settings)
+    await app.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await app.stop()
