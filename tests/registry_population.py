@@ -26,15 +26,32 @@ def _h(text: str) -> str:
 def make_metadata(module_id: str, **kw: object) -> ModuleMetadata:
     layout_id = str(kw.pop("layout_id", "support.v1"))
     base: dict[str, object] = {
-        "module_id": module_id, "tenant_id": "acme", "route": "billing", "model_name": "smollm2",
-        "model_revision": "rev-a", "tokenizer_revision": "tok-1", "context_checksum": _h("ctx" + module_id),
-        "source_checksum": _h("src" + module_id), "token_count": 10, "dtype": "fp32",
-        "storage_uri": f"file:///modules/{module_id}.safetensors", "acl_scope": AclScope.TENANT, "acl_principal": "",
-        "created_at": "2026-01-01T00:00:00Z", "expires_at": None, "layout_id": layout_id, "layout_hash": "lh-1",
-        "layout": json.dumps({"layout_id": layout_id}), "parent_id": None, "parent_chain_hash": None,
-        "chain_hash": _h("chain" + module_id), "engine_fingerprint": "llama;test", "golden_status": GoldenStatus.PASSED,
-        "golden_results": "[]", "tensor_sha256": _h("tensor" + module_id),
-    }  # fmt: skip
+        "module_id": module_id,
+        "tenant_id": "acme",
+        "route": "billing",
+        "model_name": "smollm2",
+        "model_revision": "rev-a",
+        "tokenizer_revision": "tok-1",
+        "context_checksum": _h("ctx" + module_id),
+        "source_checksum": _h("src" + module_id),
+        "token_count": 10,
+        "dtype": "fp32",
+        "storage_uri": f"file:///modules/{module_id}.safetensors",
+        "acl_scope": AclScope.TENANT,
+        "acl_principal": "",
+        "created_at": "2026-01-01T00:00:00Z",
+        "expires_at": None,
+        "layout_id": layout_id,
+        "layout_hash": "lh-1",
+        "layout": json.dumps({"layout_id": layout_id}),
+        "parent_id": None,
+        "parent_chain_hash": None,
+        "chain_hash": _h("chain" + module_id),
+        "engine_fingerprint": "llama;test",
+        "golden_status": GoldenStatus.PASSED,
+        "golden_results": "[]",
+        "tensor_sha256": _h("tensor" + module_id),
+    }
     base.update(kw)
     return ModuleMetadata(**base)  # type: ignore[arg-type]
 
@@ -57,18 +74,26 @@ def generate_population(seed: int = 7, roots: int = 24) -> Population:
         n = next(counter)
         tenant = parent.metadata.tenant_id if parent else rng.choice(TENANTS)
         model, revision = (parent.metadata.model_name, parent.metadata.model_revision) if parent else rng.choice(MODELS)
-        layout_id, layout_hash = (parent.metadata.layout_id, parent.metadata.layout_hash) if parent else rng.choice(LAYOUTS)
+        layout_id, layout_hash = (
+            (parent.metadata.layout_id, parent.metadata.layout_hash) if parent else rng.choice(LAYOUTS)
+        )
         scope = rng.choice(SCOPES)
         meta = make_metadata(
-            f"{route}-{n:04d}", tenant_id=tenant, route=route, model_name=model, model_revision=revision,
+            f"{route}-{n:04d}",
+            tenant_id=tenant,
+            route=route,
+            model_name=model,
+            model_revision=revision,
             tokenizer_revision=parent.metadata.tokenizer_revision if parent else rng.choice(TOKENIZERS),
-            layout_id=layout_id, layout_hash=layout_hash, acl_scope=scope,
+            layout_id=layout_id,
+            layout_hash=layout_hash,
+            acl_scope=scope,
             acl_principal=rng.choice(("ws-1", "ws-2")) if scope in (AclScope.WORKSPACE, AclScope.USER) else "",
             parent_id=parent.module_id if parent else None,
             parent_chain_hash=parent.metadata.chain_hash if parent else None,
             source_checksum=_h(f"{route}-{rng.randint(0, 1)}"),
             expires_at=rng.choice((None, "2026-02-01T00:00:00Z", "2027-01-01T00:00:00Z")),
-        )  # fmt: skip
+        )
         record = ModuleRecord(metadata=meta, source_uri=f"git://kb/{tenant}/{route}", state=ModuleState.VALIDATING)
         records.append(record)
         return record

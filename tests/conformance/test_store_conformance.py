@@ -89,9 +89,15 @@ async def test_redelivered_event_changes_nothing(store: RegistryStore) -> None:
 
 
 async def test_publish_assigns_increasing_versions_and_resolves_the_chain(store: RegistryStore) -> None:
-    root = ModuleRecord(metadata=make_metadata("system-a", route="system"), source_uri="s", state=ModuleState.VALIDATING)
-    v1 = ModuleRecord(metadata=make_metadata("billing-a", parent_id="system-a"), source_uri="b", state=ModuleState.VALIDATING)
-    v2 = ModuleRecord(metadata=make_metadata("billing-b", parent_id="system-a"), source_uri="b", state=ModuleState.VALIDATING)
+    root = ModuleRecord(
+        metadata=make_metadata("system-a", route="system"), source_uri="s", state=ModuleState.VALIDATING
+    )
+    v1 = ModuleRecord(
+        metadata=make_metadata("billing-a", parent_id="system-a"), source_uri="b", state=ModuleState.VALIDATING
+    )
+    v2 = ModuleRecord(
+        metadata=make_metadata("billing-b", parent_id="system-a"), source_uri="b", state=ModuleState.VALIDATING
+    )
     for r in (root, v1, v2):
         await store.register(r)
         await store.publish(r.module_id)
@@ -106,9 +112,10 @@ async def test_concurrent_publishes_of_one_route_version_have_one_winner(store: 
     for name in ("billing-x", "billing-y"):
         await store.register(ModuleRecord(metadata=make_metadata(name), source_uri="b", state=ModuleState.VALIDATING))
     results = await asyncio.gather(
-        store.publish("billing-x", expected_version=1), store.publish("billing-y", expected_version=1),
+        store.publish("billing-x", expected_version=1),
+        store.publish("billing-y", expected_version=1),
         return_exceptions=True,
-    )  # fmt: skip
+    )
     winners = [r for r in results if isinstance(r, ModuleRecord)]
     losers = [r for r in results if not isinstance(r, ModuleRecord)]
     assert len(winners) == 1
@@ -131,7 +138,9 @@ async def test_unversioned_concurrent_publishes_get_distinct_versions(store: Reg
 
 
 async def test_bad_requests_are_typed_and_change_nothing(store: RegistryStore) -> None:
-    await store.register(ModuleRecord(metadata=make_metadata("billing-z"), source_uri="b", state=ModuleState.VALIDATING))
+    await store.register(
+        ModuleRecord(metadata=make_metadata("billing-z"), source_uri="b", state=ModuleState.VALIDATING)
+    )
     with pytest.raises(RegistryNotFoundError):
         await store.get("nope")
     with pytest.raises(RegistryNotFoundError):

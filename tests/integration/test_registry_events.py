@@ -126,7 +126,9 @@ async def test_unknown_schema_version_is_dead_lettered_and_the_consumer_goes_on(
     assert await _collect(watch, 1), "the valid event behind the bad ones was still processed"
 
 
-async def test_events_written_while_nats_is_down_arrive_after_restart_in_order(registry: Registry, infra: Infra) -> None:
+async def test_events_written_while_nats_is_down_arrive_after_restart_in_order(
+    registry: Registry, infra: Infra
+) -> None:
     population = generate_population()
     await load(registry.store, population)
     watch = await _watch(registry.js, "cag.module.invalidated", "t-outage")

@@ -11,3 +11,6 @@ def register(sub: Any) -> None:
     from cag.bench import ttft
 
     ttft.register(which)
+    from cag.bench import registry
+
+    registry.register(which)

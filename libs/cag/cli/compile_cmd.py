@@ -75,25 +75,21 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     console.print(summary_table(result))
     if args.publish and result.path is not None:
         # Failed goldens are registered too: the registry's refusal (FAILED_PRECONDITION) is the answer.
-        return run_with_rpc_errors(lambda: publish(result, args, settings, console))
+        return run_with_rpc_errors(lambda: publish(result, args, settings))
     if not result.publishable:
         console.print("[red]golden questions failed: the module is marked failed and cannot be published[/red]")
         return 4
     return 0
 
 
-def publish(result: CompileResult, args: argparse.Namespace, settings: CagSettings, console: Console) -> int:
+def publish(result: CompileResult, args: argparse.Namespace, settings: CagSettings) -> int:
     """Register the written module, then publish it; print the version its route assigned."""
     source_uri = args.source_uri or args.source.resolve().as_uri()
     address = args.registry or settings.registry_address
     with RegistryClient(address) as client:
         registered = client.register(module_message(result.metadata, source_uri))
         published = client.publish(registered.module_id, actor="cag compile")
-    console.print(
-        f"published {published.module_id} as version {published.version} of "
-        f"{published.tenant_id}/{published.route} on {address}"
-    )
-    print(published.version)
+    print(f"published {published.module_id} as version {published.version} of {published.tenant_id}/{published.route}")
     return 0
 
 

@@ -1,18 +1,22 @@
-"""`cag demo`: compile the demo knowledge into a module chain and answer questions from it.
+"""`cag demo`: the main job end to end on one machine.
 
-For every question it prints the answer, the TTFT when the module chain is restored
-from its files, and the TTFT of a full prefill of the same tokens, and checks that
-both produce the same tokens.
+Starts embedded NATS and Postgres (unless already up), runs the registry, compiles the demo
+knowledge into a module chain (a shared system+tools module, then one module per domain on top of
+it), registers and publishes every module over gRPC, resolves each domain's route to its chain and
+answers questions from the restored modules. Per question it prints the answer, the TTFT from the
+module files and the TTFT of a full prefill of the same tokens, and checks both give the same tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 from rich.console import Console
 from rich.table import Table
 
@@ -20,16 +24,27 @@ from cag.cli.progress import RichCompileObserver
 from cag.compiler.pipeline import compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import Engine, SamplingParams, load_engine
+from cag.infra.ports import free_port
+from cag.infra.stack import InfraStack, InfraState
+from cag.kvmodule import ModuleMetadata
 from cag.models import SMOLLM2, resolve_model
+from cag.registry.app import RegistryApp
+from cag.registry.convert import module_of
+from cag.registry.core import local_path
+from cag.registry.records import ModuleRecord
+from cag.registry.settings import RegistrySettings
+from cag.registry.states import ModuleState
 from cag.session import Answer, ChainContext, answer_from_modules, answer_with_full_prefill
 from cag.settings import CagSettings
+from cag.v1 import registry_pb2, registry_pb2_grpc
 
+TENANT = "acme"
 DOMAINS = ("billing", "shipping", "api")
 QUESTIONS_PER_DOMAIN = 2
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="compile the demo knowledge and answer demo questions from modules")
+    p = sub.add_parser("demo", help="compile, publish and query the demo knowledge end to end")
     p.add_argument("--examples", type=Path, default=Path("examples"))
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     p.add_argument("--model", default=SMOLLM2)
@@ -39,7 +54,7 @@ def register(sub: Any) -> None:
 
 @dataclass(frozen=True)
 class DemoRow:
-    domain: str
+    route: str
     question: str
     answer: str
     module_ttft_s: float
@@ -47,56 +62,92 @@ class DemoRow:
     identical: bool
 
 
-def _compile(
-    source: Path,
-    args: argparse.Namespace,
-    settings: CagSettings,
-    engine: Engine,
-    parents: tuple[Path, ...],
-    console: Console,
-) -> Path:
-    request = CompileRequest(
-        model=args.model,
-        tokenizer=None,
-        source=source,
-        layout=args.examples / "layouts" / "support_agent.v1.json",
-        acl=AclSpec.parse(f"tenant:acme:{source.name}"),
-        out=args.out,
-        parents=parents,
-    )
-    console.rule(f"compile {source.name}")
-    with RichCompileObserver(console) as observer:
-        result = compile_module(request, models_dir=settings.models_dir, engine=engine, observer=observer)
-    assert result.path is not None
-    return result.path
-
-
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
     console = Console()
-    model = resolve_model(args.model, settings.models_dir)
-    engine = load_engine("torch", model, "fp32")
-    knowledge = args.examples / "knowledge"
-    shared = _compile(knowledge / "shared", args, settings, engine, (), console)
-    rows = []
-    for domain in DOMAINS:
-        module = _compile(knowledge / domain, args, settings, engine, (shared,), console)
-        ctx = ChainContext.open([shared, module], models_dir=settings.models_dir, engine=engine)
-        cases = json.loads((knowledge / domain / "golden.json").read_text())[: args.questions]
-        for case in cases:
-            rows.append(_ask(ctx, domain, case["question"]))
+    stack = InfraStack(settings.run_dir)
+    started_here = not stack.is_up()
+    with console.status("starting embedded NATS and Postgres"):
+        state = stack.up(fast=True)
+    console.print(f"[dim]• NATS {state.nats_url} · Postgres {state.database_url}[/dim]")
+    try:
+        return asyncio.run(_demo(args, settings, state, console))
+    finally:
+        if started_here:
+            stack.down()
+
+
+async def _demo(args: argparse.Namespace, settings: CagSettings, state: InfraState, console: Console) -> int:
+    address = f"127.0.0.1:{free_port()}"
+    app = RegistryApp(RegistrySettings(database_url=state.database_url, nats_url=state.nats_url, address=address))
+    await app.start()
+    console.print(f"[dim]• registry serving on {address}[/dim]")
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            registry = registry_pb2_grpc.RegistryServiceStub(channel)
+            engine = await asyncio.to_thread(
+                load_engine, "torch", resolve_model(args.model, settings.models_dir), "fp32"
+            )
+            knowledge = args.examples / "knowledge"
+            shared = await _compile_and_publish(knowledge / "shared", (), args, settings, engine, registry, console)
+            for domain in DOMAINS:
+                await _compile_and_publish(knowledge / domain, (shared,), args, settings, engine, registry, console)
+            rows = []
+            for domain in DOMAINS:
+                resolved = await registry.ResolveRoute(registry_pb2.ResolveRouteRequest(tenant_id=TENANT, route=domain))
+                paths = [local_path(m.storage_uri) for m in resolved.chain]
+                console.print(f"[dim]• route {TENANT}/{domain} v{resolved.route_version} → "
+                              f"{' → '.join(m.module_id for m in resolved.chain)}[/dim]")  # fmt: skip
+                ctx = ChainContext.open(paths, models_dir=settings.models_dir, engine=engine)
+                cases = json.loads((knowledge / domain / "golden.json").read_text())[: args.questions]
+                rows += [await asyncio.to_thread(_ask, ctx, domain, case["question"]) for case in cases]
+    finally:
+        await app.stop()
     console.print(_table(rows))
     return 0 if all(r.identical for r in rows) else 1
 
 
-def _ask(ctx: ChainContext, domain: str, question: str) -> DemoRow:
-    sampling = SamplingParams(max_new_tokens=48)
+async def _compile_and_publish(
+    source: Path,
+    parents: tuple[Path, ...],
+    args: argparse.Namespace,
+    settings: CagSettings,
+    engine: Engine,
+    registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+    console: Console,
+) -> Path:
+    request = CompileRequest(
+        model=args.model, tokenizer=None, source=source, layout=args.examples / "layouts" / "support_agent.v1.json",
+        acl=AclSpec.parse(f"tenant:{TENANT}:{source.name}"), out=args.out, parents=parents,
+    )  # fmt: skip
+    console.rule(f"compile {source.name}")
+    with RichCompileObserver(console) as observer:
+        result = await asyncio.to_thread(
+            compile_module, request, models_dir=settings.models_dir, engine=engine, observer=observer
+        )
+    assert result.path is not None
+    version = await _publish(registry, result.metadata, source_uri=source.resolve().as_uri())
+    console.print(f"[green]published[/green] {result.metadata.module_id} as {TENANT}/{source.name} v{version}")
+    return result.path
+
+
+async def _publish(
+    registry: registry_pb2_grpc.RegistryServiceAsyncStub, metadata: ModuleMetadata, *, source_uri: str
+) -> int:
+    record = ModuleRecord(metadata=metadata, source_uri=source_uri, state=ModuleState.VALIDATING)
+    await registry.Register(registry_pb2.RegisterRequest(module=module_of(record)))
+    published = await registry.Publish(registry_pb2.PublishRequest(module_id=metadata.module_id, actor="cag demo"))
+    return int(published.module.version)
+
+
+def _ask(ctx: ChainContext, route: str, question: str) -> DemoRow:
+    sampling = SamplingParams(max_new_tokens=48, stop_sequences=ctx.prompt.paragraph_break_sequences())
     from_module, full = Answer(), Answer()
     for _ in answer_from_modules(ctx, ctx.modules, question, sampling, from_module):
         pass
     for _ in answer_with_full_prefill(ctx, question, sampling, full):
         pass
     return DemoRow(
-        domain=domain,
+        route=route,
         question=question,
         answer=ctx.decode(from_module.tokens).strip(),
         module_ttft_s=from_module.ttft_s,
@@ -106,17 +157,12 @@ def _ask(ctx: ChainContext, domain: str, question: str) -> DemoRow:
 
 
 def _table(rows: list[DemoRow]) -> Table:
-    table = Table(title="answers from restored modules (SmolLM2, greedy)")
-    for col in ("domain", "question", "answer", "TTFT module", "TTFT full prefill", "speed-up", "same tokens"):
+    table = Table(title="answers from restored modules (SmolLM2-135M-Instruct, greedy)")
+    for col in ("route", "question", "answer", "TTFT module", "TTFT full prefill", "speed-up", "same tokens"):
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r.domain,
-            r.question,
-            r.answer,
-            f"{r.module_ttft_s * 1000:.0f} ms",
-            f"{r.full_ttft_s * 1000:.0f} ms",
-            f"{r.full_ttft_s / r.module_ttft_s:.1f}x",
-            "yes" if r.identical else "[red]NO[/red]",
-        )
+            r.route, r.question, r.answer, f"{r.module_ttft_s * 1000:.0f} ms", f"{r.full_ttft_s * 1000:.0f} ms",
+            f"{r.full_ttft_s / r.module_ttft_s:.1f}x", "yes" if r.identical else "[red]NO[/red]",
+        )  # fmt: skip
     return table

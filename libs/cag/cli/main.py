@@ -8,7 +8,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from cag.cli import bench_cmd, compile_cmd, demo_cmd, infra_cmd, inspect_cmd, query_cmd, registry_cmd
+from cag.cli import (
+    bench_cmd,
+    compile_cmd,
+    demo_cmd,
+    infra_cmd,
+    inspect_cmd,
+    invalidate_cmd,
+    modules_cmd,
+    query_cmd,
+    registry_cmd,
+)
 from cag.errors import CagError, Status
 from cag.settings import CagSettings
 
@@ -25,7 +35,8 @@ Command = Callable[[argparse.Namespace, CagSettings], int]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cag", description="Cache-Augmented Generation platform")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (compile_cmd, query_cmd, inspect_cmd, bench_cmd, demo_cmd, infra_cmd, registry_cmd):
+    commands = (compile_cmd, query_cmd, inspect_cmd, bench_cmd, demo_cmd, infra_cmd, registry_cmd, modules_cmd)
+    for module in (*commands, invalidate_cmd):
         module.register(sub)
     return parser
 

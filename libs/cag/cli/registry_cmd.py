@@ -25,7 +25,7 @@ def run_serve(args: argparse.Namespace, settings: CagSettings) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     overrides = {"address": args.address} if args.address else {}
-    registry_settings = RegistrySettings(**overrides)  # type: ignore[call-arg]  # the rest comes from the env
+    registry_settings = RegistrySettings(**overrides)  # the rest comes from the environment
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(registry_settings))
     return 0

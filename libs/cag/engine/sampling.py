@@ -16,6 +16,13 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int = 0
     stop_token_ids: frozenset[int] = field(default_factory=frozenset)
+    # Token sequences that end the answer once generated (e.g. a paragraph break), kept in the output.
+    stop_sequences: frozenset[tuple[int, ...]] = field(default_factory=frozenset)
+
+    def ends_answer(self, generated: list[int]) -> bool:
+        return generated[-1] in self.stop_token_ids or any(
+            tuple(generated[-len(s) :]) == s for s in self.stop_sequences
+        )
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

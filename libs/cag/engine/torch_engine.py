@@ -96,11 +96,12 @@ class TorchEngine:
 
     def generate(self, suffix: Sequence[int], cache: KVCache, sampling: SamplingParams) -> Iterator[int]:
         sample = TokenSampler(sampling)
-        stops = sampling.stop_token_ids | {self.eos_token_id}
+        generated: list[int] = []
         logits = self.model.forward(torch.tensor(list(suffix), dtype=torch.long), cache)
         for _ in range(sampling.max_new_tokens):
             token = sample(logits)
+            generated.append(token)
             yield token
-            if token in stops or cache.length >= cache.capacity:
+            if token == self.eos_token_id or sampling.ends_answer(generated) or cache.length >= cache.capacity:
                 return
             logits = self.model.forward(torch.tensor([token]), cache)

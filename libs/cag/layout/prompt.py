@@ -97,6 +97,13 @@ class PromptLayout:
             )
         return tokens
 
+    def paragraph_break_sequences(self) -> frozenset[tuple[int, ...]]:
+        """Token sequences of a blank line, alone and inside text: a stop condition for one-paragraph answers."""
+        alone = tuple(self._tokens("\n\n"))
+        inside = self._tokens("a.\n\nb")
+        prefix, suffix = len(self._tokens("a.")), len(self._tokens("b"))
+        return frozenset({alone, tuple(inside[prefix : len(inside) - suffix])})
+
     def decode(self, ids: Sequence[int]) -> str:
         """Answer text of generated token ids, special tokens dropped."""
         text = self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -26,15 +26,19 @@ def run_golden(
     suffix_tokens: Callable[[str], list[int]],
     decode: Callable[[list[int]], str],
     max_new_tokens: int,
+    stop_sequences: frozenset[tuple[int, ...]] = frozenset(),
     on_result: Callable[[GoldenResult], None] | None = None,
 ) -> list[GoldenResult]:
-    """Greedy-answer each question from the module held in `cache`; the cache is left as it was found."""
+    """Greedy-answer each question from the module held in `cache`; the cache is left as it was found.
+
+    The answer ends at `max_new_tokens` or at a stop sequence (the compiler passes a paragraph break:
+    golden facts must come in the answer's first paragraph).
+    """
     module_end = cache.length
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, stop_sequences=stop_sequences)
     results = []
     for case in cases:
-        tokens = list(
-            engine.generate(suffix_tokens(case.question), cache, SamplingParams(max_new_tokens=max_new_tokens))
-        )
+        tokens = list(engine.generate(suffix_tokens(case.question), cache, sampling))
         cache.truncate(module_end)
         answer = decode(tokens).strip()
         result = GoldenResult(question=case.question, expect=case.expect, answer=answer, passed=case.passes(answer))

@@ -108,6 +108,7 @@ def compile_module(
         suffix_tokens=prompt.suffix_tokens,
         decode=prompt.decode,
         max_new_tokens=request.golden_max_new_tokens,
+        stop_sequences=prompt.paragraph_break_sequences(),
         on_result=obs.golden_result,
     )
     status = GoldenStatus.NONE if not golden else GoldenStatus("passed" if all(r.passed for r in golden) else "failed")

@@ -98,7 +98,9 @@ class RegistryCore:
     async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
         return await self.store.rollback(check_name("tenant", tenant_id), check_name("route", route), to_version)
 
-    async def changes_since(self, sequence: int, *, tenant_id: str | None = None, limit: int = 100) -> list[ModuleChange]:
+    async def changes_since(
+        self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
+    ) -> list[ModuleChange]:
         if sequence < 0:
             raise InvalidInputError(f"since_sequence must be >= 0, got {sequence}")
         return await self.store.changes_since(sequence, tenant_id=tenant_id, limit=limit)

@@ -25,6 +25,7 @@ from cag.registry.triggers import AclChanged, LayoutChanged, ModelRevised, Sourc
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry-invalidations"
+PULL_SUB = PullSub(batch_size=16, timeout=0.2)
 
 
 def trigger_of(payload: Payload) -> Trigger:
@@ -46,9 +47,7 @@ def trigger_of(payload: Payload) -> Trigger:
 def subscribe_invalidations(broker: NatsBroker, core: RegistryCore) -> None:
     """A durable pull consumer on `cag.invalidate.*`; redelivery is harmless (the store dedups by event id)."""
 
-    @broker.subscriber(
-        "cag.invalidate.*", stream=CAG_STREAM, durable=CONSUMER, pull_sub=PullSub(batch_size=16, timeout=0.2)
-    )
+    @broker.subscriber("cag.invalidate.*", stream=CAG_STREAM, durable=CONSUMER, pull_sub=PULL_SUB)
     async def on_invalidation(msg: NatsMessage) -> None:
         body = msg.body
         try:

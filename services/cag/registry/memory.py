@@ -41,9 +41,18 @@ class MemoryStore(RegistryStore):
         self.modules[record.module_id] = record
         envelope = module_event(record, reason=reason, trigger_event_id=trigger_event_id)
         m = record.metadata
-        self.outbox.append(ModuleChange(sequence=len(self.outbox) + 1, subject=envelope.subject, module_id=m.module_id,
-                                        tenant_id=m.tenant_id, route=m.route, version=record.version,
-                                        state=record.state, occurred_at=envelope.occurred_at))  # fmt: skip
+        self.outbox.append(
+            ModuleChange(
+                sequence=len(self.outbox) + 1,
+                subject=envelope.subject,
+                module_id=m.module_id,
+                tenant_id=m.tenant_id,
+                route=m.route,
+                version=record.version,
+                state=record.state,
+                occurred_at=envelope.occurred_at,
+            )
+        )
         return record
 
     async def register(self, record: ModuleRecord) -> ModuleRecord:
@@ -56,8 +65,9 @@ class MemoryStore(RegistryStore):
             if record.parent_id is not None:
                 self._get(record.parent_id)
             now = datetime.now(UTC)
-            stored = dataclasses.replace(record, state=ModuleState.VALIDATING, version=None, registered_at=now,
-                                         state_changed_at=now)  # fmt: skip
+            stored = dataclasses.replace(
+                record, state=ModuleState.VALIDATING, version=None, registered_at=now, state_changed_at=now
+            )
             self.modules[record.module_id] = stored
             return stored
 
@@ -65,15 +75,20 @@ class MemoryStore(RegistryStore):
         return self._get(module_id)
 
     async def list_modules(self, query: ListQuery) -> tuple[list[ModuleRecord], str]:
-        wanted = {"tenant_id": query.tenant_id, "route": query.route, "model_name": query.model_name,
-                  "layout_id": query.layout_id}  # fmt: skip
+        wanted = {
+            "tenant_id": query.tenant_id,
+            "route": query.route,
+            "model_name": query.model_name,
+            "layout_id": query.layout_id,
+        }
         after = query.after
         rows = [
-            r for _, r in sorted(self.modules.items())
+            r
+            for _, r in sorted(self.modules.items())
             if all(v is None or getattr(r.metadata, k) == v for k, v in wanted.items())
             and (query.state is None or r.state is query.state)
             and (after is None or r.module_id > after)
-        ]  # fmt: skip
+        ]
         page = rows[: query.page_size]
         return page, encode_page_token(page[-1].module_id) if len(rows) > query.page_size else ""
 
@@ -84,12 +99,16 @@ class MemoryStore(RegistryStore):
                 return record
             check_transition(module_id, record.state, ModuleState.PUBLISHED)
             m = record.metadata
-            versions = [r.version or 0 for r in self.modules.values() if (r.metadata.tenant_id, r.metadata.route)
-                        == (m.tenant_id, m.route)]  # fmt: skip
+            versions = [
+                r.version or 0
+                for r in self.modules.values()
+                if (r.metadata.tenant_id, r.metadata.route) == (m.tenant_id, m.route)
+            ]
             check_expected_version(module_id, expected_version, max(versions) + 1)
             now = datetime.now(UTC)
-            published = dataclasses.replace(record, state=ModuleState.PUBLISHED, version=max(versions) + 1,
-                                            published_at=now, state_changed_at=now)  # fmt: skip
+            published = dataclasses.replace(
+                record, state=ModuleState.PUBLISHED, version=max(versions) + 1, published_at=now, state_changed_at=now
+            )
             self.routes[(m.tenant_id, m.route)] = module_id
             return self._set(published, reason="published")
 
@@ -97,8 +116,11 @@ class MemoryStore(RegistryStore):
         async with self._lock:
             record = self._get(module_id)
             check_transition(module_id, record.state, ModuleState.QUARANTINED)
-            return self._set(dataclasses.replace(record, state=ModuleState.QUARANTINED, state_reason=reason,
-                                                 state_changed_at=datetime.now(UTC)))  # fmt: skip
+            return self._set(
+                dataclasses.replace(
+                    record, state=ModuleState.QUARANTINED, state_reason=reason, state_changed_at=datetime.now(UTC)
+                )
+            )
 
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
         module_id = self.routes.get((tenant_id, route))
@@ -118,8 +140,9 @@ class MemoryStore(RegistryStore):
             now, reason = datetime.now(UTC), trigger_reason(trigger)
             changed = []
             for module_id, state in sorted(affected_modules(self.modules.values(), trigger).items()):
-                record = dataclasses.replace(self.modules[module_id], state=state, state_reason=reason,
-                                             state_changed_at=now)  # fmt: skip
+                record = dataclasses.replace(
+                    self.modules[module_id], state=state, state_reason=reason, state_changed_at=now
+                )
                 changed.append(self._set(record, trigger_event_id=event_id))
             return changed
 
@@ -127,8 +150,11 @@ class MemoryStore(RegistryStore):
         if to_version < 1:
             raise InvalidInputError(f"to_version must be a published version (>= 1), got {to_version}")
         async with self._lock:
-            matches = [r for r in self.modules.values()
-                       if (r.metadata.tenant_id, r.metadata.route, r.version) == (tenant_id, route, to_version)]  # fmt: skip
+            matches = [
+                r
+                for r in self.modules.values()
+                if (r.metadata.tenant_id, r.metadata.route, r.version) == (tenant_id, route, to_version)
+            ]
             if not matches:
                 raise RegistryNotFoundError(f"route {tenant_id}/{route} has no version {to_version}")
             record = matches[0]
@@ -139,6 +165,8 @@ class MemoryStore(RegistryStore):
             self.routes[(tenant_id, route)] = record.module_id
             return self._set(record, reason=f"rollback to version {to_version}")
 
-    async def changes_since(self, sequence: int, *, tenant_id: str | None = None, limit: int = 100) -> list[ModuleChange]:
+    async def changes_since(
+        self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
+    ) -> list[ModuleChange]:
         feed = [c for c in self.outbox if c.sequence > sequence and (tenant_id is None or c.tenant_id == tenant_id)]
         return feed[:limit]

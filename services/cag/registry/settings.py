@@ -7,7 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class RegistrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CAG_REGISTRY_")
+    model_config = SettingsConfigDict(env_prefix="CAG_REGISTRY_", populate_by_name=True)
 
     database_url: str = Field(validation_alias=AliasChoices("CAG_REGISTRY_DATABASE_URL", "CAG_DATABASE_URL"))
     nats_url: str = Field(validation_alias=AliasChoices("CAG_REGISTRY_NATS_URL", "CAG_NATS_URL"))

@@ -162,5 +162,7 @@ class RegistryStore(ABC):
     async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord: ...
 
     @abstractmethod
-    async def changes_since(self, sequence: int, *, tenant_id: str | None = None, limit: int = 100) -> list[ModuleChange]:
+    async def changes_since(
+        self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
+    ) -> list[ModuleChange]:
         """The change feed (the outbox) after `sequence`, oldest first."""

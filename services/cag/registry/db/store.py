@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from cag.errors import InvalidInputError
 from cag.events.schemas import Envelope
@@ -56,8 +57,11 @@ def trigger_predicate(trigger: Trigger) -> ColumnElement[bool]:
     """The SQL twin of `trigger.selects` (the conformance suite checks they agree)."""
     match trigger:
         case SourceChanged():
-            return and_(M.tenant_id == trigger.tenant_id, M.source_uri == trigger.source_uri,
-                        M.source_checksum != trigger.checksum)  # fmt: skip
+            return and_(
+                M.tenant_id == trigger.tenant_id,
+                M.source_uri == trigger.source_uri,
+                M.source_checksum != trigger.checksum,
+            )
         case ModelRevised():
             return and_(M.model_name == trigger.model_name, M.model_revision != trigger.model_revision)
         case TokenizerRetired():
@@ -72,6 +76,29 @@ def trigger_predicate(trigger: Trigger) -> ColumnElement[bool]:
         case TtlElapsed():
             return and_(M.expires_at.is_not(None), M.expires_at <= trigger.now)
     raise AssertionError(f"unhandled trigger {trigger!r}")
+
+
+def _resolve_chain_query() -> Select[tuple[ModuleRow, dict[str, Any]]]:
+    """The route's active module and its ancestors with their layouts, root first (params: tenant, route)."""
+    parent = aliased(ModuleRow)
+    start = (
+        select(M.module_id, M.parent_id, literal(0).label("depth"))
+        .join(RouteRow, RouteRow.active_module_id == M.module_id)
+        .where(RouteRow.tenant_id == bindparam("tenant"), RouteRow.route == bindparam("route"))
+        .cte("chain", recursive=True)
+    )
+    chain = start.union_all(
+        select(parent.module_id, parent.parent_id, start.c.depth + 1).join(start, parent.module_id == start.c.parent_id)
+    )
+    return (
+        select(M, LayoutRow.body)
+        .join(chain, chain.c.module_id == M.module_id)
+        .join(LayoutRow, LayoutRow.layout_hash == M.layout_hash)
+        .order_by(chain.c.depth.desc())
+    )
+
+
+_RESOLVE_CHAIN = _resolve_chain_query()
 
 
 class PostgresStore(RegistryStore):
@@ -95,8 +122,15 @@ class PostgresStore(RegistryStore):
 
     @staticmethod
     def _outbox(session: AsyncSession, envelope: Envelope, module_id: str | None) -> None:
-        session.add(OutboxRow(event_id=envelope.event_id, subject=envelope.subject, module_id=module_id,
-                              envelope=envelope.model_dump(mode="json"), attempts=0))  # fmt: skip
+        session.add(
+            OutboxRow(
+                event_id=envelope.event_id,
+                subject=envelope.subject,
+                module_id=module_id,
+                envelope=envelope.model_dump(mode="json"),
+                attempts=0,
+            )
+        )
 
     async def register(self, record: ModuleRecord) -> ModuleRecord:
         m = record.metadata
@@ -108,16 +142,25 @@ class PostgresStore(RegistryStore):
                 return (await self._records(session, [existing]))[0]
             if m.parent_id is not None:
                 await self._row(session, m.parent_id)  # the parent must be registered first
-            await session.execute(insert(LayoutRow).values(layout_hash=m.layout_hash, layout_id=m.layout_id,
-                                                           body=json.loads(m.layout)).on_conflict_do_nothing())  # fmt: skip
             await session.execute(
-                insert(SourceRow).values(tenant_id=m.tenant_id, uri=record.source_uri, checksum=m.source_checksum)
-                .on_conflict_do_update(index_elements=["tenant_id", "uri"], set_={"checksum": m.source_checksum,
-                                                                                  "updated_at": func.now()})
-            )  # fmt: skip
-            await session.execute(insert(ModelRevisionRow).values(
-                model_name=m.model_name, model_revision=m.model_revision, tokenizer_revision=m.tokenizer_revision
-            ).on_conflict_do_nothing())  # fmt: skip
+                insert(LayoutRow)
+                .values(layout_hash=m.layout_hash, layout_id=m.layout_id, body=json.loads(m.layout))
+                .on_conflict_do_nothing()
+            )
+            await session.execute(
+                insert(SourceRow)
+                .values(tenant_id=m.tenant_id, uri=record.source_uri, checksum=m.source_checksum)
+                .on_conflict_do_update(
+                    index_elements=["tenant_id", "uri"], set_={"checksum": m.source_checksum, "updated_at": func.now()}
+                )
+            )
+            await session.execute(
+                insert(ModelRevisionRow)
+                .values(
+                    model_name=m.model_name, model_revision=m.model_revision, tokenizer_revision=m.tokenizer_revision
+                )
+                .on_conflict_do_nothing()
+            )
             row = ModuleRow(**row_values(record))
             session.add(row)
             await session.flush()
@@ -130,8 +173,13 @@ class PostgresStore(RegistryStore):
 
     async def list_modules(self, query: ListQuery) -> tuple[list[ModuleRecord], str]:
         stmt = select(ModuleRow).order_by(ModuleRow.module_id).limit(query.page_size + 1)
-        filters = {"tenant_id": query.tenant_id, "route": query.route, "model_name": query.model_name,
-                   "layout_id": query.layout_id, "state": query.state.value if query.state else None}  # fmt: skip
+        filters = {
+            "tenant_id": query.tenant_id,
+            "route": query.route,
+            "model_name": query.model_name,
+            "layout_id": query.layout_id,
+            "state": query.state.value if query.state else None,
+        }
         for column, value in filters.items():
             if value is not None:
                 stmt = stmt.where(getattr(ModuleRow, column) == value)
@@ -150,8 +198,11 @@ class PostgresStore(RegistryStore):
                 if row.state == ModuleState.PUBLISHED:
                     return (await self._records(session, [row]))[0]
                 check_transition(module_id, ModuleState(row.state), ModuleState.PUBLISHED)
-                latest = await session.scalar(select(func.max(ModuleRow.version)).where(
-                    ModuleRow.tenant_id == row.tenant_id, ModuleRow.route == row.route))  # fmt: skip
+                latest = await session.scalar(
+                    select(func.max(ModuleRow.version)).where(
+                        ModuleRow.tenant_id == row.tenant_id, ModuleRow.route == row.route
+                    )
+                )
                 check_expected_version(module_id, expected_version, (latest or 0) + 1)
                 row.version = (latest or 0) + 1
                 row.state = ModuleState.PUBLISHED
@@ -170,11 +221,15 @@ class PostgresStore(RegistryStore):
     async def _activate(session: AsyncSession, row: ModuleRow) -> None:
         assert row.version is not None
         await session.execute(
-            insert(RouteRow).values(tenant_id=row.tenant_id, route=row.route, active_module_id=row.module_id,
-                                    active_version=row.version)
-            .on_conflict_do_update(index_elements=["tenant_id", "route"], set_={
-                "active_module_id": row.module_id, "active_version": row.version, "updated_at": func.now()})
-        )  # fmt: skip
+            insert(RouteRow)
+            .values(
+                tenant_id=row.tenant_id, route=row.route, active_module_id=row.module_id, active_version=row.version
+            )
+            .on_conflict_do_update(
+                index_elements=["tenant_id", "route"],
+                set_={"active_module_id": row.module_id, "active_version": row.version, "updated_at": func.now()},
+            )
+        )
 
     async def quarantine(self, module_id: str, reason: str) -> ModuleRecord:
         async with self.sessions.begin() as session:
@@ -187,21 +242,13 @@ class PostgresStore(RegistryStore):
             return record
 
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
-        chain = text("""
-            WITH RECURSIVE chain(module_id, parent_id, depth) AS (
-                SELECT m.module_id, m.parent_id, 0 FROM routes r JOIN modules m ON m.module_id = r.active_module_id
-                WHERE r.tenant_id = :tenant AND r.route = :route
-                UNION ALL
-                SELECT p.module_id, p.parent_id, c.depth + 1 FROM modules p JOIN chain c ON p.module_id = c.parent_id
-            ) SELECT module_id FROM chain ORDER BY depth DESC
-        """)  # fmt: skip
+        # One round trip: the chain (recursive CTE from the route's active module up to the root) with each
+        # module's layout, root first. Three queries before (ids, rows, layouts) made this the hot path's cost.
         async with self.sessions() as session:
-            ids = list((await session.execute(chain, {"tenant": tenant_id, "route": route})).scalars())
-            if not ids:
-                raise RegistryNotFoundError(f"route {tenant_id}/{route} has no published module")
-            rows = {r.module_id: r for r in (await session.execute(select(ModuleRow).where(
-                ModuleRow.module_id.in_(ids)))).scalars()}  # fmt: skip
-            records = await self._records(session, [rows[i] for i in ids])
+            found = (await session.execute(_RESOLVE_CHAIN, {"tenant": tenant_id, "route": route})).all()
+        if not found:
+            raise RegistryNotFoundError(f"route {tenant_id}/{route} has no published module")
+        records = [record_of(row, body) for row, body in found]
         leaf = records[-1]
         assert leaf.version is not None
         return RouteResolution(tenant_id=tenant_id, route=route, version=leaf.version, chain=records)
@@ -212,8 +259,12 @@ class PostgresStore(RegistryStore):
         hit = hit.union(select(ModuleRow.module_id).join(hit, ModuleRow.parent_id == hit.c.module_id))
         reason = trigger_reason(trigger)
         async with self.sessions.begin() as session:
-            first_time = await session.execute(insert(ProcessedEventRow).values(consumer=consumer, event_id=event_id)
-                                               .on_conflict_do_nothing().returning(literal(1)))  # fmt: skip
+            first_time = await session.execute(
+                insert(ProcessedEventRow)
+                .values(consumer=consumer, event_id=event_id)
+                .on_conflict_do_nothing()
+                .returning(literal(1))
+            )
             if first_time.first() is None:
                 return []  # a redelivery: already applied
             changed = await session.execute(
@@ -233,9 +284,13 @@ class PostgresStore(RegistryStore):
         if to_version < 1:
             raise InvalidInputError(f"to_version must be a published version (>= 1), got {to_version}")
         async with self.sessions.begin() as session:
-            row = (await session.execute(select(ModuleRow).where(
-                ModuleRow.tenant_id == tenant_id, ModuleRow.route == route, ModuleRow.version == to_version
-            ))).scalar_one_or_none()  # fmt: skip
+            row = (
+                await session.execute(
+                    select(ModuleRow).where(
+                        ModuleRow.tenant_id == tenant_id, ModuleRow.route == route, ModuleRow.version == to_version
+                    )
+                )
+            ).scalar_one_or_none()
             if row is None:
                 raise RegistryNotFoundError(f"route {tenant_id}/{route} has no version {to_version}")
             if row.state != ModuleState.PUBLISHED:
@@ -245,7 +300,9 @@ class PostgresStore(RegistryStore):
             self._outbox(session, module_event(record, reason=f"rollback to version {to_version}"), row.module_id)
             return record
 
-    async def changes_since(self, sequence: int, *, tenant_id: str | None = None, limit: int = 100) -> list[ModuleChange]:
+    async def changes_since(
+        self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
+    ) -> list[ModuleChange]:
         stmt = select(OutboxRow).where(OutboxRow.sequence > sequence).order_by(OutboxRow.sequence).limit(limit)
         if tenant_id is not None:
             stmt = stmt.where(OutboxRow.envelope["data"]["tenant_id"].astext == tenant_id)

@@ -1,0 +1,244 @@
+"""The command line against a real registry (Postgres, NATS JetStream, gRPC): compile --publish,
+`cag modules`, rollback, and `cag invalidate` events applied by the registry's consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from cag.cli.main import main
+from cag.cli.registry_client import RegistryClient
+from cag.events.schemas import STREAM, Envelope, decode
+from cag.infra.ports import free_port
+from cag.models import TINY
+from cag.registry.app import RegistryApp
+from cag.registry.settings import RegistrySettings
+from tests.conftest import LAYOUT
+from tests.infra_fixtures import FreshDatabase, Infra
+
+TENANT = "acme"
+ROUTE = "widgets"
+# The tiny model has random weights: its greedy answers are deterministic nonsense subwords. A golden
+# case needs a non-empty expect list (load_golden refuses []), so the passing case expects the single
+# letter "e", which its answers for both document versions below contain (checked by a first run:
+# "Poverty enthusiastically}..." and "Poverty cleavage sipping..."). The matching is a case-insensitive
+# substring test, so this is the weakest expectation that still exercises the golden gate.
+PASSING_GOLDEN = [{"question": "How much do widgets cost?", "expect": ["e"]}]
+FAILING_GOLDEN = [{"question": "How much do widgets cost?", "expect": ["this phrase is never generated"]}]
+
+
+@dataclass
+class Cli:
+    """`cag` run in-process (in a worker thread: main() runs its own event loops) with captured output."""
+
+    capsys: pytest.CaptureFixture[str]
+    registry: str
+    nats_url: str
+
+    async def __call__(self, *argv: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = await asyncio.to_thread(main, list(argv))
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    async def compile(self, source: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+        return await self(
+            "compile", "--model", TINY, "--source", str(source), "--layout", str(LAYOUT),
+            "--acl", f"tenant:{TENANT}", "--route", ROUTE, "--out", str(out),
+            "--publish", "--registry", self.registry, *extra,
+        )  # fmt: skip
+
+    async def show(self, module_id: str) -> dict[str, Any]:
+        code, out, err = await self("modules", "show", module_id, "--json", "--registry", self.registry)
+        assert code == 0, err
+        return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def registry(infra: Infra, fresh_database: FreshDatabase) -> AsyncIterator[str]:
+    """A registry app (gRPC server, invalidation consumer, outbox relay) on a free port; yields its address."""
+    address = f"127.0.0.1:{free_port()}"
+    app = RegistryApp(
+        RegistrySettings(database_url=fresh_database.database_url, nats_url=infra.nats_url, address=address)
+    )
+    await app.start()
+    try:
+        yield address
+    finally:
+        await app.stop()
+
+
+@pytest.fixture
+def cli(registry: str, infra: Infra, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(capsys=capsys, registry=registry, nats_url=infra.nats_url)
+
+
+def write_source(directory: Path, *, price: int, golden: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "widgets.md").write_text(
+        f"---\ntitle: Widgets\nsection: policy\norder: 1\nupdated: 2026-01-20\n---\nWidgets cost {price} dollars.\n"
+    )
+    (directory / "golden.json").write_text(json.dumps(golden))
+    return directory
+
+
+def published_id(out: str) -> tuple[str, int]:
+    """(module id, version) from compile --publish's `published ID as version N of T/R` line."""
+    words = out.strip().splitlines()[-1].split()
+    assert words[0] == "published", out
+    return words[1], int(words[4])
+
+
+async def test_publish_list_show_rollback(cli: Cli, tmp_path: Path) -> None:
+    source = write_source(tmp_path / "widgets", price=5, golden=PASSING_GOLDEN)
+    code, out, err = await cli.compile(source, tmp_path / "out")
+    assert code == 0, err
+    first, version = published_id(out)
+    assert version == 1
+    assert out.strip().endswith(f"of {TENANT}/{ROUTE}")
+
+    code, out, err = await cli("modules", "list", "--tenant", TENANT, "--registry", cli.registry)
+    assert code == 0, err
+    [row] = [line for line in out.splitlines() if first in line]
+    assert "published" in row and "passed" in row and TINY in row and "support_agent.v1" in row
+    assert row.split("│")[4].strip() == "1"  # the version column
+
+    shown = await cli.show(first)
+    assert (shown["state"], shown["version"]) == ("MODULE_STATE_PUBLISHED", "1")  # int64 is a JSON string
+    assert shown["golden_status"] == "GOLDEN_STATUS_PASSED"
+    assert shown["source_uri"] == source.resolve().as_uri()
+    assert shown["storage_uri"] == (tmp_path / "out").resolve().as_uri() + f"/{first}.safetensors"
+    code, out, err = await cli("modules", "show", first, "--registry", cli.registry)
+    assert code == 0, err
+    assert first in out and "published" in out
+
+    # A changed source is a new module: version 2 of the same route.
+    write_source(source, price=7, golden=PASSING_GOLDEN)
+    code, out, err = await cli.compile(source, tmp_path / "out", "--source-uri", "git+https://kb.example/widgets")
+    assert code == 0, err
+    second, version = published_id(out)
+    assert (second != first, version) == (True, 2)
+    assert (await cli.show(second))["source_uri"] == "git+https://kb.example/widgets"
+
+    code, out, err = await cli(
+        "modules", "list", "--route", ROUTE, "--state", "published", "--page-size", "1", "--all",
+        "--registry", cli.registry,
+    )  # fmt: skip
+    assert code == 0, err
+    assert first in out and second in out  # two pages of one, followed
+
+    code, out, err = await cli("modules", "list", "--route", ROUTE, "--page-size", "1", "--registry", cli.registry)
+    assert code == 0, err
+    assert (first in out) != (second in out)  # one page of one module
+    assert "--page-token" in err
+
+    code, out, err = await cli(
+        "modules", "rollback", "--tenant", TENANT, "--route", ROUTE, "--to-version", "1", "--registry", cli.registry
+    )
+    assert code == 0, err
+    assert f"now serves version 1 ({first})" in out
+
+    with RegistryClient(cli.registry) as client:
+        resolved = await asyncio.to_thread(client.resolve_route, TENANT, ROUTE)
+    assert (resolved.route_version, resolved.chain[-1].module_id) == (1, first)
+
+    code, _, err = await cli(
+        "modules", "rollback", "--tenant", TENANT, "--route", ROUTE, "--to-version", "9", "--registry", cli.registry
+    )
+    assert code == 3
+    assert err.startswith("error (NOT_FOUND): ")
+
+
+async def test_keep_failed_publish_is_refused_by_the_registry(cli: Cli, tmp_path: Path) -> None:
+    source = write_source(tmp_path / "widgets", price=5, golden=FAILING_GOLDEN)
+    code, out, err = await cli.compile(source, tmp_path / "out", "--keep-failed")
+    assert code == 4
+    assert "error (FAILED_PRECONDITION): " in err
+    assert "golden tests failed" in err
+    assert "published" not in out
+    # Registered (so it can be inspected), never published.
+    code, out, _ = await cli("modules", "list", "--state", "validating", "--registry", cli.registry)
+    assert code == 0
+    assert "failed" in out
+
+
+async def test_invalidate_model_event_reaches_the_registry(cli: Cli, tmp_path: Path) -> None:
+    source = write_source(tmp_path / "widgets", price=5, golden=PASSING_GOLDEN)
+    code, out, err = await cli.compile(source, tmp_path / "out")
+    assert code == 0, err
+    module_id, _ = published_id(out)
+
+    code, out, err = await cli(
+        "invalidate", "model", "--model", TINY, "--revision", "a-newer-revision", "--nats", cli.nats_url
+    )
+    assert code == 0, err
+    event_id = out.strip()
+    assert len(event_id) == 36  # a UUID
+
+    state = ""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while asyncio.get_running_loop().time() < deadline:
+        shown = await cli.show(module_id)
+        state = shown["state"]
+        if state == "MODULE_STATE_INVALIDATED":
+            break
+        await asyncio.sleep(0.2)
+    assert state == "MODULE_STATE_INVALIDATED"
+    assert shown["version"] == "1"
+
+
+# Payloads that match no module anywhere: the registry consumer is one durable consumer shared by every
+# test of the session, so an event it has not consumed yet may be applied by a later test's registry.
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["invalidate", "source", "--tenant", "cli-nobody", "--uri", "file:///kb/nothing", "--checksum", "abc"],
+        ["invalidate", "tokenizer", "--revision", "cli-test-retired-revision"],
+        ["invalidate", "acl", "--tenant", "cli-nobody", "--scope", "workspace", "--principal", "ops"],
+        ["invalidate", "layout", "--layout-id", "cli-test-layout", "--layout-hash", "h2"],
+    ],
+    ids=["source", "tokenizer", "acl", "layout"],
+)
+async def test_every_invalidation_publishes_an_envelope(cli: Cli, argv: list[str]) -> None:
+    event_id = f"cli-test-{argv[1]}-{uuid.uuid4().hex}"
+    code, out, err = await cli(*argv, "--nats", cli.nats_url, "--event-id", event_id)
+    assert code == 0, err
+    assert out.strip() == event_id
+
+    subject = f"cag.invalidate.{argv[1]}"
+    client = await nats.connect(cli.nats_url)
+    try:
+        stored = await client.jetstream().get_last_msg(STREAM, subject)
+    finally:
+        await client.close()
+    assert stored.headers is not None
+    assert stored.headers["Nats-Msg-Id"] == event_id
+    envelope = Envelope.model_validate_json(stored.data or b"")
+    assert (envelope.event_id, envelope.subject, envelope.version) == (event_id, subject, 1)
+    decode(envelope)  # the payload validates against its schema
+
+
+async def test_bad_input(cli: Cli) -> None:
+    with pytest.raises(SystemExit) as usage:  # argparse: scope public is not a choice
+        await cli("invalidate", "acl", "--tenant", TENANT, "--scope", "public", "--nats", cli.nats_url)
+    assert usage.value.code == 2
+
+    code, _, err = await cli("invalidate", "model", "--model", "", "--revision", "r", "--nats", cli.nats_url)
+    assert code == 2
+    assert err.startswith("error (INVALID_ARGUMENT): invalid model event")
+
+    code, _, err = await cli("modules", "show", "widgets-0123456789abcdef", "--registry", cli.registry)
+    assert code == 3
+    assert err.startswith("error (NOT_FOUND): ")
+
+    code, _, err = await cli("modules", "show", "Not A Module!", "--registry", cli.registry)
+    assert code == 2
+    assert err.startswith("error (INVALID_ARGUMENT): ")
