@@ -45,6 +45,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cag.bench.output import emit_report
 from cag.events.schemas import Envelope, SourceChangedV1
 from cag.infra.database import DatabaseUrls, create_database, drop_database
 from cag.infra.ports import free_port
@@ -655,15 +656,9 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     with Progress(*columns, console=stderr) as progress:
         task = progress.add_task("starting", total=total_steps(config))
         report = run_benchmark(config, endpoints, lambda d, n: progress.update(task, advance=n, description=d))
-    out: Path = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report.to_json() + "\n")
-    if args.json:
-        print(report.to_json())
-    else:
-        console = Console()
-        render(report, console if console.is_terminal else Console(width=140))
-    stderr.print(f"wrote {out}")
+    emit_report(
+        report.to_json(), args.out, as_json=args.json, render=lambda c: render(report, c), width=140, stderr=stderr
+    )
     return 0 if report.passed else 1
 
 

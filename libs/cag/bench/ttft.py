@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cag.bench import pagecache
+from cag.bench.output import emit_report
 from cag.canonical.checksum import chain_hash
 from cag.engine import Engine, KVCache, SamplingParams, load_engine
 from cag.kvmodule import AclScope, GoldenStatus, KVSource, ModuleFile, ModuleMetadata, write_module
@@ -570,15 +571,9 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     with Progress(*columns, console=stderr) as progress:
         task = progress.add_task("loading", total=config.total_steps)
         report = run_benchmark(config, settings.models_dir, lambda d: progress.update(task, advance=1, description=d))
-    out: Path = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report.to_json() + "\n")
-    if args.json:
-        print(report.to_json())
-    else:
-        console = Console()
-        render(report, console if console.is_terminal else Console(width=160))
-    stderr.print(f"wrote {out}")
+    emit_report(
+        report.to_json(), args.out, as_json=args.json, render=lambda c: render(report, c), width=160, stderr=stderr
+    )
     if not report.first_tokens_agree:
         stderr.print("[red]first tokens disagree between paths (see *_same_first_token in the JSON)[/red]")
         return 1

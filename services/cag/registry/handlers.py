@@ -25,7 +25,9 @@ from cag.registry.triggers import AclChanged, LayoutChanged, ModelRevised, Sourc
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry-invalidations"
-PULL_SUB = PullSub(batch_size=16, timeout=0.2)
+# One message per fetch: events apply in stream order, and FastStream 0.7.8 lets the builtin
+# TimeoutError of an idle multi-message fetch escape as a logged error (single fetches raise the nats one).
+PULL_SUB = PullSub(batch_size=1, timeout=1.0)
 
 
 def trigger_of(payload: Payload) -> Trigger:
