@@ -27,10 +27,18 @@ class ChainContext:
     tokenizer: PreTrainedTokenizerBase
     prompt: PromptLayout
     modules: list[ModuleFile]
+    scratch: KVCache  # preallocated once, reused by every query of this context
 
     @property
     def module_tokens(self) -> int:
         return sum(m.token_count for m in self.modules)
+
+    def cache_for(self, tokens: int) -> KVCache:
+        """The scratch cache, emptied, when `tokens` fit in it; otherwise a fresh one."""
+        if tokens <= self.scratch.capacity:
+            self.scratch.truncate(0)
+            return self.scratch
+        return self.engine.prefill([], reserve=tokens)
 
     @classmethod
     def open(cls, paths: Sequence[Path], *, models_dir: Path, engine: Engine | None = None) -> ChainContext:
@@ -45,8 +53,14 @@ class ChainContext:
         for m in modules:
             engine.identity.check(m.metadata, layout_hash=leaf.layout_hash)
         tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path)
+        capacity = sum(m.token_count for m in modules) + layout.max_query_tokens + ANSWER_RESERVE
         return cls(
-            model=model, engine=engine, tokenizer=tokenizer, prompt=PromptLayout(layout, tokenizer), modules=modules
+            model=model,
+            engine=engine,
+            tokenizer=tokenizer,
+            prompt=PromptLayout(layout, tokenizer),
+            modules=modules,
+            scratch=engine.new_cache(min(capacity, engine.context_window)),
         )
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -80,7 +94,11 @@ def answer_from_modules(
     """Restore the chain, prefill only the query suffix, decode. TTFT includes the restore."""
     started = time.perf_counter()
     suffix = ctx.prompt.suffix_tokens(query)
-    cache = ctx.engine.restore(chain, reserve=len(suffix) + sampling.max_new_tokens)
+    # Disk reads overlap the query's forward pass; host-RAM copies are too quick to be worth a thread
+    # (and a second thread of torch kernels would fight the forward pass for the cores).
+    from_disk = all(isinstance(m, ModuleFile) for m in chain)
+    reserve = len(suffix) + sampling.max_new_tokens
+    cache = ctx.engine.restore(chain, reserve=reserve, into=ctx.scratch, overlap=from_disk)
     yield from stream_answer(ctx.engine, cache, suffix, sampling, answer, started)
 
 
@@ -90,5 +108,5 @@ def answer_with_full_prefill(ctx: ChainContext, query: str, sampling: SamplingPa
     started = time.perf_counter()
     suffix = ctx.prompt.suffix_tokens(query)
     # An empty cache with room for everything: prefix and query go through in one forward pass.
-    cache = ctx.engine.prefill([], reserve=len(prefix) + len(suffix) + sampling.max_new_tokens)
+    cache = ctx.cache_for(len(prefix) + len(suffix) + sampling.max_new_tokens)
     yield from stream_answer(ctx.engine, cache, prefix + suffix, sampling, answer, started)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cag.engine import Engine, SamplingParams
-from cag.errors import ChainError, ModuleMismatchError
+from cag.errors import ChainError, ModuleCorruptedError, ModuleMismatchError
 from cag.kvmodule import ModuleFile
 from cag.models import ModelFiles
 from cag.session import Answer, ChainContext, answer_from_modules, answer_with_full_prefill
@@ -107,3 +107,36 @@ def test_module_of_another_model_is_refused_by_the_cli_path(
     """A tiny-model module handed to a SmolLM2 engine is refused before anything is restored."""
     with pytest.raises(ModuleMismatchError, match="model_revision"):
         ChainContext.open([tiny_chain[0]], models_dir=models_dir, engine=smollm2_engine)
+
+
+def test_overlapped_restore_is_exact_and_reuses_the_scratch_cache(
+    tiny_chain: tuple[Path, Path], tiny_engine: Engine
+) -> None:
+    modules = [ModuleFile.open(p) for p in tiny_chain]
+    suffix = list(range(300, 320))
+    sampling = SamplingParams(max_new_tokens=16)
+    serial = list(tiny_engine.generate(suffix, tiny_engine.restore(modules, reserve=40), sampling))
+    scratch = tiny_engine.new_cache(sum(m.token_count for m in modules) + 40)
+    for _ in range(2):  # the second round reuses the buffers the first one filled
+        cache = tiny_engine.restore(modules, reserve=40, into=scratch, overlap=True)
+        assert cache is scratch
+        assert list(tiny_engine.generate(suffix, cache, sampling)) == serial
+
+
+def test_overlapped_restore_of_a_damaged_module_yields_no_token(
+    tiny_chain: tuple[Path, Path], tiny_engine: Engine, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "m.safetensors"
+    damaged.write_bytes(tiny_chain[0].read_bytes())
+    module = ModuleFile.open(damaged)
+    with damaged.open("r+b") as f:
+        f.seek(module.data_offset + module.data_bytes - 100)  # in the last layer: read after the query started
+        f.write(b"\x00\x01\x02\x03")
+    scratch = tiny_engine.new_cache(module.token_count + 40)
+    cache = tiny_engine.restore([module], reserve=40, into=scratch, overlap=True)
+    tokens: list[int] = []
+    with pytest.raises(ModuleCorruptedError, match="checksum"):
+        tokens.extend(tiny_engine.generate([5, 6, 7], cache, SamplingParams(max_new_tokens=4)))
+    assert tokens == []
+    healthy = tiny_engine.restore([ModuleFile.open(tiny_chain[0])], reserve=40, into=scratch, overlap=True)
+    assert len(list(tiny_engine.generate([5, 6, 7], healthy, SamplingParams(max_new_tokens=4)))) == 4

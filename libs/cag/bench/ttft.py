@@ -50,7 +50,7 @@ RESERVE_SLACK = 8
 MAX_RESIDENT = 0.01  # a cold measurement starts with at most this fraction of the file cached
 READ_BUFFER = 16 << 20
 TARGET_TOKENS = 4096
-STEPS_PER_REP = 6  # full, file cold, tutorial cold, restore-only, plain read, ram
+STEPS_PER_REP = 7  # full, full (transformers), file cold, tutorial cold, restore-only, plain read, ram
 
 
 class NotColdError(RuntimeError):
@@ -81,6 +81,7 @@ class SizeRow:
     tokens: int
     query_tokens: int
     full_prefill: Timing
+    full_prefill_transformers: Timing  # the same prompt through transformers' LlamaForCausalLM (the reference)
     cag_ram: Timing
     cag_file_cold: Timing
     tutorial_cold: Timing
@@ -97,6 +98,8 @@ class SizeRow:
     full_over_cag_ram: float = field(init=False)
     full_over_cag_file_cold: float = field(init=False)
     full_over_tutorial_cold: float = field(init=False)
+    transformers_full_over_cag_ram: float = field(init=False)
+    transformers_full_over_cag_file_cold: float = field(init=False)
     restore_over_plain_read: float = field(init=False)
     restore_gb_s: float = field(init=False)
     plain_read_gb_s: float = field(init=False)
@@ -109,6 +112,9 @@ class SizeRow:
         self.full_over_cag_ram = full / self.cag_ram.median_s
         self.full_over_cag_file_cold = full / self.cag_file_cold.median_s
         self.full_over_tutorial_cold = full / self.tutorial_cold.median_s
+        hf_full = self.full_prefill_transformers.median_s
+        self.transformers_full_over_cag_ram = hf_full / self.cag_ram.median_s
+        self.transformers_full_over_cag_file_cold = hf_full / self.cag_file_cold.median_s
         self.restore_over_plain_read = self.restore_cold.median_s / self.plain_read_cold.median_s
         self.restore_gb_s = self.file_bytes / self.restore_cold.median_s / 1e9
         self.plain_read_gb_s = self.file_bytes / self.plain_read_cold.median_s / 1e9
@@ -278,7 +284,7 @@ def load_workload(config: BenchConfig, models_dir: Path, workdir: Path, tick: Ti
 def warm_up(w: Workload) -> None:
     """One small untimed pass through each code path, so no first-call cost lands in a timing."""
     prefix = w.tokens[:32]
-    full_prefill_first_token(w.engine, prefix, w.query)
+    full_prefill_first_token(w.engine, w.engine.new_cache(len(prefix) + len(w.query) + RESERVE_SLACK), prefix, w.query)
     with torch.inference_mode():
         w.hf_model(input_ids=torch.tensor([prefix]), logits_to_keep=1)
 
@@ -354,18 +360,30 @@ def build_artifacts(w: Workload, prefix: Sequence[int]) -> Artifacts:
 # ---------------------------------------------------------------- what is timed
 
 
-def full_prefill_first_token(engine: Engine, prefix: Sequence[int], query: Sequence[int]) -> int:
-    cache = engine.prefill([], reserve=len(prefix) + len(query) + RESERVE_SLACK)
-    return next(engine.generate([*prefix, *query], cache, FIRST_TOKEN))
+# Every engine path writes into the same preallocated cache (`scratch`), as a serving engine would:
+# what is timed is the work of the path, not the page faults of freshly allocated buffers.
 
 
-def restored_first_token(engine: Engine, source: KVSource, query: Sequence[int]) -> int:
-    cache = engine.restore([source], reserve=len(query) + RESERVE_SLACK)
+def full_prefill_first_token(engine: Engine, scratch: KVCache, prefix: Sequence[int], query: Sequence[int]) -> int:
+    scratch.truncate(0)
+    return next(engine.generate([*prefix, *query], scratch, FIRST_TOKEN))
+
+
+def restored_first_token(engine: Engine, scratch: KVCache, source: KVSource, query: Sequence[int]) -> int:
+    # As the engine serves: rows read from disk overlap the query's forward pass; RAM copies do not.
+    overlap = isinstance(source, ModuleFile)
+    cache = engine.restore([source], reserve=len(query) + RESERVE_SLACK, into=scratch, overlap=overlap)
     return next(engine.generate(query, cache, FIRST_TOKEN))
 
 
-def file_first_token(engine: Engine, path: Path, query: Sequence[int]) -> int:
-    return restored_first_token(engine, ModuleFile.open(path), query)
+def file_first_token(engine: Engine, scratch: KVCache, path: Path, query: Sequence[int]) -> int:
+    return restored_first_token(engine, scratch, ModuleFile.open(path), query)
+
+
+def transformers_full_first_token(hf_model: Any, prompt_ids: torch.Tensor) -> int:
+    with torch.inference_mode():
+        out = hf_model(input_ids=prompt_ids, logits_to_keep=1)
+    return int(out.logits[0, -1].argmax().item())
 
 
 def tutorial_first_token(hf_model: Any, path: Path, query_ids: torch.Tensor) -> int:
@@ -416,14 +434,14 @@ def repeat(
     return Timing.of(samples), results
 
 
-def measure_ram(w: Workload, path: Path, query: list[int], label: str) -> tuple[Timing, list[int]]:
+def measure_ram(w: Workload, scratch: KVCache, path: Path, query: list[int], label: str) -> tuple[Timing, list[int]]:
     loaded = ModuleFile.open(path).load()  # verified and in host RAM before timing
-    return repeat(w, label, lambda: restored_first_token(w.engine, loaded, query))
+    return repeat(w, label, lambda: restored_first_token(w.engine, scratch, loaded, query))
 
 
 def measure_throughput(w: Workload, path: Path, n: int, seen: list[float]) -> tuple[Timing, Timing]:
     module = ModuleFile.open(path)
-    target = KVCache(w.engine.kv_shape, n)
+    target = w.engine.new_cache(n)
     buffer = bytearray(READ_BUFFER)
     cold = lambda: ensure_cold(path, seen)  # noqa: E731
     restore, _ = repeat(w, f"{n}: restore only (cold)", lambda: module.write_into(target, 0), cold)
@@ -435,11 +453,16 @@ def measure_size(w: Workload, n: int) -> SizeRow:
     prefix, query, seen = w.tokens[:n], w.query, list[float]()
     art = build_artifacts(w, prefix)
     w.tick(f"{n}: built module and tutorial cache")
-    full, full_tok = repeat(w, f"{n}: full_prefill", lambda: full_prefill_first_token(w.engine, prefix, query))
+    scratch = w.engine.new_cache(n + len(query) + RESERVE_SLACK)
+    full, full_tok = repeat(w, f"{n}: full_prefill", lambda: full_prefill_first_token(w.engine, scratch, prefix, query))
+    prompt_ids = torch.tensor([[*prefix, *query]])
+    hf_full, _ = repeat(
+        w, f"{n}: full_prefill (transformers)", lambda: transformers_full_first_token(w.hf_model, prompt_ids)
+    )
     file_cold, file_tok = repeat(
         w,
         f"{n}: cag_file_cold",
-        lambda: file_first_token(w.engine, art.module, query),
+        lambda: file_first_token(w.engine, scratch, art.module, query),
         lambda: ensure_cold(art.module, seen),
     )
     query_ids = torch.tensor([query])
@@ -450,13 +473,14 @@ def measure_size(w: Workload, n: int) -> SizeRow:
         lambda: ensure_cold(art.tutorial, seen),
     )
     restore, plain = measure_throughput(w, art.module, n, seen)
-    ram, ram_tok = measure_ram(w, art.module, query, f"{n}: cag_ram")
+    ram, ram_tok = measure_ram(w, scratch, art.module, query, f"{n}: cag_ram")
     gc.collect()  # the loaded module's mapping is gone: nothing keeps pages of a benchmark file pinned
     first = full_tok[0]
     return SizeRow(
         tokens=n,
         query_tokens=len(query),
         full_prefill=full,
+        full_prefill_transformers=hf_full,
         cag_ram=ram,
         cag_file_cold=file_cold,
         tutorial_cold=tutorial,
@@ -590,20 +614,24 @@ def _ms(t: Timing) -> str:
 def results_table(report: TtftReport) -> Table:
     p = report.parameters
     table = Table(title=f"TTFT, median of {p.reps} ({p.model} {p.dtype}, query {p.query_tokens} tokens, ms)")
-    for name in ("tokens", "full", "cag_ram", "cag_file_cold", "tutorial_cold"):
+    for name in ("tokens", "full", "full (hf)", "cag_ram", "cag_file_cold", "tutorial_cold"):
         table.add_column(name, justify="right")
-    for name in ("full/ram", "full/file", "full/tutorial", "restore vs plain read", "file/theory", "same 1st"):
+    columns = ("full/ram", "full/file", "full/tutorial", "hf/ram", "hf/file", "restore vs plain read", "file/theory")
+    for name in (*columns, "same 1st"):
         table.add_column(name, justify="right")
     for r in report.rows:
         table.add_row(
             str(r.tokens),
             _ms(r.full_prefill),
+            _ms(r.full_prefill_transformers),
             _ms(r.cag_ram),
             _ms(r.cag_file_cold),
             _ms(r.tutorial_cold),
             f"{r.full_over_cag_ram:.1f}x",
             f"{r.full_over_cag_file_cold:.1f}x",
             f"{r.full_over_tutorial_cold:.1f}x",
+            f"{r.transformers_full_over_cag_ram:.1f}x",
+            f"{r.transformers_full_over_cag_file_cold:.1f}x",
             f"{_ms(r.restore_cold)} / {_ms(r.plain_read_cold)} = {r.restore_over_plain_read:.2f}x",
             f"{r.file_over_theoretical:.4f}",
             "yes" if r.cag_same_first_token and r.tutorial_same_first_token else "NO",

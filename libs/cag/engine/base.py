@@ -41,8 +41,19 @@ class Engine(Protocol):
         """
         ...
 
-    def restore(self, chain: Sequence[KVSource], *, reserve: int) -> KVCache:
-        """A cache holding the chain's K/V in order (root first), with room for `reserve` more tokens."""
+    def new_cache(self, capacity: int) -> KVCache:
+        """Preallocated, already touched buffers for `capacity` tokens, to be reused across requests."""
+        ...
+
+    def restore(
+        self, chain: Sequence[KVSource], *, reserve: int, into: KVCache | None = None, overlap: bool = False
+    ) -> KVCache:
+        """A cache holding the chain's K/V in order (root first), with room for `reserve` more tokens.
+
+        With `into`, its buffers are reused (its content is replaced) when they are large enough.
+        With `overlap`, rows arrive in the background and the next forward pass consumes them layer
+        by layer as they land; it waits for verification before producing logits.
+        """
         ...
 
     def generate(self, suffix: Sequence[int], cache: KVCache, sampling: SamplingParams) -> Iterator[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,48 @@ class KVShape:
         return self.layers * 2 * self.kv_heads * self.head_dim * self.dtype.itemsize
 
 
+class PendingRestore:
+    """Rows of a cache still arriving in the background, layer by layer.
+
+    The forward pass waits for each layer's rows just before its attention reads them, and for
+    the whole restore (checksums included) before any logits leave it: a query overlaps the
+    restore, yet nothing computed from unverified bytes is ever returned.
+    """
+
+    def __init__(self, layers: int, sources: int) -> None:
+        self._loaded = [0] * layers
+        self._sources = sources
+        self._done = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def layer_loaded(self, layer: int) -> None:
+        with self._changed:
+            self._loaded[layer] += 1
+            self._changed.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._changed:
+            self._done, self._error = True, error
+            self._changed.notify_all()
+
+    def wait_layer(self, layer: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._loaded[layer] >= self._sources or self._done)
+            self._raise_once()
+
+    def wait_done(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._done)
+            self._raise_once()
+
+    def _raise_once(self) -> None:
+        # The failure reaches the request that was waiting; the buffers stay free for the next restore.
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
 class KVCache:
     """K and V for every layer in preallocated buffers, token-major.
 
@@ -38,11 +81,19 @@ class KVCache:
         self.k = torch.empty(size, dtype=shape.dtype)
         self.v = torch.empty(size, dtype=shape.dtype)
         self.length = 0
+        self.pending: PendingRestore | None = None
 
     def truncate(self, length: int) -> None:
+        self.settle()
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
         self.length = length
+
+    def settle(self) -> None:
+        """Wait for a background restore to finish; raises its error (e.g. a checksum mismatch)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.wait_done()
 
     def reserve(self, tokens: int) -> None:
         """Fail before computing anything if `tokens` more rows do not fit."""

@@ -150,8 +150,16 @@ class LlamaModel:
         cache.k[layer, start : start + s] = self._rope(k.view(s, c.kv_heads, c.head_dim), start)
         cache.v[layer, start : start + s] = v.view(s, c.kv_heads, c.head_dim)
         end = start + s
+        if cache.pending is not None:
+            cache.pending.wait_layer(layer)  # the restored rows this attention reads are in place
         keys = cache.k[layer, :end].transpose(0, 1)  # [KV, N, D], a strided view, no copy
         values = cache.v[layer, :end].transpose(0, 1)
+        if start == 0 and s > 1:
+            # A prefill from an empty cache is plain causal attention: the fused kernel needs no mask.
+            full = F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], keys[None], values[None], is_causal=True, enable_gqa=True
+            )[0]  # [H, S, D]
+            return F.linear(full.transpose(0, 1).reshape(s, c.heads * c.head_dim), lw.wo)
         # Grouped-query attention without repeating K/V: the query heads sharing a KV head are
         # stacked along the query axis, so each KV head attends for group*S query rows.
         g = c.group_size
@@ -180,6 +188,7 @@ class LlamaModel:
         for layer, lw in enumerate(self.layers):
             x = x + self._attention(layer, self._rms_norm(x, lw.attn_norm), cache, start)
             x = x + self._mlp(layer, self._rms_norm(x, lw.mlp_norm))
+        cache.settle()  # logits only from verified rows
         cache.length = start + tokens.shape[0]
         last = self._rms_norm(x[-1:], self.final_norm)
         return F.linear(last, self.lm_head)[0].float()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 
 import torch
 
-from cag.engine.cache import KVCache, KVShape
+from cag.engine.cache import KVCache, KVShape, PendingRestore
 from cag.engine.llama import LlamaModel
 from cag.engine.sampling import SamplingParams, TokenSampler
 from cag.errors import ContextWindowExceededError
@@ -65,6 +66,13 @@ class TorchEngine:
             )
         return KVCache(self.kv_shape, tokens)
 
+    def new_cache(self, capacity: int) -> KVCache:
+        cache = self._new_cache(capacity)
+        # Touch every page now, so a request never pays the page faults of fresh buffers.
+        cache.k.zero_()
+        cache.v.zero_()
+        return cache
+
     def prefill(
         self,
         tokens: Sequence[int],
@@ -84,14 +92,27 @@ class TorchEngine:
                 on_progress(len(chunk))
         return cache
 
-    def restore(self, chain: Sequence[KVSource], *, reserve: int) -> KVCache:
+    def restore(
+        self, chain: Sequence[KVSource], *, reserve: int, into: KVCache | None = None, overlap: bool = False
+    ) -> KVCache:
         ordered = order_chain(chain)
         for module in ordered:
             self.identity.check(module.metadata)
-        cache = self._new_cache(sum(m.token_count for m in ordered) + reserve)
-        for module in ordered:
-            module.write_into(cache, cache.length)
-            cache.length += module.token_count
+        needed = sum(m.token_count for m in ordered) + reserve
+        if into is not None and into.capacity >= needed and into.shape == self.kv_shape:
+            into.truncate(0)
+            cache = into
+        else:
+            cache = self._new_cache(needed)
+        starts = [sum(m.token_count for m in ordered[:i]) for i in range(len(ordered))]
+        cache.length = starts[-1] + ordered[-1].token_count
+        if not overlap:
+            for module, start in zip(ordered, starts, strict=True):
+                module.write_into(cache, start)
+            return cache
+        pending = PendingRestore(self.kv_shape.layers, len(ordered))
+        cache.pending = pending
+        threading.Thread(target=_fill, args=(ordered, starts, cache, pending), daemon=True, name="kv-restore").start()
         return cache
 
     def generate(self, suffix: Sequence[int], cache: KVCache, sampling: SamplingParams) -> Iterator[int]:
@@ -105,3 +126,14 @@ class TorchEngine:
             if token == self.eos_token_id or sampling.ends_answer(generated) or cache.length >= cache.capacity:
                 return
             logits = self.model.forward(torch.tensor([token]), cache)
+
+
+def _fill(chain: Sequence[KVSource], starts: list[int], cache: KVCache, pending: PendingRestore) -> None:
+    """The background half of an overlapped restore: every module's rows, then the verdict."""
+    try:
+        for module, start in zip(chain, starts, strict=True):
+            module.write_into(cache, start, on_layer=pending.layer_loaded)
+    except BaseException as e:  # handed to the forward pass that waits on it
+        pending.finish(e)
+    else:
+        pending.finish()

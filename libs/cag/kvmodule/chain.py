@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -20,7 +20,9 @@ class KVSource(Protocol):
     @property
     def token_count(self) -> int: ...
 
-    def write_into(self, cache: KVCache, start: int) -> None: ...
+    def write_into(self, cache: KVCache, start: int, on_layer: Callable[[int], None] | None = None) -> None:
+        """Fill cache rows [start, start + token_count) of every layer; `on_layer(i)` once layer i is in."""
+        ...
 
 
 S = TypeVar("S", bound=KVSource)

@@ -11,6 +11,7 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,7 @@ from cag.kvmodule.fileformat import HEADER_HASH_KEY, TensorEntry, header_digest,
 from cag.kvmodule.metadata import SAFETENSORS_DTYPES, ModuleMetadata
 
 _MAX_HEADER = 64 << 20
+LayerCallback = Callable[[int], None]
 
 
 def _parse_header(raw: bytes, path: Path) -> dict[str, object]:
@@ -139,8 +141,12 @@ class ModuleFile:
         ids = torch.frombuffer(view[self.entries[-1].start :], dtype=torch.int32)
         return LoadedModule(metadata=self.metadata, k=kv_all[:, 0], v=kv_all[:, 1], token_ids=ids, _keepalive=mapped)
 
-    def write_into(self, cache: KVCache, start: int) -> None:
-        """Stream K/V rows from disk straight into cache rows [start, start+tokens), verifying as it goes."""
+    def write_into(self, cache: KVCache, start: int, on_layer: LayerCallback | None = None) -> None:
+        """Stream K/V rows from disk straight into cache rows [start, start+tokens), verifying as it goes.
+
+        `on_layer(i)` is called as soon as layer i's rows are in place (not yet verified: the
+        checksum is only known at the end, when this returns or raises ModuleCorruptedError).
+        """
         t = self.token_count
         pending = []
         fd = os.open(self.path, os.O_RDONLY)
@@ -153,6 +159,8 @@ class ModuleFile:
                         target = tensor_bytes(buf)
                         _read_exactly(f, target, self.path)
                         pending.append(checksum.submit(target))
+                    if on_layer is not None:
+                        on_layer(i)
                 ids = bytearray(self.entries[-1].nbytes)
                 _read_exactly(f, memoryview(ids), self.path)
         finally:
@@ -203,7 +211,10 @@ class LoadedModule:
     def token_count(self) -> int:
         return self.metadata.token_count
 
-    def write_into(self, cache: KVCache, start: int) -> None:
+    def write_into(self, cache: KVCache, start: int, on_layer: LayerCallback | None = None) -> None:
         t = self.token_count
-        cache.k[:, start : start + t].copy_(self.k)
-        cache.v[:, start : start + t].copy_(self.v)
+        for i in range(self.k.shape[0]):
+            cache.k[i, start : start + t].copy_(self.k[i])
+            cache.v[i, start : start + t].copy_(self.v[i])
+            if on_layer is not None:
+                on_layer(i)
