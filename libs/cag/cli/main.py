@@ -35,8 +35,17 @@ Command = Callable[[argparse.Namespace, CagSettings], int]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cag", description="Cache-Augmented Generation platform")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = (compile_cmd, query_cmd, inspect_cmd, bench_cmd, demo_cmd, infra_cmd, registry_cmd, modules_cmd)
-    for module in (*commands, invalidate_cmd):
+    for module in (
+        compile_cmd,
+        query_cmd,
+        inspect_cmd,
+        bench_cmd,
+        demo_cmd,
+        infra_cmd,
+        registry_cmd,
+        modules_cmd,
+        invalidate_cmd,
+    ):
         module.register(sub)
     return parser
 

@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("modules", help="list, show and roll back modules in the registry")
     which = p.add_subparsers(dest="modules_command", required=True)
 
-    ls = which.add_parser("list", help="modules matching every filter, newest first")
+    ls = which.add_parser("list", help="modules matching every filter, a page at a time")
     ls.add_argument("--tenant", default="", help="only this tenant's modules")
     ls.add_argument("--route", default="", help="only modules of this route")
     ls.add_argument("--state", choices=STATES, help="only modules in this state")
