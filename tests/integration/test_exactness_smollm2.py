@@ -58,7 +58,9 @@ def test_two_level_chain_is_token_exact(
     for i, question in enumerate(_questions(domain)):
         restored, full = _both(ctx, question, ram=i % 2 == 1)
         assert len(restored.tokens) > 2, question
-        assert restored.tokens == full.tokens, f"{question!r}: {ctx.decode(restored.tokens)!r} != {ctx.decode(full.tokens)!r}"
+        assert restored.tokens == full.tokens, (
+            f"{question!r}: {ctx.decode(restored.tokens)!r} != {ctx.decode(full.tokens)!r}"
+        )
 
 
 def test_single_module_is_token_exact(

@@ -48,13 +48,13 @@ async def registry(infra: Infra, fresh_database: FreshDatabase) -> AsyncIterator
     client = await nats.connect(infra.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         yield Registry(core=core, store=store, js=client.jetstream())
-    finally:
+    finally:  # every step bounded: a stuck peer fails the test instead of hanging the session
         relay_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await relay_task
-        await broker.stop()
-        await client.close()
-        await engine.dispose()
+            await asyncio.wait_for(relay_task, 10)
+        await asyncio.wait_for(broker.stop(), 10)
+        await asyncio.wait_for(client.close(), 10)
+        await asyncio.wait_for(engine.dispose(), 10)
 
 
 async def _watch(js: JetStreamContext, subject: str, durable: str) -> JetStreamContext.PullSubscription:

@@ -107,7 +107,7 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Modules matching every given filter, newest first, paged.
+        """Modules matching every given filter, ordered by module_id, paged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,7 @@ class RegistryServiceStub:
     Get: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModuleRequest, _common_pb2.Module]
     """One module by id; NOT_FOUND when unknown."""
     List: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModulesRequest, _registry_pb2.ListModulesResponse]
-    """Modules matching every given filter, newest first, paged."""
+    """Modules matching every given filter, ordered by module_id, paged."""
     ResolveRoute: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ResolveRouteRequest, _registry_pb2.ResolveRouteResponse]
     """The module chain serving a route. NOT_FOUND when the route has no published module;
     FAILED_PRECONDITION when a module of the chain is no longer PUBLISHED (for example STALE).
@@ -84,7 +84,7 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Get: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModuleRequest, _common_pb2.Module]  # type: ignore[assignment]
     """One module by id; NOT_FOUND when unknown."""
     List: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModulesRequest, _registry_pb2.ListModulesResponse]  # type: ignore[assignment]
-    """Modules matching every given filter, newest first, paged."""
+    """Modules matching every given filter, ordered by module_id, paged."""
     ResolveRoute: _aio.UnaryUnaryMultiCallable[_registry_pb2.ResolveRouteRequest, _registry_pb2.ResolveRouteResponse]  # type: ignore[assignment]
     """The module chain serving a route. NOT_FOUND when the route has no published module;
     FAILED_PRECONDITION when a module of the chain is no longer PUBLISHED (for example STALE).
@@ -140,7 +140,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListModulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListModulesResponse, _abc.Awaitable[_registry_pb2.ListModulesResponse]]:
-        """Modules matching every given filter, newest first, paged."""
+        """Modules matching every given filter, ordered by module_id, paged."""
 
     @_abc_1.abstractmethod
     def ResolveRoute(

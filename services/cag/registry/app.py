@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import grpc
 from faststream.nats import NatsBroker
@@ -27,6 +29,14 @@ from cag.v1 import registry_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "cag.v1.RegistryService"
+STOP_TIMEOUT_S = 10.0
+
+
+async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
+    try:
+        await asyncio.wait_for(step, STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("stopping the %s took longer than %.0f s; moving on", what, STOP_TIMEOUT_S)
 
 
 @dataclass
@@ -59,16 +69,17 @@ class RegistryApp:
         log.info("registry serving on %s", s.address)
 
     async def stop(self) -> None:
+        """Bounded shutdown: each part gets STOP_TIMEOUT_S, so a stuck peer cannot hang the process."""
         if self.server is not None:
             await self.server.stop(grace=1.0)
         for task in self.tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, STOP_TIMEOUT_S)
         if self.broker is not None:
-            await self.broker.stop()
+            await _bounded(self.broker.stop(), "NATS broker")
         if self.engine is not None:
-            await self.engine.dispose()
+            await _bounded(self.engine.dispose(), "database pool")
 
 
 async def serve(settings: RegistrySettings) -> None:

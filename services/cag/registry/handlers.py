@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from faststream import AckPolicy
 from faststream.nats import NatsBroker, NatsMessage, PullSub
 from pydantic import ValidationError
 
@@ -49,7 +50,11 @@ def trigger_of(payload: Payload) -> Trigger:
 def subscribe_invalidations(broker: NatsBroker, core: RegistryCore) -> None:
     """A durable pull consumer on `cag.invalidate.*`; redelivery is harmless (the store dedups by event id)."""
 
-    @broker.subscriber("cag.invalidate.*", stream=CAG_STREAM, durable=CONSUMER, pull_sub=PULL_SUB)
+    # NACK on an unexpected error (the database away, say): JetStream redelivers the event later and
+    # the store's event-id check makes the retry harmless. Bad events never get here: they are parked.
+    @broker.subscriber(
+        "cag.invalidate.*", stream=CAG_STREAM, durable=CONSUMER, pull_sub=PULL_SUB, ack_policy=AckPolicy.NACK_ON_ERROR
+    )
     async def on_invalidation(msg: NatsMessage) -> None:
         body = msg.body
         try:

@@ -57,6 +57,9 @@ class OutboxRelay:
                 try:
                     await self.publish(Envelope.model_validate(row.envelope))
                 except Exception as e:  # NATS away or slow: keep the order, try again later
+                    if _being_cancelled():
+                        # The client library turned our cancellation into an ordinary error: stop anyway.
+                        raise asyncio.CancelledError from e
                     log.warning("outbox relay: publishing %s failed (%s); will retry", row.event_id, e)
                     failed = row
                     break
@@ -76,3 +79,8 @@ class OutboxRelay:
                 await asyncio.sleep(self.retry_interval_s)
             elif published < self.batch_size:
                 await asyncio.sleep(self.poll_interval_s)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
