@@ -10,7 +10,7 @@ import pytest
 
 from cag.errors import InvalidInputError
 from cag.kvmodule import AclScope
-from cag.registry.records import ModuleRecord
+from cag.registry.records import ModuleRecord, RouteDecision
 from cag.registry.states import IllegalTransitionError, ModuleState
 from cag.registry.store import (
     ConcurrentPublishError,
@@ -153,3 +153,37 @@ async def test_bad_requests_are_typed_and_change_nothing(store: RegistryStore) -
     with pytest.raises(IllegalTransitionError):
         await store.publish("billing-z")
     assert (await store.get("billing-z")).state is ModuleState.INVALIDATED
+
+
+async def test_route_decisions_are_recorded_once_newest_first(store: RegistryStore) -> None:
+    def decision(event_id: str, minute: int) -> RouteDecision:
+        return RouteDecision(
+            event_id=event_id, request_id=f"req-{event_id}", tenant_id="acme", route="billing", path="module",
+            module_ids=("system-a", "billing-a"), module_version=3, rule="intent=refund", confidence=0.97,
+            reason="rule matched", decided_at=datetime(2026, 1, 1, 0, minute, tzinfo=UTC),
+        )  # fmt: skip
+
+    assert await store.record_route_decision(decision("e1", 1))
+    assert await store.record_route_decision(decision("e2", 2))
+    assert not await store.record_route_decision(decision("e1", 1))  # a redelivery
+    recorded = await store.route_decisions("acme")
+    assert [d.event_id for d in recorded] == ["e2", "e1"]
+    assert recorded[1] == decision("e1", 1)
+    assert await store.route_decisions("globex") == []
+
+
+async def test_ttl_expiry_announces_module_expired(store: RegistryStore) -> None:
+    due = make_metadata("billing-old", expires_at="2026-01-01T00:00:00Z")
+    fresh = make_metadata("shipping-new", route="shipping", expires_at="2027-01-01T00:00:00Z")
+    for meta in (due, fresh):
+        await store.register(ModuleRecord(metadata=meta, source_uri="s", state=ModuleState.VALIDATING))
+        await store.publish(meta.module_id)
+    seen = len(await store.changes_since(0))
+    expired = await store.invalidate(TtlElapsed(now=datetime(2026, 6, 1, tzinfo=UTC)), event_id="ttl-1")
+    assert [r.module_id for r in expired] == ["billing-old"]
+    [change] = await store.changes_since(seen)
+    assert (change.subject, change.module_id, change.state) == (
+        "cag.module.expired",
+        "billing-old",
+        ModuleState.EXPIRED,
+    )

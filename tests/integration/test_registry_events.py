@@ -15,11 +15,11 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from cag.events.bus import make_broker, publish_event
-from cag.events.schemas import Envelope, ModelRevisedV1, SourceChangedV1
+from cag.events.schemas import Envelope, ModelRevisedV1, RouteDecidedV1, SourceChangedV1
 from cag.registry.core import RegistryCore
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
-from cag.registry.handlers import subscribe_invalidations
+from cag.registry.handlers import subscribe_invalidations, subscribe_route_decisions
 from cag.registry.outbox import OutboxRelay
 from cag.registry.triggers import ModelRevised, SourceChanged, affected_modules
 from tests.conformance.test_store_conformance import load, states
@@ -146,3 +146,25 @@ async def test_events_written_while_nats_is_down_arrive_after_restart_in_order(
         infra.start_nats()
     announced = await _collect(watch, len(changed), timeout_s=30)
     assert [e.data["module_id"] for e in announced] == [r.module_id for r in changed]
+
+
+async def test_route_decisions_land_in_the_audit_trail(registry: Registry, infra: Infra) -> None:
+    broker = make_broker(infra.nats_url)
+    subscribe_route_decisions(broker, registry.core)
+    await broker.start()
+    try:
+        event = Envelope.wrap(RouteDecidedV1(request_id="r-1", tenant_id="audit-co", route="billing", path="module",
+                                             module_ids=["system-1", "billing-1"], module_version=2, rule="intent"))  # fmt: skip
+        for msg_id in (event.event_id, "again"):  # the second copy is a redelivery under another message id
+            await registry.js.publish(event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": msg_id})
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (recorded := await registry.store.route_decisions("audit-co")):
+            assert asyncio.get_running_loop().time() < deadline, "the decision never reached the audit trail"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # time for the duplicate to be (not) recorded
+        recorded = await registry.store.route_decisions("audit-co")
+        assert [(d.event_id, d.module_ids, d.module_version) for d in recorded] == [
+            (event.event_id, ("system-1", "billing-1"), 2)
+        ]
+    finally:
+        await asyncio.wait_for(broker.stop(), 10)

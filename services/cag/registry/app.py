@@ -20,7 +20,7 @@ from cag.grpc.server import build_server
 from cag.registry.core import RegistryCore
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
-from cag.registry.handlers import subscribe_invalidations
+from cag.registry.handlers import subscribe_invalidations, subscribe_route_decisions
 from cag.registry.outbox import OutboxRelay
 from cag.registry.servicer import RegistryServicer
 from cag.registry.settings import RegistrySettings
@@ -55,6 +55,7 @@ class RegistryApp:
         self.core = RegistryCore(PostgresStore(sessions))
         self.broker = make_broker(s.nats_url)
         subscribe_invalidations(self.broker, self.core)
+        subscribe_route_decisions(self.broker, self.core)
         await self.broker.start()
         relay = OutboxRelay(sessions, partial(publish_event, self.broker), poll_interval_s=s.outbox_poll_s)
         self.tasks = [

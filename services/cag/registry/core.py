@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from cag.errors import CagError, InvalidInputError, Status
 from cag.kvmodule import GoldenStatus, ModuleFile, ModuleMetadata
-from cag.registry.records import ModuleChange, ModuleRecord
+from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
 from cag.registry.store import ListQuery, RegistryStore, RouteResolution, check_module_id, check_name
 from cag.registry.triggers import Trigger
@@ -97,6 +97,9 @@ class RegistryCore:
 
     async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
         return await self.store.rollback(check_name("tenant", tenant_id), check_name("route", route), to_version)
+
+    async def record_route_decision(self, decision: RouteDecision) -> bool:
+        return await self.store.record_route_decision(decision)
 
     async def changes_since(
         self, sequence: int, *, tenant_id: str | None = None, limit: int = 100

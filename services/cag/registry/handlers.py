@@ -15,6 +15,7 @@ from cag.events.schemas import (
     LayoutChangedV1,
     ModelRevisedV1,
     Payload,
+    RouteDecidedV1,
     SourceChangedV1,
     TokenizerRetiredV1,
     UnknownSchemaError,
@@ -22,6 +23,7 @@ from cag.events.schemas import (
 )
 from cag.kvmodule import AclScope
 from cag.registry.core import RegistryCore
+from cag.registry.records import RouteDecision
 from cag.registry.triggers import AclChanged, LayoutChanged, ModelRevised, SourceChanged, TokenizerRetired, Trigger
 
 log = logging.getLogger(__name__)
@@ -65,3 +67,46 @@ def subscribe_invalidations(broker: NatsBroker, core: RegistryCore) -> None:
             return  # acked: a malformed event must not block the ones behind it
         _, changed = await core.invalidate(trigger, event_id=envelope.event_id)
         log.info("%s %s: %d module(s) changed", envelope.subject, envelope.event_id, len(changed))
+
+
+AUDIT_CONSUMER = "registry-route-audit"
+
+
+def decision_of(envelope: Envelope, payload: RouteDecidedV1) -> RouteDecision:
+    return RouteDecision(
+        event_id=envelope.event_id,
+        request_id=payload.request_id,
+        tenant_id=payload.tenant_id,
+        route=payload.route,
+        path=payload.path,
+        module_ids=tuple(payload.module_ids),
+        module_version=payload.module_version,
+        rule=payload.rule,
+        confidence=payload.confidence,
+        reason=payload.reason,
+        decided_at=envelope.occurred_at,
+    )
+
+
+def subscribe_route_decisions(broker: NatsBroker, core: RegistryCore) -> None:
+    """The audit trail: every `cag.route.decided` event becomes one row, once."""
+
+    @broker.subscriber(
+        RouteDecidedV1.subject,
+        stream=CAG_STREAM,
+        durable=AUDIT_CONSUMER,
+        pull_sub=PULL_SUB,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def on_route_decided(msg: NatsMessage) -> None:
+        try:
+            envelope = Envelope.model_validate_json(msg.body)
+            payload = decode(envelope)
+            if not isinstance(payload, RouteDecidedV1):
+                raise UnknownSchemaError(f"{envelope.subject} is not a route decision")
+        except (UnknownSchemaError, ValidationError, ValueError) as e:
+            await dead_letter(
+                broker, subject=msg.raw_message.subject, body=msg.body, error=str(e), consumer=AUDIT_CONSUMER
+            )
+            return
+        await core.record_route_decision(decision_of(envelope, payload))

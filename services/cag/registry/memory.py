@@ -7,7 +7,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 from cag.errors import InvalidInputError
-from cag.registry.records import ModuleChange, ModuleRecord
+from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import IllegalTransitionError, ModuleState, check_transition
 from cag.registry.store import (
     AlreadyRegisteredError,
@@ -29,6 +29,7 @@ class MemoryStore(RegistryStore):
         self.routes: dict[tuple[str, str], str] = {}
         self.processed: set[tuple[str, str]] = set()
         self.outbox: list[ModuleChange] = []
+        self.decisions: dict[str, RouteDecision] = {}
         self._lock = asyncio.Lock()  # one writer at a time, as a serializable transaction would
 
     def _get(self, module_id: str) -> ModuleRecord:
@@ -164,6 +165,16 @@ class MemoryStore(RegistryStore):
                 )
             self.routes[(tenant_id, route)] = record.module_id
             return self._set(record, reason=f"rollback to version {to_version}")
+
+    async def record_route_decision(self, decision: RouteDecision) -> bool:
+        if decision.event_id in self.decisions:
+            return False
+        self.decisions[decision.event_id] = decision
+        return True
+
+    async def route_decisions(self, tenant_id: str, *, limit: int = 100) -> list[RouteDecision]:
+        mine = [d for d in reversed(self.decisions.values()) if d.tenant_id == tenant_id]
+        return mine[:limit]
 
     async def changes_since(
         self, sequence: int, *, tenant_id: str | None = None, limit: int = 100

@@ -30,6 +30,23 @@ class ModuleRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RouteDecision:
+    """One routing decision, as the router announced it (the audit trail of which module answered)."""
+
+    event_id: str
+    request_id: str
+    tenant_id: str
+    route: str
+    path: str  # "module" or "fallback"
+    module_ids: tuple[str, ...]
+    module_version: int | None
+    rule: str
+    confidence: float
+    reason: str
+    decided_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModuleChange:
     """One entry of the registry's ordered change feed (what Watch streams)."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cag.errors import CagError, InvalidInputError, Status
 from cag.events.schemas import Envelope, ModuleEventV1, ModuleExpiredV1, ModuleInvalidatedV1, ModulePublishedV1
-from cag.registry.records import ModuleChange, ModuleRecord
+from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
 from cag.registry.triggers import Trigger
 
@@ -160,6 +160,14 @@ class RegistryStore(ABC):
 
     @abstractmethod
     async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord: ...
+
+    @abstractmethod
+    async def record_route_decision(self, decision: RouteDecision) -> bool:
+        """Append to the audit trail; False (and no change) when that event id is already recorded."""
+
+    @abstractmethod
+    async def route_decisions(self, tenant_id: str, *, limit: int = 100) -> list[RouteDecision]:
+        """A tenant's most recent decisions, newest first."""
 
     @abstractmethod
     async def changes_since(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,10 +23,11 @@ from cag.registry.db.schema import (
     ModuleRow,
     OutboxRow,
     ProcessedEventRow,
+    RouteDecisionRow,
     RouteRow,
     SourceRow,
 )
-from cag.registry.records import ModuleChange, ModuleRecord
+from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ALLOWED, LIVE, IllegalTransitionError, ModuleState, check_transition
 from cag.registry.store import (
     AlreadyRegisteredError,
@@ -300,6 +302,25 @@ class PostgresStore(RegistryStore):
             self._outbox(session, module_event(record, reason=f"rollback to version {to_version}"), row.module_id)
             return record
 
+    async def record_route_decision(self, decision: RouteDecision) -> bool:
+        values = dataclasses.asdict(decision) | {"module_ids": list(decision.module_ids)}
+        async with self.sessions.begin() as session:
+            inserted = await session.execute(
+                insert(RouteDecisionRow).values(**values).on_conflict_do_nothing().returning(RouteDecisionRow.id)
+            )
+            return inserted.first() is not None
+
+    async def route_decisions(self, tenant_id: str, *, limit: int = 100) -> list[RouteDecision]:
+        stmt = (
+            select(RouteDecisionRow)
+            .where(RouteDecisionRow.tenant_id == tenant_id)
+            .order_by(RouteDecisionRow.id.desc())
+            .limit(limit)
+        )
+        async with self.sessions() as session:
+            rows = (await session.execute(stmt)).scalars()
+            return [_decision(r) for r in rows]
+
     async def changes_since(
         self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
     ) -> list[ModuleChange]:
@@ -326,4 +347,20 @@ def _change(row: OutboxRow) -> ModuleChange:
         version=data.get("version"),
         state=ModuleState(data["state"]),
         occurred_at=datetime.fromisoformat(row.envelope["occurred_at"]),
+    )
+
+
+def _decision(row: RouteDecisionRow) -> RouteDecision:
+    return RouteDecision(
+        event_id=row.event_id,
+        request_id=row.request_id,
+        tenant_id=row.tenant_id,
+        route=row.route,
+        path=row.path,
+        module_ids=tuple(row.module_ids),
+        module_version=row.module_version,
+        rule=row.rule,
+        confidence=row.confidence,
+        reason=row.reason,
+        decided_at=row.decided_at,
     )
