@@ -16,6 +16,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from cag.events.bus import make_broker, publish_event
 from cag.events.schemas import Envelope, ModelRevisedV1, RouteDecidedV1, SourceChangedV1
+from cag.lifecycle import StopSignal, bounded
 from cag.registry.core import RegistryCore
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
@@ -44,17 +45,17 @@ async def registry(infra: Infra, fresh_database: FreshDatabase) -> AsyncIterator
     subscribe_invalidations(broker, core)
     await broker.start()
     relay = OutboxRelay(sessions, partial(publish_event, broker), retry_interval_s=0.1)
-    relay_task = asyncio.create_task(relay.run())
+    stop = StopSignal()
+    relay_task = asyncio.create_task(relay.run(stop))
     client = await nats.connect(infra.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         yield Registry(core=core, store=store, js=client.jetstream())
     finally:  # every step bounded: a stuck peer fails the test instead of hanging the session
-        relay_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(relay_task, 10)
-        await asyncio.wait_for(broker.stop(), 10)
-        await asyncio.wait_for(client.close(), 10)
-        await asyncio.wait_for(engine.dispose(), 10)
+        stop.set()
+        await asyncio.wait_for(relay_task, 10)
+        await bounded(broker.stop(), "broker")
+        await bounded(client.close(), "test client")
+        await bounded(engine.dispose(), "database pool")
 
 
 async def _watch(js: JetStreamContext, subject: str, durable: str) -> JetStreamContext.PullSubscription:
@@ -167,4 +168,4 @@ async def test_route_decisions_land_in_the_audit_trail(registry: Registry, infra
             (event.event_id, ("system-1", "billing-1"), 2)
         ]
     finally:
-        await asyncio.wait_for(broker.stop(), 10)
+        await bounded(broker.stop(), "audit broker")

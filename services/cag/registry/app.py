@@ -4,12 +4,9 @@ the outbox relay and the TTL job, built through constructors from typed settings
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import grpc
 from faststream.nats import NatsBroker
@@ -17,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.events.bus import make_broker, publish_event
 from cag.grpc.server import build_server
+from cag.lifecycle import StopSignal, bounded
 from cag.registry.core import RegistryCore
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
@@ -32,13 +30,6 @@ SERVICE_NAME = "cag.v1.RegistryService"
 STOP_TIMEOUT_S = 10.0
 
 
-async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
-    try:
-        await asyncio.wait_for(step, STOP_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("stopping the %s took longer than %.0f s; moving on", what, STOP_TIMEOUT_S)
-
-
 @dataclass
 class RegistryApp:
     settings: RegistrySettings
@@ -47,6 +38,7 @@ class RegistryApp:
     server: grpc.aio.Server | None = None
     core: RegistryCore | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: StopSignal = field(default_factory=StopSignal)
 
     async def start(self) -> None:
         s = self.settings
@@ -59,8 +51,8 @@ class RegistryApp:
         await self.broker.start()
         relay = OutboxRelay(sessions, partial(publish_event, self.broker), poll_interval_s=s.outbox_poll_s)
         self.tasks = [
-            asyncio.create_task(relay.run(), name="outbox-relay"),
-            asyncio.create_task(run_ttl_job(self.core, s.ttl_interval_s), name="ttl-job"),
+            asyncio.create_task(relay.run(self.stopping), name="outbox-relay"),
+            asyncio.create_task(run_ttl_job(self.core, s.ttl_interval_s, self.stopping), name="ttl-job"),
         ]
         servicer = RegistryServicer(self.core, poll_interval=s.watch_poll_s)
         self.server = await build_server(
@@ -73,14 +65,16 @@ class RegistryApp:
         """Bounded shutdown: each part gets STOP_TIMEOUT_S, so a stuck peer cannot hang the process."""
         if self.server is not None:
             await self.server.stop(grace=1.0)
-        for task in self.tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, STOP_TIMEOUT_S)
+        self.stopping.set()
+        if self.tasks:
+            _, stuck = await asyncio.wait(self.tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:
+                log.warning("%s did not stop within %.0f s; cancelling it", task.get_name(), STOP_TIMEOUT_S)
+                task.cancel()
         if self.broker is not None:
-            await _bounded(self.broker.stop(), "NATS broker")
+            await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
         if self.engine is not None:
-            await _bounded(self.engine.dispose(), "database pool")
+            await bounded(self.engine.dispose(), "database pool", STOP_TIMEOUT_S)
 
 
 async def serve(settings: RegistrySettings) -> None:

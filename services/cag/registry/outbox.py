@@ -8,7 +8,6 @@ Nats-Msg-Id and deduplicated by JetStream (and by consumers, by event id).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cag.events.schemas import Envelope
+from cag.lifecycle import StopSignal
 from cag.registry.db.schema import OutboxRow
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,6 @@ class OutboxRelay:
                 try:
                     await self.publish(Envelope.model_validate(row.envelope))
                 except Exception as e:  # NATS away or slow: keep the order, try again later
-                    if _being_cancelled():
-                        # The client library turned our cancellation into an ordinary error: stop anyway.
-                        raise asyncio.CancelledError from e
                     log.warning("outbox relay: publishing %s failed (%s); will retry", row.event_id, e)
                     failed = row
                     break
@@ -72,15 +69,10 @@ class OutboxRelay:
                 failed.attempts += 1
         return len(done), failed is not None
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, stop: StopSignal) -> None:
+        while not stop.stopped:
             published, failed = await self.drain_once()
             if failed:
-                await asyncio.sleep(self.retry_interval_s)
+                await stop.sleep(self.retry_interval_s)
             elif published < self.batch_size:
-                await asyncio.sleep(self.poll_interval_s)
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+                await stop.sleep(self.poll_interval_s)

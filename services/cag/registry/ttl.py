@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
 
+from cag.lifecycle import StopSignal
 from cag.registry.core import RegistryCore
 from cag.registry.records import ModuleRecord
 from cag.registry.triggers import TtlElapsed
@@ -22,7 +22,7 @@ async def expire_due(core: RegistryCore, now: datetime | None = None) -> list[Mo
     return expired
 
 
-async def run_ttl_job(core: RegistryCore, interval_s: float) -> None:
-    while True:
+async def run_ttl_job(core: RegistryCore, interval_s: float, stop: StopSignal) -> None:
+    while not stop.stopped:
         await expire_due(core)
-        await asyncio.sleep(interval_s)
+        await stop.sleep(interval_s)
