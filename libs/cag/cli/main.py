@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-import torch
-
-from cag.cli import (
-    bench_cmd,
-    compile_cmd,
-    demo_cmd,
-    infra_cmd,
-    inspect_cmd,
-    invalidate_cmd,
-    modules_cmd,
-    query_cmd,
-    registry_cmd,
-)
 from cag.errors import CagError, Status
 from cag.settings import CagSettings
 
@@ -30,31 +18,38 @@ EXIT_CODES = {
 }
 
 Command = Callable[[argparse.Namespace, CagSettings], int]
+# Command name → module. Only the module of the command being run is imported: `cag infra status`
+# should not pay for importing torch and transformers.
+COMMANDS = {
+    "compile": "compile_cmd",
+    "query": "query_cmd",
+    "inspect": "inspect_cmd",
+    "bench": "bench_cmd",
+    "demo": "demo_cmd",
+    "infra": "infra_cmd",
+    "registry": "registry_cmd",
+    "modules": "modules_cmd",
+    "invalidate": "invalidate_cmd",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or one with just the `only` command registered."""
     parser = argparse.ArgumentParser(prog="cag", description="Cache-Augmented Generation platform")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (
-        compile_cmd,
-        query_cmd,
-        inspect_cmd,
-        bench_cmd,
-        demo_cmd,
-        infra_cmd,
-        registry_cmd,
-        modules_cmd,
-        invalidate_cmd,
-    ):
-        module.register(sub)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(f"cag.cli.{module}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(words)
     settings = CagSettings()
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
+    if settings.num_threads and "torch" in sys.modules:  # imported by the commands that compute
+        sys.modules["torch"].set_num_threads(settings.num_threads)
     run: Command = args.run
     try:
         return run(args, settings)
