@@ -50,7 +50,7 @@ def make_metadata(module_id: str, **kw: object) -> ModuleMetadata:
         "engine_fingerprint": "llama;test",
         "golden_status": GoldenStatus.PASSED,
         "golden_results": "[]",
-        "tensor_sha256": _h("tensor" + module_id),
+        "tensor_checksum": "blake3:" + _h("tensor" + module_id),
     }
     base.update(kw)
     return ModuleMetadata(**base)  # type: ignore[arg-type]

@@ -140,7 +140,7 @@ def full_module() -> common_pb2.Module:
                                     passed=True),
             common_pb2.GoldenResult(question="Fees?", expect=["none"], answer="none", passed=True),
         ],
-        tensor_sha256="ab" * 32, format_version="cag-kv/1", source_uri="git://kb/acme/billing",
+        tensor_checksum="ab" * 32, format_version="cag-kv/1", source_uri="git://kb/acme/billing",
         # registry-owned: ignored on Register
         version=7, state=common_pb2.MODULE_STATE_PUBLISHED, state_reason="forged", published_at=Timestamp(seconds=5),
     )  # fmt: skip
@@ -170,7 +170,7 @@ async def test_register_then_get_round_trips_every_field(registry: Client) -> No
 async def test_register_is_idempotent_and_refuses_other_content(registry: Client) -> None:
     first = await registry.register(make_metadata("m-1"))
     assert await registry.register(make_metadata("m-1")) == first
-    other = make_metadata("m-1", tensor_sha256="ff" * 32)
+    other = make_metadata("m-1", tensor_checksum="ff" * 32)
     await fails(registry.register(other), Code.ALREADY_EXISTS, reason="ALREADY_REGISTERED")
 
 

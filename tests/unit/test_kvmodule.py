@@ -54,7 +54,7 @@ def test_metadata_carries_every_seed_field(tiny_chain: tuple[Path, Path]) -> Non
         "context_checksum", "token_count", "dtype", "storage_uri", "acl_scope", "created_at", "expires_at",
     }  # fmt: skip
     ours = {"layout_id", "layout_hash", "layout", "parent_id", "chain_hash", "engine_fingerprint", "format_version"}
-    assert seed_fields | ours | {"tensor_sha256", "golden_status", "golden_results"} <= header.keys()
+    assert seed_fields | ours | {"tensor_checksum", "golden_status", "golden_results"} <= header.keys()
     assert header["parent_id"] == ModuleFile.open(tiny_chain[0]).metadata.module_id
 
 

@@ -104,7 +104,7 @@ def test_module_round_trips() -> None:
         golden_results=[
             common_pb2.GoldenResult(question="Refund window?", expect=["30 days"], answer="30 days.", passed=True)
         ],
-        tensor_sha256="t" * 64,
+        tensor_checksum="t" * 64,
         format_version="cag-kv/1",
         version=3,
         state=common_pb2.MODULE_STATE_PUBLISHED,

@@ -212,7 +212,7 @@ MODULE_COLUMNS = (
     "model_revision", "tokenizer_revision", "context_checksum", "source_checksum", "token_count", "dtype",
     "storage_uri", "acl_scope", "acl_principal", "created_at", "expires_at", "layout_id", "layout_hash",
     "parent_id", "parent_chain_hash", "chain_hash", "engine_fingerprint", "golden_status", "golden_results",
-    "tensor_sha256", "format_version", "registered_at", "published_at", "state_changed_at",
+    "tensor_checksum", "format_version", "registered_at", "published_at", "state_changed_at",
 )  # fmt: skip
 
 

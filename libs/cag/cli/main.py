@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -44,6 +45,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads spin for a long time after each kernel by default; while a restore streams a
+    # module in the background that spinning starves the reader thread on a small machine and makes
+    # time to first token bimodal. A short spin keeps kernels fast and the reader fed. Read by the
+    # OpenMP runtime when torch loads, hence before any command is imported; the user's value wins.
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((w for w in words if not w.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(words)

@@ -5,7 +5,7 @@ Layout on disk (standard safetensors, readable by `safetensors.safe_open`):
 Tensors, in data order: k.0, v.0, k.1, v.1, ... ([tokens, kv_heads, head_dim] each), then
 token_ids (int32 [tokens]). Layer-interleaved order lets a restore stream layer by layer.
 
-Two checksums make the file fail closed: `tensor_sha256` covers every tensor (see checksum.py) and
+Two checksums make the file fail closed: `tensor_checksum` covers every tensor (see checksum.py) and
 `header_sha256` covers the canonical header (metadata and tensor index) without itself.
 The writer emits canonical JSON, so identical inputs give byte-identical files.
 """
@@ -73,7 +73,7 @@ def _module_tensors(k: torch.Tensor, v: torch.Tensor, token_ids: Sequence[int]) 
 def write_module(
     path: Path, metadata: ModuleMetadata, k: torch.Tensor, v: torch.Tensor, token_ids: Sequence[int]
 ) -> ModuleMetadata:
-    """Write a module atomically; returns the metadata with `tensor_sha256` filled in.
+    """Write a module atomically; returns the metadata with `tensor_checksum` filled in.
 
     k, v: [layers, tokens, kv_heads, head_dim] in the module's dtype; token_ids: [tokens].
     """
@@ -87,7 +87,7 @@ def write_module(
         dtype = "I32" if t.dtype == torch.int32 else SAFETENSORS_DTYPES[t.dtype]
         index[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
-    final = replace(metadata, tensor_sha256=tensors_checksum(tensor_bytes(t) for _, t in tensors))
+    final = replace(metadata, tensor_checksum=tensors_checksum(tensor_bytes(t) for _, t in tensors))
     header: dict[str, object] = {"__metadata__": final.to_header(), **index}
     header["__metadata__"] = {**final.to_header(), HEADER_HASH_KEY: header_digest(header)}
     encoded = canonical_json(header)

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from cag.errors import ModuleCorruptedError
+from cag.kvmodule.checksum import ALGORITHM as CHECKSUM_ALGORITHM
 
 FORMAT_VERSION = "cag-kv/1"
 
@@ -60,7 +61,7 @@ class ModuleMetadata:
     engine_fingerprint: str
     golden_status: GoldenStatus
     golden_results: str  # JSON list of {question, expect, answer, passed}
-    tensor_sha256: str = ""
+    tensor_checksum: str = ""
     format_version: str = FORMAT_VERSION
 
     @property
@@ -83,6 +84,10 @@ class ModuleMetadata:
         if header["format_version"] != FORMAT_VERSION:
             raise ModuleCorruptedError(
                 f"module format {header['format_version']!r} is not supported (expected {FORMAT_VERSION})"
+            )
+        if not header.get("tensor_checksum", "").startswith(f"{CHECKSUM_ALGORITHM}:"):
+            raise ModuleCorruptedError(
+                f"module tensor checksum {header.get('tensor_checksum', '')[:16]!r}… is not {CHECKSUM_ALGORITHM}"
             )
         if header["dtype"] not in DTYPES:
             raise ModuleCorruptedError(f"module dtype {header['dtype']!r} is not one of {sorted(DTYPES)}")

@@ -116,7 +116,7 @@ class ModuleFile:
         return checksum.tensors_checksum(data[e.start : e.stop] for e in self.entries)
 
     def _check_digest(self, actual: str) -> None:
-        if actual != self.metadata.tensor_sha256:
+        if actual != self.metadata.tensor_checksum:
             raise ModuleCorruptedError(
                 f"{self.path}: tensor checksum does not verify (file damaged or truncated); the module is not served"
             )

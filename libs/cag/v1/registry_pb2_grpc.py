@@ -83,7 +83,7 @@ class RegistryServiceServicer:
     def Register(self, request, context):
         """Records a compiled module in state VALIDATING. Idempotent by module_id: registering the same
         module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
-        content (tensor_sha256); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
+        content (tensor_checksum); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
         source_uri is empty or an id is malformed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -38,7 +38,7 @@ class RegistryServiceStub:
     Register: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterRequest, _registry_pb2.RegisterResponse]
     """Records a compiled module in state VALIDATING. Idempotent by module_id: registering the same
     module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
-    content (tensor_sha256); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
+    content (tensor_checksum); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
     source_uri is empty or an id is malformed.
     """
     Publish: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PublishRequest, _registry_pb2.PublishResponse]
@@ -73,7 +73,7 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Register: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterRequest, _registry_pb2.RegisterResponse]  # type: ignore[assignment]
     """Records a compiled module in state VALIDATING. Idempotent by module_id: registering the same
     module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
-    content (tensor_sha256); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
+    content (tensor_checksum); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
     source_uri is empty or an id is malformed.
     """
     Publish: _aio.UnaryUnaryMultiCallable[_registry_pb2.PublishRequest, _registry_pb2.PublishResponse]  # type: ignore[assignment]
@@ -111,7 +111,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.RegisterResponse, _abc.Awaitable[_registry_pb2.RegisterResponse]]:
         """Records a compiled module in state VALIDATING. Idempotent by module_id: registering the same
         module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
-        content (tensor_sha256); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
+        content (tensor_checksum); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
         source_uri is empty or an id is malformed.
         """
 

@@ -32,7 +32,7 @@ DEFAULT_PAGE_SIZE = 100
 REQUIRED_MODULE_FIELDS = (
     "module_id", "tenant_id", "route", "model_name", "model_revision", "tokenizer_revision", "context_checksum",
     "source_checksum", "dtype", "storage_uri", "layout_id", "layout_hash", "layout", "chain_hash",
-    "engine_fingerprint", "tensor_sha256", "format_version", "source_uri",
+    "engine_fingerprint", "tensor_checksum", "format_version", "source_uri",
 )  # fmt: skip
 
 
@@ -95,7 +95,7 @@ def module_of(record: ModuleRecord, *, with_layout: bool = True) -> common_pb2.M
         engine_fingerprint=m.engine_fingerprint,
         golden_status=golden_status_proto(m.golden_status),
         golden_results=[_golden_result(r) for r in json.loads(m.golden_results or "[]")],
-        tensor_sha256=m.tensor_sha256, format_version=m.format_version,
+        tensor_checksum=m.tensor_checksum, format_version=m.format_version,
         version=record.version or 0, state=state_proto(record.state),
         state_reason=record.state_reason, source_uri=record.source_uri,
         registered_at=timestamp_of(record.registered_at), published_at=timestamp_of(record.published_at),
@@ -134,7 +134,7 @@ def metadata_of(module: common_pb2.Module) -> ModuleMetadata:
             {"question": r.question, "expect": list(r.expect), "answer": r.answer, "passed": r.passed}
             for r in module.golden_results
         ]),
-        tensor_sha256=module.tensor_sha256, format_version=module.format_version,
+        tensor_checksum=module.tensor_checksum, format_version=module.format_version,
     )  # fmt: skip
 
 

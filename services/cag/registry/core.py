@@ -37,7 +37,7 @@ def verify_module_file(record: ModuleRecord) -> None:
     """The file at storage_uri must verify and be the module that was registered."""
     module = ModuleFile.open(local_path(record.metadata.storage_uri))
     module.verify()
-    if module.metadata.tensor_sha256 != record.metadata.tensor_sha256:
+    if module.metadata.tensor_checksum != record.metadata.tensor_checksum:
         raise PublishRefusedError(f"the file at {record.metadata.storage_uri} is not module {record.module_id}")
 
 

@@ -60,7 +60,7 @@ class MemoryStore(RegistryStore):
         async with self._lock:
             existing = self.modules.get(record.module_id)
             if existing is not None:
-                if existing.metadata.tensor_sha256 != record.metadata.tensor_sha256:
+                if existing.metadata.tensor_checksum != record.metadata.tensor_checksum:
                     raise AlreadyRegisteredError(f"module {record.module_id} is registered with different content")
                 return existing
             if record.parent_id is not None:

@@ -47,7 +47,7 @@ class ModuleRow(Base):
     engine_fingerprint: Mapped[str] = mapped_column(Text)
     golden_status: Mapped[str] = mapped_column(String(8))
     golden_results: Mapped[list[Any]]
-    tensor_sha256: Mapped[str] = mapped_column(String(64))
+    tensor_checksum: Mapped[str] = mapped_column(String(96))  # "blake3:<64 hex>"
     format_version: Mapped[str] = mapped_column(String(16))
     registered_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     published_at: Mapped[datetime | None]

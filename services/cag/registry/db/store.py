@@ -139,7 +139,7 @@ class PostgresStore(RegistryStore):
         async with self.sessions.begin() as session:
             existing = await session.get(ModuleRow, m.module_id)
             if existing is not None:
-                if existing.tensor_sha256 != m.tensor_sha256:
+                if existing.tensor_checksum != m.tensor_checksum:
                     raise AlreadyRegisteredError(f"module {m.module_id} is registered with different content")
                 return (await self._records(session, [existing]))[0]
             if m.parent_id is not None:

@@ -134,7 +134,7 @@ def upgrade() -> None:
         sa.Column("engine_fingerprint", sa.Text(), nullable=False),
         sa.Column("golden_status", sa.String(length=8), nullable=False),
         sa.Column("golden_results", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column("tensor_sha256", sa.String(length=64), nullable=False),
+        sa.Column("tensor_checksum", sa.String(length=96), nullable=False),
         sa.Column("format_version", sa.String(length=16), nullable=False),
         sa.Column("registered_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
