@@ -64,6 +64,8 @@ class DemoRow:
 
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
     console = Console()
+    if not console.is_terminal:  # piped or logged: wide enough for the answers table to stay readable
+        console = Console(width=160)
     stack = InfraStack(settings.run_dir)
     started_here = not stack.is_up()
     with console.status("starting embedded NATS and Postgres"):
