@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer
 
 from cag.engine import Engine, KVCache, SamplingParams, load_engine
 from cag.errors import ModuleMismatchError
@@ -24,7 +24,6 @@ class ChainContext:
 
     model: ModelFiles
     engine: Engine
-    tokenizer: PreTrainedTokenizerBase
     prompt: PromptLayout
     modules: list[ModuleFile]
     scratch: KVCache  # preallocated once, reused by every query of this context
@@ -57,7 +56,6 @@ class ChainContext:
         return cls(
             model=model,
             engine=engine,
-            tokenizer=tokenizer,
             prompt=PromptLayout(layout, tokenizer),
             modules=modules,
             scratch=engine.new_cache(min(capacity, engine.context_window)),
