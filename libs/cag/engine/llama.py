@@ -141,7 +141,20 @@ class LlamaModel:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _attention(self, layer: int, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+    def _extension_mask(self, start: int, s: int) -> torch.Tensor | None:
+        """Additive causal mask for S new tokens after `start` cached ones, tiled for the stacked GQA
+        query rows: [group*S, start+S]; None when a single token needs none. Built once per forward."""
+        if s == 1:
+            return None
+        end = start + s
+        future = torch.arange(end)[None, :] > torch.arange(start, end)[:, None]  # [S, N]
+        # An additive float mask takes a faster SDPA path on CPU than a boolean one.
+        mask = torch.zeros(s, end, dtype=self.dtype).masked_fill_(future, float("-inf"))
+        return mask.repeat(self.config.group_size, 1)
+
+    def _attention(
+        self, layer: int, x: torch.Tensor, cache: KVCache, start: int, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         c, lw = self.config, self.layers[layer]
         s = x.shape[0]
         sizes = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim]
@@ -164,12 +177,6 @@ class LlamaModel:
         # stacked along the query axis, so each KV head attends for group*S query rows.
         g = c.group_size
         qg = q.view(s, c.kv_heads, g, c.head_dim).permute(1, 2, 0, 3).reshape(c.kv_heads, g * s, c.head_dim)
-        mask = None
-        if s > 1:
-            positions = torch.arange(start, end)
-            future = torch.arange(end)[None, :] > positions[:, None]  # [S, N]
-            # An additive float mask takes a faster SDPA path on CPU than a boolean one.
-            mask = torch.zeros(s, end, dtype=self.dtype).masked_fill_(future, float("-inf")).repeat(g, 1)  # [g*S, N]
         out = F.scaled_dot_product_attention(qg[None], keys[None], values[None], attn_mask=mask)[0]
         out = out.view(c.kv_heads, g, s, c.head_dim).permute(2, 0, 1, 3).reshape(s, c.heads * c.head_dim)
         return F.linear(out, lw.wo)
@@ -185,8 +192,9 @@ class LlamaModel:
         start = cache.length
         cache.reserve(tokens.shape[0])
         x = self.embed[tokens]  # [S, hidden]
+        mask = None if start == 0 else self._extension_mask(start, tokens.shape[0])
         for layer, lw in enumerate(self.layers):
-            x = x + self._attention(layer, self._rms_norm(x, lw.attn_norm), cache, start)
+            x = x + self._attention(layer, self._rms_norm(x, lw.attn_norm), cache, start, mask)
             x = x + self._mlp(layer, self._rms_norm(x, lw.mlp_norm))
         cache.settle()  # logits only from verified rows
         cache.length = start + tokens.shape[0]
