@@ -187,3 +187,20 @@ async def test_ttl_expiry_announces_module_expired(store: RegistryStore) -> None
         "billing-old",
         ModuleState.EXPIRED,
     )
+
+
+async def test_change_feed_carries_event_ids_and_shows_a_tenant_its_own_and_public_modules(
+    store: RegistryStore,
+) -> None:
+    metas = [
+        make_metadata("billing-acme"),
+        make_metadata("billing-globex", tenant_id="globex"),
+        make_metadata("faq-public", tenant_id="public", route="faq", acl_scope=AclScope.PUBLIC),
+    ]
+    for meta in metas:
+        await store.register(ModuleRecord(metadata=meta, source_uri="s", state=ModuleState.VALIDATING))
+        await store.publish(meta.module_id)
+    feed = await store.changes_since(0, tenant_id="acme")
+    assert [c.module_id for c in feed] == ["billing-acme", "faq-public"]
+    assert all(c.event_id and c.reason == "published" for c in feed)
+    assert len({c.event_id for c in await store.changes_since(0)}) == 3

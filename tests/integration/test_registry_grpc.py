@@ -411,6 +411,7 @@ async def test_watch_streams_changes_after_since_sequence(
     history.cancel()
     assert (first.module_id, first.state, first.version) == ("w-one", common_pb2.MODULE_STATE_PUBLISHED, 1)
     assert first.subject == "cag.module.published" and first.HasField("occurred_at")
+    assert first.event_id and first.reason == "published"
 
     live = registry.stub.Watch(registry_pb2.WatchRequest(since_sequence=first.sequence, tenant_id="acme"))
     pending = asyncio.ensure_future(read(live))

@@ -22,6 +22,10 @@ DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
 SAFETENSORS_DTYPES: dict[torch.dtype, str] = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
+# The tenant id of modules compiled with the public scope: visible to every tenant.
+PUBLIC_TENANT = "public"
+
+
 class AclScope(StrEnum):
     PUBLIC = "public"
     TENANT = "tenant"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cag.errors import InvalidInputError
-from cag.kvmodule import DTYPES, AclScope
+from cag.kvmodule import DTYPES, PUBLIC_TENANT, AclScope
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +29,7 @@ class AclSpec:
         if scope is AclScope.PUBLIC:
             if len(parts) > 1:
                 raise InvalidInputError(f"--acl {text!r}: 'public' takes no qualifier")
-            return cls(scope=scope, tenant_id="public", principal="", route_hint="")
+            return cls(scope=scope, tenant_id=PUBLIC_TENANT, principal="", route_hint="")
         if len(parts) < 2 or not all(parts[1:]) or len(parts) > 3:
             raise InvalidInputError(f"--acl {text!r}: expected {scope.value}:<tenant>[:<qualifier>]")
         qualifier = parts[2] if len(parts) == 3 else ""

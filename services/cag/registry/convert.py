@@ -179,9 +179,10 @@ def list_query_of(request: registry_pb2.ListModulesRequest) -> ListQuery:
 
 
 def change_of(change: ModuleChange) -> registry_pb2.ModuleChange:
-    # event_id and reason are not in the store's change feed (ModuleChange): they stay "".
     return registry_pb2.ModuleChange(
         sequence=change.sequence,
+        event_id=change.event_id,
+        reason=change.reason,
         module_id=change.module_id,
         tenant_id=change.tenant_id,
         route=change.route,

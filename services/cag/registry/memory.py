@@ -7,6 +7,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 from cag.errors import InvalidInputError
+from cag.kvmodule import PUBLIC_TENANT
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import IllegalTransitionError, ModuleState, check_transition
 from cag.registry.store import (
@@ -45,7 +46,9 @@ class MemoryStore(RegistryStore):
         self.outbox.append(
             ModuleChange(
                 sequence=len(self.outbox) + 1,
+                event_id=envelope.event_id,
                 subject=envelope.subject,
+                reason=str(envelope.data["reason"]),
                 module_id=m.module_id,
                 tenant_id=m.tenant_id,
                 route=m.route,
@@ -179,5 +182,6 @@ class MemoryStore(RegistryStore):
     async def changes_since(
         self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
     ) -> list[ModuleChange]:
-        feed = [c for c in self.outbox if c.sequence > sequence and (tenant_id is None or c.tenant_id == tenant_id)]
+        tenants = None if tenant_id is None else {tenant_id, PUBLIC_TENANT}
+        feed = [c for c in self.outbox if c.sequence > sequence and (tenants is None or c.tenant_id in tenants)]
         return feed[:limit]

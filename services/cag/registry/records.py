@@ -51,7 +51,9 @@ class ModuleChange:
     """One entry of the registry's ordered change feed (what Watch streams)."""
 
     sequence: int
+    event_id: str
     subject: str
+    reason: str
     module_id: str
     tenant_id: str
     route: str

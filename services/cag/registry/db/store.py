@@ -16,6 +16,7 @@ from sqlalchemy.orm import aliased
 
 from cag.errors import InvalidInputError
 from cag.events.schemas import Envelope
+from cag.kvmodule import PUBLIC_TENANT
 from cag.registry.db.convert import record_of, row_values
 from cag.registry.db.schema import (
     LayoutRow,
@@ -326,7 +327,8 @@ class PostgresStore(RegistryStore):
     ) -> list[ModuleChange]:
         stmt = select(OutboxRow).where(OutboxRow.sequence > sequence).order_by(OutboxRow.sequence).limit(limit)
         if tenant_id is not None:
-            stmt = stmt.where(OutboxRow.envelope["data"]["tenant_id"].astext == tenant_id)
+            # A tenant sees its own modules and the public ones.
+            stmt = stmt.where(OutboxRow.envelope["data"]["tenant_id"].astext.in_([tenant_id, PUBLIC_TENANT]))
         async with self.sessions() as session:
             rows = list((await session.execute(stmt)).scalars())
         return [_change(r) for r in rows]
@@ -340,7 +342,9 @@ def _change(row: OutboxRow) -> ModuleChange:
     data: dict[str, Any] = row.envelope["data"]
     return ModuleChange(
         sequence=row.sequence,
+        event_id=row.event_id,
         subject=row.subject,
+        reason=str(data.get("reason", "")),
         module_id=data["module_id"],
         tenant_id=data["tenant_id"],
         route=data["route"],
