@@ -18,6 +18,7 @@ from cag.errors import (
     GoldenTestsFailedError,
     InvalidInputError,
     LayoutError,
+    ModuleCorruptedError,
     SourceError,
     UnknownLayoutError,
     UnknownModelError,
@@ -133,3 +134,17 @@ def test_child_compiles_on_top_of_its_parent(tiny_chain: tuple[Path, Path]) -> N
     assert child.parent_chain_hash == root.chain_hash
     assert child.chain_hash != root.chain_hash
     assert child.layout_hash == root.layout_hash
+
+
+def test_damaged_parent_is_refused_and_nothing_is_written(
+    compile_tiny: CompileTiny, tiny_chain: tuple[Path, Path], tmp_path: Path
+) -> None:
+    parent = tmp_path / "parent.safetensors"
+    shutil.copyfile(tiny_chain[0], parent)
+    module = ModuleFile.open(parent)
+    with parent.open("r+b") as f:
+        f.seek(module.data_offset + 10)
+        f.write(b"\xff\xfe")
+    with pytest.raises(ModuleCorruptedError, match="checksum"):
+        compile_tiny(KNOWLEDGE / "billing", parents=(parent,))
+    assert not (tmp_path / "out").exists()

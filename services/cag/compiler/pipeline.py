@@ -91,9 +91,9 @@ def compile_module(
     the_layout_hash = layout_hash(layout)
     for parent in parents:
         engine.identity.check(parent.metadata, layout_hash=the_layout_hash)
-        parent.verify()
     reserve = len(tokens) + layout.max_query_tokens + request.golden_max_new_tokens
     obs.stage("prefilling")
+    # Restoring the parents verifies their checksums as they are read.
     cache = engine.restore(parents, reserve=reserve) if parents else engine.prefill([], reserve=reserve)
     obs.prefill_started(len(tokens))
     started = time.perf_counter()
@@ -113,8 +113,9 @@ def compile_module(
     )
     status = GoldenStatus.NONE if not golden else GoldenStatus("passed" if all(r.passed for r in golden) else "failed")
     parent_chain = parents[-1].metadata.chain_hash if parents else None
+    the_source_checksum = source_checksum(bundle)
     context = context_checksum(
-        source_checksum=source_checksum(bundle),
+        source_checksum=the_source_checksum,
         layout_hash=the_layout_hash,
         model_revision=model.model_revision,
         tokenizer_revision=model.tokenizer_revision,
@@ -137,7 +138,7 @@ def compile_module(
         model_revision=identity.model_revision,
         tokenizer_revision=identity.tokenizer_revision,
         context_checksum=context,
-        source_checksum=source_checksum(bundle),
+        source_checksum=the_source_checksum,
         token_count=len(tokens),
         dtype=request.dtype,  # type: ignore[arg-type]  # validated by CompileRequest
         storage_uri=f"{prefix.rstrip('/')}/{filename}",
