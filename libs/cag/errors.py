@@ -18,6 +18,9 @@ class Status(StrEnum):
     DATA_LOSS = "DATA_LOSS"
     UNAVAILABLE = "UNAVAILABLE"
     ABORTED = "ABORTED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
 
 class CagError(Exception):
@@ -85,6 +88,18 @@ class ChainError(CagError):
     """Modules given as a chain do not link up (a parent is missing or does not match)."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class UnauthenticatedError(CagError):
+    """The caller presented no credentials, or credentials that do not verify."""
+
+    status = Status.UNAUTHENTICATED
+
+
+class PermissionDeniedError(CagError):
+    """The caller is who it says, but may not do this (another tenant's data, an admin operation)."""
+
+    status = Status.PERMISSION_DENIED
 
 
 class InvalidFieldError(InvalidInputError):

@@ -190,7 +190,7 @@ async def test_register_requires_identity_fields(registry: Client) -> None:
 
 async def test_malformed_ids_are_invalid_argument(registry: Client) -> None:
     bad = "BAD ID!"
-    await fails(registry.register(make_metadata(bad)), Code.INVALID_ARGUMENT, reason="INVALID_INPUT")
+    await fails(registry.register(make_metadata(bad)), Code.INVALID_ARGUMENT, reason="INVALID_FIELD", field="module_id")
     await fails(registry.register(make_metadata("m-1", tenant_id=bad)), Code.INVALID_ARGUMENT)
     await fails(registry.get(bad), Code.INVALID_ARGUMENT)
     await fails(registry.publish(bad), Code.INVALID_ARGUMENT)

@@ -23,9 +23,12 @@ from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 DEFAULT_TIMEOUT_S = 30.0
 
 
-def module_message(metadata: ModuleMetadata, source_uri: str) -> common_pb2.Module:
+def module_message(metadata: ModuleMetadata, source_uri: str, header_sha256: str) -> common_pb2.Module:
     """The Register payload for a compiled module (registry-owned fields are left for the registry)."""
-    return module_of(ModuleRecord(metadata=metadata, source_uri=source_uri, state=ModuleState.VALIDATING))
+    record = ModuleRecord(
+        metadata=metadata, source_uri=source_uri, header_sha256=header_sha256, state=ModuleState.VALIDATING
+    )
+    return module_of(record)
 
 
 def state_name(value: int) -> str:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x61g/v1/common.proto\x12\x06\x63\x61g.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n\x03\x41\x63l\x12\x1f\n\x05scope\x18\x01 \x01(\x0e\x32\x10.cag.v1.AclScope\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\"P\n\x0cGoldenResult\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06\x65xpect\x18\x02 \x03(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12\x0e\n\x06passed\x18\x04 \x01(\x08\"\xa9\x07\n\x06Module\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x16\n\x0emodel_revision\x18\x05 \x01(\t\x12\x1a\n\x12tokenizer_revision\x18\x06 \x01(\t\x12\x18\n\x10\x63ontext_checksum\x18\x07 \x01(\t\x12\x17\n\x0fsource_checksum\x18\x08 \x01(\t\x12\x13\n\x0btoken_count\x18\t \x01(\x03\x12\r\n\x05\x64type\x18\n \x01(\t\x12\x13\n\x0bstorage_uri\x18\x0b \x01(\t\x12#\n\tacl_scope\x18\x0c \x01(\x0e\x32\x10.cag.v1.AclScope\x12\x15\n\racl_principal\x18\r \x01(\t\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlayout_id\x18\x10 \x01(\t\x12\x13\n\x0blayout_hash\x18\x11 \x01(\t\x12\x0e\n\x06layout\x18\x12 \x01(\t\x12\x11\n\tparent_id\x18\x13 \x01(\t\x12\x19\n\x11parent_chain_hash\x18\x14 \x01(\t\x12\x12\n\nchain_hash\x18\x15 \x01(\t\x12\x1a\n\x12\x65ngine_fingerprint\x18\x16 \x01(\t\x12+\n\rgolden_status\x18\x17 \x01(\x0e\x32\x14.cag.v1.GoldenStatus\x12,\n\x0egolden_results\x18\x18 \x03(\x0b\x32\x14.cag.v1.GoldenResult\x12\x17\n\x0ftensor_checksum\x18\x19 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x1a \x01(\t\x12\x0f\n\x07version\x18( \x01(\x03\x12\"\n\x05state\x18) \x01(\x0e\x32\x13.cag.v1.ModuleState\x12\x14\n\x0cstate_reason\x18* \x01(\t\x12\x12\n\nsource_uri\x18+ \x01(\t\x12\x31\n\rregistered_at\x18, \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublished_at\x18- \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10state_changed_at\x18. \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"<\n\nTokenChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\r\n\x05index\x18\x03 \x01(\x03\"\xec\x01\n\x0fGenerateSummary\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x10\n\x08total_ms\x18\x02 \x01(\x01\x12\x0e\n\x06tokens\x18\x03 \x01(\x03\x12\x16\n\x0eprefill_tokens\x18\x04 \x01(\x03\x12\x15\n\rcached_tokens\x18\x05 \x01(\x03\x12 \n\x04path\x18\x06 \x01(\x0e\x32\x12.cag.v1.AnswerPath\x12\x12\n\nmodule_ids\x18\x07 \x03(\t\x12\x14\n\x0c\x65vidence_ids\x18\x08 \x03(\t\x12+\n\rfinish_reason\x18\t \x01(\x0e\x32\x14.cag.v1.FinishReason\"\x82\x02\n\rRouteDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\x12\x12\n\nmodule_ids\x18\x04 \x03(\t\x12\x16\n\x0emodule_version\x18\x05 \x01(\x03\x12!\n\x05\x62\x61sis\x18\x06 \x01(\x0e\x32\x12.cag.v1.RouteBasis\x12\x0f\n\x07rule_id\x18\x07 \x01(\t\x12\x14\n\x0crule_version\x18\x08 \x01(\x03\x12\x12\n\nconfidence\x18\t \x01(\x02\x12 \n\x04path\x18\n \x01(\x0e\x32\x12.cag.v1.AnswerPath\x12\x0e\n\x06reason\x18\x0b \x01(\t\"\x94\x01\n\x10GenerateResponse\x12)\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x15.cag.v1.RouteDecisionH\x00\x12#\n\x05token\x18\x02 \x01(\x0b\x32\x12.cag.v1.TokenChunkH\x00\x12\'\n\x04\x64one\x18\x03 \x01(\x0b\x32\x17.cag.v1.GenerateSummaryH\x00\x42\x07\n\x05\x65vent\"\x8e\x01\n\tErrorInfo\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.cag.v1.ErrorInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*~\n\x08\x41\x63lScope\x12\x19\n\x15\x41\x43L_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43L_SCOPE_PUBLIC\x10\x01\x12\x14\n\x10\x41\x43L_SCOPE_TENANT\x10\x02\x12\x17\n\x13\x41\x43L_SCOPE_WORKSPACE\x10\x03\x12\x12\n\x0e\x41\x43L_SCOPE_USER\x10\x04*y\n\x0cGoldenStatus\x12\x1d\n\x19GOLDEN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12GOLDEN_STATUS_NONE\x10\x01\x12\x18\n\x14GOLDEN_STATUS_PASSED\x10\x02\x12\x18\n\x14GOLDEN_STATUS_FAILED\x10\x03*\x87\x02\n\x0bModuleState\x12\x1c\n\x18MODULE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODULE_STATE_BUILDING\x10\x01\x12\x1b\n\x17MODULE_STATE_VALIDATING\x10\x02\x12\x1a\n\x16MODULE_STATE_PUBLISHED\x10\x03\x12\x16\n\x12MODULE_STATE_STALE\x10\x04\x12\x1c\n\x18MODULE_STATE_INVALIDATED\x10\x05\x12\x18\n\x14MODULE_STATE_EXPIRED\x10\x06\x12\x1c\n\x18MODULE_STATE_QUARANTINED\x10\x07\x12\x18\n\x14MODULE_STATE_RETIRED\x10\x08*[\n\nAnswerPath\x12\x1b\n\x17\x41NSWER_PATH_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41NSWER_PATH_MODULE\x10\x01\x12\x18\n\x14\x41NSWER_PATH_FALLBACK\x10\x02*\x8b\x01\n\nRouteBasis\x12\x1b\n\x17ROUTE_BASIS_UNSPECIFIED\x10\x00\x12\x18\n\x14ROUTE_BASIS_METADATA\x10\x01\x12\x14\n\x10ROUTE_BASIS_RULE\x10\x02\x12\x1a\n\x16ROUTE_BASIS_CLASSIFIER\x10\x03\x12\x14\n\x10ROUTE_BASIS_NONE\x10\x04*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x61g/v1/common.proto\x12\x06\x63\x61g.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n\x03\x41\x63l\x12\x1f\n\x05scope\x18\x01 \x01(\x0e\x32\x10.cag.v1.AclScope\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\"P\n\x0cGoldenResult\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06\x65xpect\x18\x02 \x03(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12\x0e\n\x06passed\x18\x04 \x01(\x08\"\xc0\x07\n\x06Module\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x16\n\x0emodel_revision\x18\x05 \x01(\t\x12\x1a\n\x12tokenizer_revision\x18\x06 \x01(\t\x12\x18\n\x10\x63ontext_checksum\x18\x07 \x01(\t\x12\x17\n\x0fsource_checksum\x18\x08 \x01(\t\x12\x13\n\x0btoken_count\x18\t \x01(\x03\x12\r\n\x05\x64type\x18\n \x01(\t\x12\x13\n\x0bstorage_uri\x18\x0b \x01(\t\x12#\n\tacl_scope\x18\x0c \x01(\x0e\x32\x10.cag.v1.AclScope\x12\x15\n\racl_principal\x18\r \x01(\t\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlayout_id\x18\x10 \x01(\t\x12\x13\n\x0blayout_hash\x18\x11 \x01(\t\x12\x0e\n\x06layout\x18\x12 \x01(\t\x12\x11\n\tparent_id\x18\x13 \x01(\t\x12\x19\n\x11parent_chain_hash\x18\x14 \x01(\t\x12\x12\n\nchain_hash\x18\x15 \x01(\t\x12\x1a\n\x12\x65ngine_fingerprint\x18\x16 \x01(\t\x12+\n\rgolden_status\x18\x17 \x01(\x0e\x32\x14.cag.v1.GoldenStatus\x12,\n\x0egolden_results\x18\x18 \x03(\x0b\x32\x14.cag.v1.GoldenResult\x12\x17\n\x0ftensor_checksum\x18\x19 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x1a \x01(\t\x12\x15\n\rheader_sha256\x18\x1b \x01(\t\x12\x0f\n\x07version\x18( \x01(\x03\x12\"\n\x05state\x18) \x01(\x0e\x32\x13.cag.v1.ModuleState\x12\x14\n\x0cstate_reason\x18* \x01(\t\x12\x12\n\nsource_uri\x18+ \x01(\t\x12\x31\n\rregistered_at\x18, \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublished_at\x18- \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10state_changed_at\x18. \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"<\n\nTokenChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\r\n\x05index\x18\x03 \x01(\x03\"\xec\x01\n\x0fGenerateSummary\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x10\n\x08total_ms\x18\x02 \x01(\x01\x12\x0e\n\x06tokens\x18\x03 \x01(\x03\x12\x16\n\x0eprefill_tokens\x18\x04 \x01(\x03\x12\x15\n\rcached_tokens\x18\x05 \x01(\x03\x12 \n\x04path\x18\x06 \x01(\x0e\x32\x12.cag.v1.AnswerPath\x12\x12\n\nmodule_ids\x18\x07 \x03(\t\x12\x14\n\x0c\x65vidence_ids\x18\x08 \x03(\t\x12+\n\rfinish_reason\x18\t \x01(\x0e\x32\x14.cag.v1.FinishReason\"\x82\x02\n\rRouteDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\x12\x12\n\nmodule_ids\x18\x04 \x03(\t\x12\x16\n\x0emodule_version\x18\x05 \x01(\x03\x12!\n\x05\x62\x61sis\x18\x06 \x01(\x0e\x32\x12.cag.v1.RouteBasis\x12\x0f\n\x07rule_id\x18\x07 \x01(\t\x12\x14\n\x0crule_version\x18\x08 \x01(\x03\x12\x12\n\nconfidence\x18\t \x01(\x02\x12 \n\x04path\x18\n \x01(\x0e\x32\x12.cag.v1.AnswerPath\x12\x0e\n\x06reason\x18\x0b \x01(\t\"\x94\x01\n\x10GenerateResponse\x12)\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x15.cag.v1.RouteDecisionH\x00\x12#\n\x05token\x18\x02 \x01(\x0b\x32\x12.cag.v1.TokenChunkH\x00\x12\'\n\x04\x64one\x18\x03 \x01(\x0b\x32\x17.cag.v1.GenerateSummaryH\x00\x42\x07\n\x05\x65vent\"\x8e\x01\n\tErrorInfo\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.cag.v1.ErrorInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*~\n\x08\x41\x63lScope\x12\x19\n\x15\x41\x43L_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43L_SCOPE_PUBLIC\x10\x01\x12\x14\n\x10\x41\x43L_SCOPE_TENANT\x10\x02\x12\x17\n\x13\x41\x43L_SCOPE_WORKSPACE\x10\x03\x12\x12\n\x0e\x41\x43L_SCOPE_USER\x10\x04*y\n\x0cGoldenStatus\x12\x1d\n\x19GOLDEN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12GOLDEN_STATUS_NONE\x10\x01\x12\x18\n\x14GOLDEN_STATUS_PASSED\x10\x02\x12\x18\n\x14GOLDEN_STATUS_FAILED\x10\x03*\x87\x02\n\x0bModuleState\x12\x1c\n\x18MODULE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODULE_STATE_BUILDING\x10\x01\x12\x1b\n\x17MODULE_STATE_VALIDATING\x10\x02\x12\x1a\n\x16MODULE_STATE_PUBLISHED\x10\x03\x12\x16\n\x12MODULE_STATE_STALE\x10\x04\x12\x1c\n\x18MODULE_STATE_INVALIDATED\x10\x05\x12\x18\n\x14MODULE_STATE_EXPIRED\x10\x06\x12\x1c\n\x18MODULE_STATE_QUARANTINED\x10\x07\x12\x18\n\x14MODULE_STATE_RETIRED\x10\x08*[\n\nAnswerPath\x12\x1b\n\x17\x41NSWER_PATH_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41NSWER_PATH_MODULE\x10\x01\x12\x18\n\x14\x41NSWER_PATH_FALLBACK\x10\x02*\x8b\x01\n\nRouteBasis\x12\x1b\n\x17ROUTE_BASIS_UNSPECIFIED\x10\x00\x12\x18\n\x14ROUTE_BASIS_METADATA\x10\x01\x12\x14\n\x10ROUTE_BASIS_RULE\x10\x02\x12\x1a\n\x16ROUTE_BASIS_CLASSIFIER\x10\x03\x12\x14\n\x10ROUTE_BASIS_NONE\x10\x04*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +34,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORINFO_METADATAENTRY']._loaded_options = None
   _globals['_ERRORINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ACLSCOPE']._serialized_start=2114
-  _globals['_ACLSCOPE']._serialized_end=2240
-  _globals['_GOLDENSTATUS']._serialized_start=2242
-  _globals['_GOLDENSTATUS']._serialized_end=2363
-  _globals['_MODULESTATE']._serialized_start=2366
-  _globals['_MODULESTATE']._serialized_end=2629
-  _globals['_ANSWERPATH']._serialized_start=2631
-  _globals['_ANSWERPATH']._serialized_end=2722
-  _globals['_ROUTEBASIS']._serialized_start=2725
-  _globals['_ROUTEBASIS']._serialized_end=2864
-  _globals['_FINISHREASON']._serialized_start=2866
-  _globals['_FINISHREASON']._serialized_end=2990
+  _globals['_ACLSCOPE']._serialized_start=2137
+  _globals['_ACLSCOPE']._serialized_end=2263
+  _globals['_GOLDENSTATUS']._serialized_start=2265
+  _globals['_GOLDENSTATUS']._serialized_end=2386
+  _globals['_MODULESTATE']._serialized_start=2389
+  _globals['_MODULESTATE']._serialized_end=2652
+  _globals['_ANSWERPATH']._serialized_start=2654
+  _globals['_ANSWERPATH']._serialized_end=2745
+  _globals['_ROUTEBASIS']._serialized_start=2748
+  _globals['_ROUTEBASIS']._serialized_end=2887
+  _globals['_FINISHREASON']._serialized_start=2889
+  _globals['_FINISHREASON']._serialized_end=3013
   _globals['_ACL']._serialized_start=64
   _globals['_ACL']._serialized_end=140
   _globals['_GOLDENRESULT']._serialized_start=142
   _globals['_GOLDENRESULT']._serialized_end=222
   _globals['_MODULE']._serialized_start=225
-  _globals['_MODULE']._serialized_end=1162
-  _globals['_SAMPLINGPARAMS']._serialized_start=1164
-  _globals['_SAMPLINGPARAMS']._serialized_end=1254
-  _globals['_TOKENCHUNK']._serialized_start=1256
-  _globals['_TOKENCHUNK']._serialized_end=1316
-  _globals['_GENERATESUMMARY']._serialized_start=1319
-  _globals['_GENERATESUMMARY']._serialized_end=1555
-  _globals['_ROUTEDECISION']._serialized_start=1558
-  _globals['_ROUTEDECISION']._serialized_end=1816
-  _globals['_GENERATERESPONSE']._serialized_start=1819
-  _globals['_GENERATERESPONSE']._serialized_end=1967
-  _globals['_ERRORINFO']._serialized_start=1970
-  _globals['_ERRORINFO']._serialized_end=2112
-  _globals['_ERRORINFO_METADATAENTRY']._serialized_start=2065
-  _globals['_ERRORINFO_METADATAENTRY']._serialized_end=2112
+  _globals['_MODULE']._serialized_end=1185
+  _globals['_SAMPLINGPARAMS']._serialized_start=1187
+  _globals['_SAMPLINGPARAMS']._serialized_end=1277
+  _globals['_TOKENCHUNK']._serialized_start=1279
+  _globals['_TOKENCHUNK']._serialized_end=1339
+  _globals['_GENERATESUMMARY']._serialized_start=1342
+  _globals['_GENERATESUMMARY']._serialized_end=1578
+  _globals['_ROUTEDECISION']._serialized_start=1581
+  _globals['_ROUTEDECISION']._serialized_end=1839
+  _globals['_GENERATERESPONSE']._serialized_start=1842
+  _globals['_GENERATERESPONSE']._serialized_end=1990
+  _globals['_ERRORINFO']._serialized_start=1993
+  _globals['_ERRORINFO']._serialized_end=2135
+  _globals['_ERRORINFO_METADATAENTRY']._serialized_start=2088
+  _globals['_ERRORINFO_METADATAENTRY']._serialized_end=2135
 # @@protoc_insertion_point(module_scope)

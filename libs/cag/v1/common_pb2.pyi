@@ -326,6 +326,7 @@ class Module(_message.Message):
     GOLDEN_RESULTS_FIELD_NUMBER: _builtins.int
     TENSOR_CHECKSUM_FIELD_NUMBER: _builtins.int
     FORMAT_VERSION_FIELD_NUMBER: _builtins.int
+    HEADER_SHA256_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     STATE_REASON_FIELD_NUMBER: _builtins.int
@@ -374,9 +375,14 @@ class Module(_message.Message):
     """Engine / attention / RoPE fingerprint the KV is valid for."""
     golden_status: Global___GoldenStatus.ValueType
     tensor_checksum: _builtins.str
-    """SHA-256 (hex) over the tensor bytes of the file."""
+    """Checksum over the tensor bytes of the file, algorithm-prefixed ("blake3:<hex>")."""
     format_version: _builtins.str
     """Module file format, for example "cag-kv/1"."""
+    header_sha256: _builtins.str
+    """SHA-256 (hex) of the file's canonical header (its `header_sha256`). With tensor_checksum it pins the
+    whole file: whoever serves a module checks the file against the registry record, so a header edited
+    and re-signed by hand (another tenant, a later expiry) is refused.
+    """
     version: _builtins.int
     """--- owned by the registry ---
     Version of this module on its (tenant_id, route): 1, 2, ... assigned when first published;
@@ -434,6 +440,7 @@ class Module(_message.Message):
         golden_results: _abc.Iterable[Global___GoldenResult] | None = ...,
         tensor_checksum: _builtins.str = ...,
         format_version: _builtins.str = ...,
+        header_sha256: _builtins.str = ...,
         version: _builtins.int = ...,
         state: Global___ModuleState.ValueType = ...,
         state_reason: _builtins.str = ...,
@@ -444,7 +451,7 @@ class Module(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "published_at", b"published_at", "registered_at", b"registered_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acl_principal", b"acl_principal", "acl_scope", b"acl_scope", "chain_hash", b"chain_hash", "context_checksum", b"context_checksum", "created_at", b"created_at", "dtype", b"dtype", "engine_fingerprint", b"engine_fingerprint", "expires_at", b"expires_at", "format_version", b"format_version", "golden_results", b"golden_results", "golden_status", b"golden_status", "layout", b"layout", "layout_hash", b"layout_hash", "layout_id", b"layout_id", "model_name", b"model_name", "model_revision", b"model_revision", "module_id", b"module_id", "parent_chain_hash", b"parent_chain_hash", "parent_id", b"parent_id", "published_at", b"published_at", "registered_at", b"registered_at", "route", b"route", "source_checksum", b"source_checksum", "source_uri", b"source_uri", "state", b"state", "state_changed_at", b"state_changed_at", "state_reason", b"state_reason", "storage_uri", b"storage_uri", "tenant_id", b"tenant_id", "tensor_checksum", b"tensor_checksum", "token_count", b"token_count", "tokenizer_revision", b"tokenizer_revision", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acl_principal", b"acl_principal", "acl_scope", b"acl_scope", "chain_hash", b"chain_hash", "context_checksum", b"context_checksum", "created_at", b"created_at", "dtype", b"dtype", "engine_fingerprint", b"engine_fingerprint", "expires_at", b"expires_at", "format_version", b"format_version", "golden_results", b"golden_results", "golden_status", b"golden_status", "header_sha256", b"header_sha256", "layout", b"layout", "layout_hash", b"layout_hash", "layout_id", b"layout_id", "model_name", b"model_name", "model_revision", b"model_revision", "module_id", b"module_id", "parent_chain_hash", b"parent_chain_hash", "parent_id", b"parent_id", "published_at", b"published_at", "registered_at", b"registered_at", "route", b"route", "source_checksum", b"source_checksum", "source_uri", b"source_uri", "state", b"state", "state_changed_at", b"state_changed_at", "state_reason", b"state_reason", "storage_uri", b"storage_uri", "tenant_id", b"tenant_id", "tensor_checksum", b"tensor_checksum", "token_count", b"token_count", "tokenizer_revision", b"tokenizer_revision", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -95,7 +95,7 @@ def module_of(record: ModuleRecord, *, with_layout: bool = True) -> common_pb2.M
         engine_fingerprint=m.engine_fingerprint,
         golden_status=golden_status_proto(m.golden_status),
         golden_results=[_golden_result(r) for r in json.loads(m.golden_results or "[]")],
-        tensor_checksum=m.tensor_checksum, format_version=m.format_version,
+        tensor_checksum=m.tensor_checksum, format_version=m.format_version, header_sha256=record.header_sha256,
         version=record.version or 0, state=state_proto(record.state),
         state_reason=record.state_reason, source_uri=record.source_uri,
         registered_at=timestamp_of(record.registered_at), published_at=timestamp_of(record.published_at),

@@ -12,10 +12,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from cag.errors import CagError, InvalidInputError, Status
+from cag.identifiers import check_module_id, check_name
 from cag.kvmodule import GoldenStatus, ModuleFile, ModuleMetadata
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
-from cag.registry.store import ListQuery, RegistryStore, RouteResolution, check_module_id, check_name
+from cag.registry.store import ListQuery, RegistryStore, RouteResolution
 from cag.registry.triggers import Trigger
 
 ModuleVerifier = Callable[[ModuleRecord], None]
@@ -48,7 +49,7 @@ class RegistryCore:
 
     async def register(self, metadata: ModuleMetadata, source_uri: str) -> ModuleRecord:
         check_module_id(metadata.module_id)
-        check_name("tenant", metadata.tenant_id)
+        check_name("tenant_id", metadata.tenant_id)
         check_name("route", metadata.route)
         if metadata.parent_id is not None:
             check_module_id(metadata.parent_id)
@@ -81,7 +82,7 @@ class RegistryCore:
         return await self.store.publish(module_id, expected_version=expected_version)
 
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
-        resolution = await self.store.resolve_route(check_name("tenant", tenant_id), check_name("route", route))
+        resolution = await self.store.resolve_route(check_name("tenant_id", tenant_id), check_name("route", route))
         unservable = [r for r in resolution.chain if r.state is not ModuleState.PUBLISHED]
         if unservable:
             bad = unservable[0]
@@ -96,7 +97,7 @@ class RegistryCore:
         return event, await self.store.invalidate(trigger, event_id=event)
 
     async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
-        return await self.store.rollback(check_name("tenant", tenant_id), check_name("route", route), to_version)
+        return await self.store.rollback(check_name("tenant_id", tenant_id), check_name("route", route), to_version)
 
     async def record_route_decision(self, decision: RouteDecision) -> bool:
         return await self.store.record_route_decision(decision)

@@ -14,6 +14,7 @@ class ModuleRecord:
     metadata: ModuleMetadata
     source_uri: str
     state: ModuleState
+    header_sha256: str = ""  # the file's header checksum; with metadata.tensor_checksum it pins the file
     state_reason: str = ""
     version: int | None = None  # assigned when first published, per tenant + route
     registered_at: datetime | None = None

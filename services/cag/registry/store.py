@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -19,8 +18,6 @@ from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
 from cag.registry.triggers import Trigger
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-_MODULE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 MAX_PAGE_SIZE = 1000
 
 
@@ -36,18 +33,6 @@ class ConcurrentPublishError(CagError):
 
 class AlreadyRegisteredError(CagError):
     status = Status.ALREADY_EXISTS
-
-
-def check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value):
-        raise InvalidInputError(f"{kind} {value!r} is malformed: use 1-128 of [a-z0-9._-], starting alphanumeric")
-    return value
-
-
-def check_module_id(value: str) -> str:
-    if not _MODULE_ID.match(value):
-        raise InvalidInputError(f"module id {value!r} is malformed: use [a-z0-9._-], starting alphanumeric")
-    return value
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ def row_values(record: ModuleRecord) -> dict[str, Any]:
         state=record.state.value,
         state_reason=record.state_reason,
         source_uri=record.source_uri,
+        header_sha256=record.header_sha256,
         version=record.version,
     )
     return values
@@ -44,6 +45,7 @@ def record_of(row: ModuleRow, layout_body: dict[str, Any]) -> ModuleRecord:
     return ModuleRecord(
         metadata=metadata,
         source_uri=row.source_uri,
+        header_sha256=row.header_sha256,
         state=ModuleState(row.state),
         state_reason=row.state_reason,
         version=row.version,

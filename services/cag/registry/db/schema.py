@@ -49,6 +49,7 @@ class ModuleRow(Base):
     golden_results: Mapped[list[Any]]
     tensor_checksum: Mapped[str] = mapped_column(String(96))  # "blake3:<64 hex>"
     format_version: Mapped[str] = mapped_column(String(16))
+    header_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
     registered_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     published_at: Mapped[datetime | None]
     state_changed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
@@ -118,7 +119,7 @@ class RouteDecisionRow(Base):
 
     __tablename__ = "route_decisions"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_id: Mapped[str] = mapped_column(String(256), unique=True)
     request_id: Mapped[str] = mapped_column(String(128))
     tenant_id: Mapped[str] = mapped_column(String(128))
     route: Mapped[str] = mapped_column(String(128))
@@ -136,7 +137,7 @@ class OutboxRow(Base):
 
     __tablename__ = "outbox"
     sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_id: Mapped[str] = mapped_column(String(256), unique=True)
     subject: Mapped[str] = mapped_column(String(128))
     module_id: Mapped[str | None] = mapped_column(String(200))
     envelope: Mapped[dict[str, Any]]
@@ -151,7 +152,7 @@ class ProcessedEventRow(Base):
 
     __tablename__ = "processed_events"
     consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     processed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
@@ -160,7 +161,7 @@ class DeadLetterRow(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     consumer: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(128))
-    event_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(256))
     body: Mapped[str] = mapped_column(Text)
     error: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
