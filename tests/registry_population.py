@@ -23,8 +23,21 @@ def _h(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def layout_of(layout_id: str, variant: str) -> tuple[str, str]:
+    """(canonical JSON, its SHA-256): a stand-in layout whose hash is real, as the registry checks it."""
+    body = json.dumps({"layout_id": layout_id, "variant": variant}, sort_keys=True, separators=(",", ":"))
+    return body, _h(body)
+
+
+def layout_hash_of(layout_id: str, variant: str) -> str:
+    return layout_of(layout_id, variant)[1]
+
+
 def make_metadata(module_id: str, **kw: object) -> ModuleMetadata:
+    """Plausible metadata; `layout_hash` may be a short label ("lh-2"): the layout then gets that variant."""
     layout_id = str(kw.pop("layout_id", "support.v1"))
+    label = str(kw.pop("layout_hash", "lh-1"))
+    layout, layout_hash = (str(kw.pop("layout")), label) if "layout" in kw else layout_of(layout_id, label)
     base: dict[str, object] = {
         "module_id": module_id,
         "tenant_id": "acme",
@@ -42,8 +55,8 @@ def make_metadata(module_id: str, **kw: object) -> ModuleMetadata:
         "created_at": "2026-01-01T00:00:00Z",
         "expires_at": None,
         "layout_id": layout_id,
-        "layout_hash": "lh-1",
-        "layout": json.dumps({"layout_id": layout_id}),
+        "layout_hash": layout_hash,
+        "layout": layout,
         "parent_id": None,
         "parent_chain_hash": None,
         "chain_hash": _h("chain" + module_id),
@@ -87,6 +100,7 @@ def generate_population(seed: int = 7, roots: int = 24) -> Population:
             tokenizer_revision=parent.metadata.tokenizer_revision if parent else rng.choice(TOKENIZERS),
             layout_id=layout_id,
             layout_hash=layout_hash,
+            **({"layout": parent.metadata.layout} if parent else {}),
             acl_scope=scope,
             acl_principal=rng.choice(("ws-1", "ws-2")) if scope in (AclScope.WORKSPACE, AclScope.USER) else "",
             parent_id=parent.module_id if parent else None,

@@ -15,6 +15,7 @@ MAX_NAME = 128
 MAX_MODULE_ID = 200
 MAX_EVENT_ID = 256
 MAX_PRINCIPAL = 128
+MAX_URI = 2048
 # How much of an offending value an error message may echo back (never a whole megabyte of it).
 ECHO_CHARS = 64
 

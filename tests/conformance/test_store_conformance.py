@@ -29,7 +29,7 @@ from cag.registry.triggers import (
     TtlElapsed,
     affected_modules,
 )
-from tests.registry_population import Population, generate_population, make_metadata
+from tests.registry_population import Population, generate_population, layout_hash_of, make_metadata
 
 TRIGGERS: list[Trigger] = [
     SourceChanged(tenant_id="acme", source_uri="git://kb/acme/system", checksum="new"),
@@ -39,7 +39,7 @@ TRIGGERS: list[Trigger] = [
     TokenizerRetired(tokenizer_revision="tok-2"),
     AclChanged(tenant_id="acme", scope=AclScope.TENANT),
     AclChanged(tenant_id="initech", scope=AclScope.WORKSPACE, principal="ws-1"),
-    LayoutChanged(layout_id="support.v1", layout_hash="lh-2"),
+    LayoutChanged(layout_id="support.v1", layout_hash=layout_hash_of("support.v1", "lh-2")),
     ModuleWithdrawn(module_id="system-0000"),
     TtlElapsed(now=datetime(2026, 6, 1, tzinfo=UTC)),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -12,6 +13,7 @@ import grpc
 from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cag.auth.tokens import load_key
 from cag.events.bus import make_broker, publish_event
 from cag.grpc.server import build_server
 from cag.lifecycle import StopSignal, bounded
@@ -54,18 +56,24 @@ class RegistryApp:
             asyncio.create_task(relay.run(self.stopping), name="outbox-relay"),
             asyncio.create_task(run_ttl_job(self.core, s.ttl_interval_s, self.stopping), name="ttl-job"),
         ]
-        servicer = RegistryServicer(self.core, poll_interval=s.watch_poll_s)
+        servicer = RegistryServicer(self.core, poll_interval=s.watch_poll_s, stopping=self.stopping)
         self.server = await build_server(
-            [(registry_pb2_grpc.add_RegistryServiceServicer_to_server, servicer)], [SERVICE_NAME], s.address
+            [(registry_pb2_grpc.add_RegistryServiceServicer_to_server, servicer)],
+            [SERVICE_NAME],
+            s.address,
+            auth=load_key(s.auth_key_file),
+            reflection=s.reflection,
         )
         await self.server.start()
         log.info("registry serving on %s", s.address)
 
     async def stop(self) -> None:
-        """Bounded shutdown: each part gets STOP_TIMEOUT_S, so a stuck peer cannot hang the process."""
-        if self.server is not None:
-            await self.server.stop(grace=1.0)
+        """Graceful, bounded shutdown: new RPCs are refused, in-flight ones get `shutdown_grace_s` to finish
+        (open Watch streams end at once), then the consumers, the relay and the TTL job stop, each within
+        STOP_TIMEOUT_S so a stuck peer cannot hang the process."""
         self.stopping.set()
+        if self.server is not None:
+            await self.server.stop(grace=self.settings.shutdown_grace_s)
         if self.tasks:
             _, stuck = await asyncio.wait(self.tasks, timeout=STOP_TIMEOUT_S)
             for task in stuck:
@@ -78,10 +86,18 @@ class RegistryApp:
 
 
 async def serve(settings: RegistrySettings) -> None:
-    """Run until cancelled (SIGINT/SIGTERM in the CLI)."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0)."""
     app = RegistryApp(settings)
-    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await asyncio.Event().wait()
+        await app.start()
+        await stop.wait()
+        log.info("registry stopping: draining in-flight calls")
     finally:
         await app.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("registry stopped")

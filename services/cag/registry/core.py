@@ -1,71 +1,109 @@
-"""The registry's rules on top of a store: what may be registered, published, invalidated, rolled back.
+"""The registry's rules on top of a store: who may do what, what may be registered, published, invalidated,
+rolled back.
 
-Pure of gRPC and NATS: the servicer and the event handlers are thin adapters over this.
+Pure of gRPC and NATS: the servicer and the event handlers are thin adapters over this. The registry
+never opens module files: it keeps their checksums, and whoever serves a module (the cache pool, `cag
+query --registry`) checks the file against this record before using a byte of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import random
 import uuid
-from collections.abc import Callable
-from pathlib import Path
-from urllib.parse import urlparse
 
-from cag.errors import CagError, InvalidInputError, Status
+from cag.auth import Caller, Scope
+from cag.errors import CagError, ChainError, InvalidFieldError, InvalidInputError, ModuleMismatchError, Status
 from cag.identifiers import check_module_id, check_name
-from cag.kvmodule import GoldenStatus, ModuleFile, ModuleMetadata
+from cag.kvmodule import PUBLIC_TENANT, AclScope, GoldenStatus, ModuleMetadata
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
-from cag.registry.store import ListQuery, RegistryStore, RouteResolution
-from cag.registry.triggers import Trigger
+from cag.registry.store import ConcurrentPublishError, ListQuery, RegistryStore, RouteResolution
+from cag.registry.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
 
-ModuleVerifier = Callable[[ModuleRecord], None]
+# "Publish the next version" retries when another publisher took that version between its read and its
+# write: it must succeed exactly once per call however many publish at once.
+PUBLISH_ATTEMPTS = 20
+PUBLISH_BACKOFF_S = 0.005
 
 
 class PublishRefusedError(CagError):
     status = Status.FAILED_PRECONDITION
 
 
-def local_path(storage_uri: str) -> Path:
-    """The file behind a `file://` URI or a plain path; other schemes are not reachable from here."""
-    parsed = urlparse(storage_uri)
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path if parsed.scheme else storage_uri)
-    raise PublishRefusedError(f"cannot verify {storage_uri}: only file:// and local paths are reachable")
+def canonical_layout_hash(layout: str) -> str:
+    """sha256 hex of the layout's canonical JSON: what the compiler's `layout_hash` covers."""
+    body = json.loads(layout)
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
 
 
-def verify_module_file(record: ModuleRecord) -> None:
-    """The file at storage_uri must verify and be the module that was registered."""
-    module = ModuleFile.open(local_path(record.metadata.storage_uri))
-    module.verify()
-    if module.metadata.tensor_checksum != record.metadata.tensor_checksum:
-        raise PublishRefusedError(f"the file at {record.metadata.storage_uri} is not module {record.module_id}")
+def visible_within(parent: ModuleMetadata, child: ModuleMetadata) -> bool:
+    """Whether everyone who may load `child` may also load `parent`: a chain never widens a module's audience
+    to another tenant's (or another workspace's, another user's) knowledge."""
+    if parent.acl_scope is AclScope.PUBLIC:
+        return True
+    if parent.tenant_id != child.tenant_id or child.acl_scope is AclScope.PUBLIC:
+        return False
+    if parent.acl_scope is AclScope.TENANT:
+        return True
+    return (parent.acl_scope, parent.acl_principal) == (child.acl_scope, child.acl_principal)
+
+
+def _check_chain_link(parent: ModuleRecord, child: ModuleMetadata) -> None:
+    p = parent.metadata
+    if not visible_within(p, child):
+        raise ChainError(
+            f"module {child.module_id} ({child.acl_scope.value} of tenant {child.tenant_id}) cannot extend"
+            f" {p.module_id} ({p.acl_scope.value} of tenant {p.tenant_id}): a parent must be public or within"
+            " the child's own scope"
+        )
+    if child.parent_chain_hash != p.chain_hash:
+        raise ModuleMismatchError("parent_chain_hash", p.chain_hash, str(child.parent_chain_hash), module=child.module_id)
+    for field in ("model_name", "model_revision", "tokenizer_revision", "dtype", "engine_fingerprint", "layout_hash"):
+        if getattr(p, field) != getattr(child, field):
+            raise ModuleMismatchError(field, getattr(p, field), getattr(child, field), module=child.module_id)
 
 
 class RegistryCore:
-    def __init__(self, store: RegistryStore, verifier: ModuleVerifier = verify_module_file) -> None:
+    def __init__(self, store: RegistryStore) -> None:
         self.store = store
-        self.verifier = verifier
 
-    async def register(self, metadata: ModuleMetadata, source_uri: str) -> ModuleRecord:
-        check_module_id(metadata.module_id)
-        check_name("tenant_id", metadata.tenant_id)
-        check_name("route", metadata.route)
-        if metadata.parent_id is not None:
-            check_module_id(metadata.parent_id)
-        if not source_uri:
+    async def register(self, caller: Caller, record: ModuleRecord) -> ModuleRecord:
+        m = record.metadata
+        check_module_id(m.module_id)
+        check_name("tenant_id", m.tenant_id)
+        check_name("route", m.route)
+        caller.require(Scope.WRITE, m.tenant_id)
+        if not record.source_uri:
             raise InvalidInputError("source_uri is required: invalidation by source needs to know where it came from")
-        record = ModuleRecord(metadata=metadata, source_uri=source_uri, state=ModuleState.VALIDATING)
+        if canonical_layout_hash(m.layout) != m.layout_hash:
+            # Layouts are stored once per hash and shared by every tenant: a hash that is not the text's own
+            # would let one tenant plant the layout another tenant's modules are served with.
+            raise InvalidFieldError("layout_hash", "is not the SHA-256 of the layout's canonical JSON")
+        if m.parent_id is not None:
+            parent = await self.store.get(check_module_id(m.parent_id, "parent_id"))
+            _check_chain_link(parent, m)
         return await self.store.register(record)
 
-    async def get(self, module_id: str) -> ModuleRecord:
-        return await self.store.get(check_module_id(module_id))
+    async def get(self, caller: Caller, module_id: str) -> ModuleRecord:
+        record = await self.store.get(check_module_id(module_id))
+        if record.metadata.tenant_id != PUBLIC_TENANT:  # public modules are readable by everyone
+            caller.require(Scope.READ, record.metadata.tenant_id)
+        return record
 
-    async def list_modules(self, query: ListQuery) -> tuple[list[ModuleRecord], str]:
+    async def list_modules(self, caller: Caller, query: ListQuery) -> tuple[list[ModuleRecord], str]:
+        if query.tenant_id is None:
+            if caller.readable_tenants() is not None:
+                raise InvalidFieldError("tenant_id", f"is required: {caller.subject} may not list every tenant")
+        elif query.tenant_id != PUBLIC_TENANT:
+            caller.require(Scope.READ, query.tenant_id)
         return await self.store.list_modules(query)
 
-    async def publish(self, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
-        record = await self.get(module_id)
+    async def publish(self, caller: Caller, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
+        record = await self.store.get(check_module_id(module_id))
+        caller.require(Scope.WRITE, record.metadata.tenant_id)
         if record.state is ModuleState.PUBLISHED:
             return record
         if record.metadata.golden_status is not GoldenStatus.PASSED:
@@ -73,16 +111,20 @@ class RegistryCore:
                 f"module {module_id} cannot be published: golden tests {record.metadata.golden_status.value}"
                 " (publishing needs passed golden results)"
             )
-        try:
-            await asyncio.to_thread(self.verifier, record)
-        except CagError as e:
-            if e.status is Status.DATA_LOSS:  # the bytes are bad: never serve this module
-                await self.store.quarantine(module_id, f"checksum failed at publish: {e}")
-            raise PublishRefusedError(f"module {module_id} cannot be published: {e}") from e
-        return await self.store.publish(module_id, expected_version=expected_version)
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                return await self.store.publish(module_id, expected_version=expected_version)
+            except ConcurrentPublishError:
+                if expected_version is not None or attempt == PUBLISH_ATTEMPTS - 1:
+                    raise  # the caller asked for that exact version: losing the race is its answer
+                await asyncio.sleep(random.uniform(0, PUBLISH_BACKOFF_S * 2**min(attempt, 6)))
+        raise AssertionError("unreachable")
 
-    async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
-        resolution = await self.store.resolve_route(check_name("tenant_id", tenant_id), check_name("route", route))
+    async def resolve_route(self, caller: Caller, tenant_id: str, route: str) -> RouteResolution:
+        check_name("tenant_id", tenant_id)
+        check_name("route", route)
+        caller.require(Scope.READ, tenant_id)
+        resolution = await self.store.resolve_route(tenant_id, route)
         unservable = [r for r in resolution.chain if r.state is not ModuleState.PUBLISHED]
         if unservable:
             bad = unservable[0]
@@ -90,21 +132,49 @@ class RegistryCore:
                 f"route {tenant_id}/{route} v{resolution.version}: module {bad.module_id} is {bad.state.value}"
                 f" ({bad.state_reason}); serve from fallback until it is rebuilt"
             )
+        leaf = resolution.chain[-1].metadata
+        foreign = [r.module_id for r in resolution.chain[:-1] if not visible_within(r.metadata, leaf)]
+        if foreign:  # registration refuses such chains; this guards rows written before it did
+            raise ChainError(f"route {tenant_id}/{route}: module(s) {', '.join(foreign)} are outside its scope")
         return resolution
 
-    async def invalidate(self, trigger: Trigger, *, event_id: str | None = None) -> tuple[str, list[ModuleRecord]]:
+    async def invalidate(
+        self, caller: Caller, trigger: Trigger, *, event_id: str | None = None
+    ) -> tuple[str, list[ModuleRecord]]:
+        await self._authorize_trigger(caller, trigger)
         event = event_id or str(uuid.uuid4())
         return event, await self.store.invalidate(trigger, event_id=event)
 
-    async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
-        return await self.store.rollback(check_name("tenant_id", tenant_id), check_name("route", route), to_version)
+    async def _authorize_trigger(self, caller: Caller, trigger: Trigger) -> None:
+        """Tenant-scoped triggers need write on that tenant; model, tokenizer and layout revisions reach every
+        tenant and need admin."""
+        match trigger:
+            case SourceChanged() | AclChanged():
+                caller.require(Scope.WRITE, trigger.tenant_id)
+            case ModuleWithdrawn():
+                record = await self.store.get(check_module_id(trigger.module_id))
+                caller.require(Scope.WRITE, record.metadata.tenant_id)
+            case _:
+                caller.require_admin(f"apply a {trigger.kind} trigger (it reaches every tenant)")
+
+    async def rollback(self, caller: Caller, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
+        check_name("tenant_id", tenant_id)
+        check_name("route", route)
+        caller.require(Scope.WRITE, tenant_id)
+        return await self.store.rollback(tenant_id, route, to_version)
 
     async def record_route_decision(self, decision: RouteDecision) -> bool:
         return await self.store.record_route_decision(decision)
 
     async def changes_since(
-        self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
+        self, caller: Caller, sequence: int, *, tenant_id: str | None = None, limit: int = 100
     ) -> list[ModuleChange]:
         if sequence < 0:
-            raise InvalidInputError(f"since_sequence must be >= 0, got {sequence}")
+            raise InvalidFieldError("since_sequence", f"must be >= 0, got {sequence}")
+        if tenant_id is None:
+            if caller.readable_tenants() is not None:
+                raise InvalidFieldError("tenant_id", f"is required: {caller.subject} may not watch every tenant")
+        else:
+            caller.require(Scope.READ, check_name("tenant_id", tenant_id))
         return await self.store.changes_since(sequence, tenant_id=tenant_id, limit=limit)
+

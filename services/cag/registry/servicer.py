@@ -1,19 +1,29 @@
-"""The registry's gRPC servicer: each method unpacks the request, calls RegistryCore, packs the answer.
+"""The registry's gRPC servicer: each method unpacks the request, calls RegistryCore as the authenticated
+caller, packs the answer.
 
-Errors are not handled here: the shared interceptor (cag.grpc.errors) maps them to statuses.
+Errors are not handled here: the shared interceptor (cag.grpc.errors) maps them to statuses, and the auth
+interceptor (cag.grpc.auth) has verified the caller before any method runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from typing_extensions import override
 
-from cag.errors import InvalidFieldError
-from cag.registry.convert import change_of, list_query_of, metadata_of, module_of, trigger_of
+from cag.grpc.auth import current_caller
+from cag.lifecycle import StopSignal
+from cag.registry.convert import (
+    audit_text,
+    change_of,
+    list_query_of,
+    module_of,
+    registration_of,
+    trigger_of,
+    version_of,
+)
 from cag.registry.core import RegistryCore
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
@@ -25,32 +35,34 @@ WATCH_BATCH = 100  # changes read per poll; a full batch is followed at once by 
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, core: RegistryCore, *, poll_interval: float = 0.1) -> None:
-        """poll_interval: seconds Watch waits before asking the change feed again once it is caught up."""
+    def __init__(self, core: RegistryCore, *, poll_interval: float = 0.1, stopping: StopSignal | None = None) -> None:
+        """poll_interval: seconds Watch waits before asking the change feed again once it is caught up.
+        stopping: set when the service shuts down; open Watch streams then end (OK) instead of holding it up."""
         self.core = core
         self.poll_interval = poll_interval
+        self.stopping = stopping or StopSignal()
 
     @override
     async def Register(self, request: registry_pb2.RegisterRequest, context: Context) -> registry_pb2.RegisterResponse:
-        record = await self.core.register(metadata_of(request.module), request.module.source_uri)
+        record = await self.core.register(current_caller(), registration_of(request.module))
         return registry_pb2.RegisterResponse(module=module_of(record))
 
     @override
     async def Publish(self, request: registry_pb2.PublishRequest, context: Context) -> registry_pb2.PublishResponse:
-        if request.expected_version < 0:
-            raise InvalidFieldError("expected_version", f"must be >= 0, got {request.expected_version}")
-        record = await self.core.publish(request.module_id, expected_version=request.expected_version or None)
+        expected = version_of("expected_version", request.expected_version, minimum=0)
+        audit_text("actor", request.actor)
+        record = await self.core.publish(current_caller(), request.module_id, expected_version=expected or None)
         return registry_pb2.PublishResponse(module=module_of(record))
 
     @override
     async def Get(self, request: registry_pb2.GetModuleRequest, context: Context) -> common_pb2.Module:
-        return module_of(await self.core.get(request.module_id))
+        return module_of(await self.core.get(current_caller(), request.module_id))
 
     @override
     async def List(
         self, request: registry_pb2.ListModulesRequest, context: Context
     ) -> registry_pb2.ListModulesResponse:
-        records, next_token = await self.core.list_modules(list_query_of(request))
+        records, next_token = await self.core.list_modules(current_caller(), list_query_of(request))
         modules = [module_of(r, with_layout=False) for r in records]
         return registry_pb2.ListModulesResponse(modules=modules, next_page_token=next_token)
 
@@ -58,7 +70,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ResolveRoute(
         self, request: registry_pb2.ResolveRouteRequest, context: Context
     ) -> registry_pb2.ResolveRouteResponse:
-        resolution = await self.core.resolve_route(request.tenant_id, request.route)
+        resolution = await self.core.resolve_route(current_caller(), request.tenant_id, request.route)
         chain = [module_of(r) for r in resolution.chain]
         return registry_pb2.ResolveRouteResponse(chain=chain, route_version=resolution.version)
 
@@ -66,24 +78,27 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Invalidate(
         self, request: registry_pb2.InvalidateRequest, context: Context
     ) -> registry_pb2.InvalidateResponse:
-        event_id, records = await self.core.invalidate(trigger_of(request))
+        event_id, records = await self.core.invalidate(current_caller(), trigger_of(request))
         return registry_pb2.InvalidateResponse(module_ids=[r.module_id for r in records], event_id=event_id)
 
     @override
     async def Rollback(self, request: registry_pb2.RollbackRequest, context: Context) -> registry_pb2.RollbackResponse:
-        record = await self.core.rollback(request.tenant_id, request.route, request.to_version)
+        to_version = version_of("to_version", request.to_version, minimum=1)
+        audit_text("reason", request.reason)
+        audit_text("actor", request.actor)
+        record = await self.core.rollback(current_caller(), request.tenant_id, request.route, to_version)
         return registry_pb2.RollbackResponse(module=module_of(record))
 
     @override
     async def Watch(
         self, request: registry_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[registry_pb2.ModuleChange]:
-        """Polls the change feed until the client cancels (cancellation arrives as CancelledError in the sleep)."""
-        cursor, tenant_id = request.since_sequence, request.tenant_id or None
-        while True:
-            changes = await self.core.changes_since(cursor, tenant_id=tenant_id, limit=WATCH_BATCH)
+        """Polls the change feed until the client cancels or the service stops."""
+        caller, cursor, tenant_id = current_caller(), request.since_sequence, request.tenant_id or None
+        while not self.stopping.stopped:
+            changes = await self.core.changes_since(caller, cursor, tenant_id=tenant_id, limit=WATCH_BATCH)
             for change in changes:
                 yield change_of(change)
                 cursor = change.sequence
             if len(changes) < WATCH_BATCH:
-                await asyncio.sleep(self.poll_interval)
+                await self.stopping.sleep(self.poll_interval)

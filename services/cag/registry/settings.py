@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,3 +18,10 @@ class RegistrySettings(BaseSettings):
     outbox_poll_s: float = 0.02
     watch_poll_s: float = 0.1
     pool_size: int = 10
+    # The key that signs service tokens (`cag infra up` writes <run_dir>/auth.key); every RPC but the health
+    # check needs a token it signed.
+    auth_key_file: Path = Field(validation_alias=AliasChoices("CAG_REGISTRY_AUTH_KEY_FILE", "CAG_AUTH_KEY_FILE"))
+    # Server reflection lists every method to anyone who can connect: for development only.
+    reflection: bool = False
+    # On SIGTERM: how long in-flight RPCs get to finish before they are cancelled.
+    shutdown_grace_s: float = 10.0
