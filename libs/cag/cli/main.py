@@ -31,6 +31,7 @@ COMMANDS = {
     "registry": "registry_cmd",
     "modules": "modules_cmd",
     "invalidate": "invalidate_cmd",
+    "auth": "auth_cmd",
 }
 
 

@@ -58,10 +58,6 @@ def register(sub: Any) -> None:
     rollback.set_defaults(run=run_rollback)
 
 
-def _address(args: argparse.Namespace, settings: CagSettings) -> str:
-    return str(args.registry or settings.registry_address)
-
-
 def run_list(args: argparse.Namespace, settings: CagSettings) -> int:
     if args.page_size < 0:
         print(f"error (INVALID_ARGUMENT): --page-size must be >= 0, got {args.page_size}", file=sys.stderr)
@@ -77,7 +73,7 @@ def run_list(args: argparse.Namespace, settings: CagSettings) -> int:
     )
 
     def call() -> int:
-        with RegistryClient(_address(args, settings)) as client:
+        with RegistryClient.from_settings(settings, args.registry) as client:
             if args.all:
                 modules, next_token = list(client.list_all(request)), ""
             else:
@@ -112,7 +108,7 @@ def list_table(modules: Iterable[common_pb2.Module]) -> Table:
 
 def run_show(args: argparse.Namespace, settings: CagSettings) -> int:
     def call() -> int:
-        with RegistryClient(_address(args, settings)) as client:
+        with RegistryClient.from_settings(settings, args.registry) as client:
             module = client.get(args.module_id)
         if args.json:
             print(json.dumps(module_json(module), indent=2, ensure_ascii=False))
@@ -163,7 +159,7 @@ def show_table(m: common_pb2.Module) -> Table:
 
 def run_rollback(args: argparse.Namespace, settings: CagSettings) -> int:
     def call() -> int:
-        with RegistryClient(_address(args, settings)) as client:
+        with RegistryClient.from_settings(settings, args.registry) as client:
             module = client.rollback(args.tenant, args.route, args.to_version, reason=args.reason, actor="cag modules")
         print(f"{module.tenant_id}/{module.route} now serves version {module.version} ({module.module_id})")
         return 0

@@ -3,6 +3,8 @@
 Synchronous on purpose: the CLI makes a handful of unary calls, and a blocking channel needs no
 event loop (so it also works from a worker thread while another loop serves the registry).
 Failed calls raise `grpc.RpcError`; `run_with_rpc_errors` turns them into one line and an exit code.
+Every call presents the command's bearer token (cag.auth.credentials: CAG_TOKEN, or one minted from
+the local signing key).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from types import TracebackType
 
 import grpc
 
+from cag.auth.credentials import bearer_metadata, resolve_token
 from cag.errors import Status
 from cag.kvmodule import ModuleMetadata
 from cag.registry.convert import module_of
 from cag.registry.records import ModuleRecord
 from cag.registry.states import ModuleState
+from cag.settings import CagSettings
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -49,13 +53,27 @@ def acl_name(value: int) -> str:
 
 
 class RegistryClient:
-    """Blocking calls on one insecure channel to `address` (host:port); use as a context manager."""
+    """Blocking calls on one insecure channel to `address` (host:port); use as a context manager.
 
-    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    `token`: the bearer token sent with every call (None: none, and the registry answers UNAUTHENTICATED).
+    """
+
+    def __init__(self, address: str, *, token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self._metadata = bearer_metadata(token) if token else ()
         self._channel = grpc.insecure_channel(address)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+
+    @classmethod
+    def from_settings(
+        cls, settings: CagSettings, address: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> RegistryClient:
+        """A client of `address` (default: settings.registry_address) with the command's credentials.
+
+        Raises UnauthenticatedError, saying what to set, when the command has none.
+        """
+        return cls(address or settings.registry_address, token=resolve_token(settings), timeout_s=timeout_s)
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -70,17 +88,19 @@ class RegistryClient:
 
     def register(self, module: common_pb2.Module) -> common_pb2.Module:
         request = registry_pb2.RegisterRequest(module=module)
-        return self._stub.Register(request, timeout=self.timeout_s).module
+        return self._stub.Register(request, timeout=self.timeout_s, metadata=self._metadata).module
 
     def publish(self, module_id: str, *, actor: str = "", expected_version: int = 0) -> common_pb2.Module:
         request = registry_pb2.PublishRequest(module_id=module_id, actor=actor, expected_version=expected_version)
-        return self._stub.Publish(request, timeout=self.timeout_s).module
+        return self._stub.Publish(request, timeout=self.timeout_s, metadata=self._metadata).module
 
     def get(self, module_id: str) -> common_pb2.Module:
-        return self._stub.Get(registry_pb2.GetModuleRequest(module_id=module_id), timeout=self.timeout_s)
+        return self._stub.Get(
+            registry_pb2.GetModuleRequest(module_id=module_id), timeout=self.timeout_s, metadata=self._metadata
+        )
 
     def list_page(self, request: registry_pb2.ListModulesRequest) -> registry_pb2.ListModulesResponse:
-        return self._stub.List(request, timeout=self.timeout_s)
+        return self._stub.List(request, timeout=self.timeout_s, metadata=self._metadata)
 
     def list_all(self, request: registry_pb2.ListModulesRequest) -> Iterator[common_pb2.Module]:
         """Every page, following next_page_token from `request.page_token`."""
@@ -95,7 +115,7 @@ class RegistryClient:
 
     def resolve_route(self, tenant_id: str, route: str) -> registry_pb2.ResolveRouteResponse:
         request = registry_pb2.ResolveRouteRequest(tenant_id=tenant_id, route=route)
-        return self._stub.ResolveRoute(request, timeout=self.timeout_s)
+        return self._stub.ResolveRoute(request, timeout=self.timeout_s, metadata=self._metadata)
 
     def rollback(
         self, tenant_id: str, route: str, to_version: int, *, reason: str = "", actor: str = ""
@@ -103,7 +123,7 @@ class RegistryClient:
         request = registry_pb2.RollbackRequest(
             tenant_id=tenant_id, route=route, to_version=to_version, reason=reason, actor=actor
         )
-        return self._stub.Rollback(request, timeout=self.timeout_s).module
+        return self._stub.Rollback(request, timeout=self.timeout_s, metadata=self._metadata).module
 
 
 def rpc_exit_code(code: grpc.StatusCode) -> int:

@@ -1,4 +1,5 @@
-"""One way to build a service's gRPC server: its servicers plus health, reflection and the error interceptor."""
+"""One way to build a service's gRPC server: its servicers plus health, optional reflection, and the error
+and authentication interceptors."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 import grpc
+from cag.grpc.auth import Auth, AuthInterceptor
 from cag.grpc.errors import ErrorInterceptor
 
 # (generated add_XServicer_to_server, servicer instance)
@@ -21,20 +23,29 @@ async def build_server(
     address: str,
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    auth: Auth | None = None,
+    reflection: bool = False,
 ) -> grpc.aio.Server:
     """A bound, not yet started server on `address` ("host:port").
 
     `service_names` (full names, e.g. "cag.v1.RegistryService") are reported SERVING by the health
-    service (as is the overall status "") and listed by reflection. The error interceptor runs
-    outermost, so it also sees what later `interceptors` raise.
+    service (as is the overall status "") and, with `reflection`, listed by reflection.
+    `auth` (cag.grpc.auth): the signing key of bearer tokens, or a token verifier — every call but
+    health checks must then authenticate (reflection too) and handlers find the caller with
+    `current_caller()`; a fixed Caller runs every call as that caller; None, no authentication at
+    all (tests of other things only: `current_caller()` then refuses). The error interceptor runs
+    outermost, so it also sees what later interceptors raise; authentication runs before `interceptors`.
     """
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors])
+    chain = [ErrorInterceptor(), *([] if auth is None else [AuthInterceptor.for_auth(auth)]), *interceptors]
+    server = grpc.aio.server(interceptors=chain)
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lack the aio module
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if reflection:  # off by default: it hands whoever connects a map of every method
+        names = (*service_names, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME)
+        grpc_reflection.enable_server_reflection(names, server)
     server.add_insecure_port(address)
     return server

@@ -1,0 +1,205 @@
+"""Signed service tokens: HS256 JWTs that carry a caller's subject, scopes and tenants (torch-free, no grpc).
+
+One shared secret (the signing key `cag infra up` writes to `<run_dir>/auth.key`) signs and verifies.
+Every claim is required — a token without `exp` lives forever and is refused — and every refusal says
+what to do about it without echoing the token back (it is a credential, and may be attacker-sized).
+"""
+
+from __future__ import annotations
+
+import math
+import stat
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from cag.auth.caller import ALL_TENANTS, Caller, Scope
+from cag.errors import CagError, InvalidFieldError, InvalidInputError, UnauthenticatedError
+from cag.identifiers import check_name, check_text
+
+ALGORITHM = "HS256"
+AUDIENCE = "cag"
+ISSUER = "cag"
+REQUIRED_CLAIMS = ("sub", "scopes", "tenants", "iat", "exp", "aud", "iss")
+MIN_KEY_BYTES = 32
+MAX_SUBJECT_CHARS = 256
+# gRPC metadata is capped at 8 KiB anyway; refusing early keeps a hostile blob away from the decoder.
+MAX_TOKEN_CHARS = 4096
+# Tolerated disagreement between the issuer's clock and ours (tokens issued "in the future").
+CLOCK_SKEW_S = 30
+HOW_TO_GET_ONE = "get a new one with `cag auth token` (or set CAG_TOKEN)"
+
+
+class KeyFileError(CagError):
+    """The signing key file is missing, unreadable, too open or too short (a configuration error)."""
+
+
+def load_key(path: Path) -> bytes:
+    """The signing key in `path`: hex text of at least MIN_KEY_BYTES bytes, readable by its owner only."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise KeyFileError(f"signing key file {path} does not exist (`cag infra up` creates it)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"cannot read signing key file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not stat.S_ISREG(mode):
+        raise KeyFileError(f"signing key file {path} is not a regular file")
+    if mode & 0o077:
+        # Anyone who can read the key can mint an admin token.
+        permissions = f"{stat.S_IMODE(mode):04o}"
+        raise KeyFileError(
+            f"signing key file {path} is open to other users (mode {permissions}); run: chmod 600 {path}"
+        )
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise KeyFileError(f"signing key file {path} does not hold hex text") from None
+    return check_key(key, str(path))
+
+
+def check_key(key: bytes, where: str = "signing key") -> bytes:
+    if len(key) < MIN_KEY_BYTES:
+        raise KeyFileError(f"{where} is {len(key)} bytes long; at least {MIN_KEY_BYTES} random bytes are needed")
+    return key
+
+
+def issue_token(
+    key: bytes,
+    subject: str,
+    scopes: Iterable[Scope | str],
+    tenants: Iterable[str],
+    ttl_s: float,
+    *,
+    now: float | None = None,
+) -> str:
+    """A token for `subject` valid for `ttl_s` seconds from `now` (default: the current time).
+
+    Raises InvalidInputError for an empty or unknown scope, a malformed tenant or subject, a ttl <= 0.
+    """
+    check_key(key)
+    claims = {
+        "sub": _check_subject(subject),
+        "scopes": sorted(_scope(s) for s in _non_empty("scopes", scopes)),
+        "tenants": sorted({_tenant(t) for t in tenants}),
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+    }
+    if ttl_s <= 0:
+        raise InvalidFieldError("ttl", f"must be positive, got {ttl_s}")
+    issued = int(time.time() if now is None else now)
+    return jwt.encode({**claims, "iat": issued, "exp": issued + int(ttl_s)}, key, algorithm=ALGORITHM)
+
+
+def verify_token(key: bytes, token: str, now: float | None = None) -> Caller:
+    """The caller a token names, if it is signed with `key`, meant for us and valid at `now`.
+
+    Raises UnauthenticatedError saying what is wrong (never quoting the token).
+    """
+    if len(token) > MAX_TOKEN_CHARS:
+        raise UnauthenticatedError(f"token is malformed: {len(token):,} characters long (at most {MAX_TOKEN_CHARS})")
+    claims = _decode(key, token)
+    caller = _caller(claims)
+    _check_times(caller, claims, time.time() if now is None else now)
+    return caller
+
+
+def _decode(key: bytes, token: str) -> dict[str, Any]:
+    """Signature, audience, issuer and the presence of every claim; times are checked by the caller
+    (against an injectable `now`)."""
+    try:
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"require": list(REQUIRED_CLAIMS), "verify_exp": False, "verify_iat": False, "verify_nbf": False},
+        )
+    except jwt.InvalidSignatureError:
+        raise UnauthenticatedError(
+            f"token signature does not verify (altered, or signed with another key); {HOW_TO_GET_ONE}"
+        ) from None
+    except jwt.InvalidAlgorithmError:
+        raise UnauthenticatedError(f"token is not signed with {ALGORITHM}, the only algorithm accepted") from None
+    except jwt.MissingRequiredClaimError as e:
+        raise UnauthenticatedError(f"token lacks the {e.claim!r} claim; {HOW_TO_GET_ONE}") from None
+    except jwt.InvalidAudienceError:
+        raise UnauthenticatedError(
+            f"token is meant for another audience (this platform accepts aud {AUDIENCE!r})"
+        ) from None
+    except jwt.InvalidIssuerError:
+        raise UnauthenticatedError(f"token is issued by someone else (this platform accepts iss {ISSUER!r})") from None
+    except jwt.InvalidTokenError:  # DecodeError, bad subject type, …: PyJWT's text may quote the token
+        raise UnauthenticatedError(
+            "token is malformed: not a JWT this platform issued (header.payload.signature)"
+        ) from None
+
+
+def _check_times(caller: Caller, claims: dict[str, Any], now: float) -> None:
+    exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", 0)
+    if not all(_is_time(t) for t in (exp, iat, nbf)):
+        raise UnauthenticatedError("token is malformed: exp, iat and nbf must be numbers (seconds since the epoch)")
+    if now >= exp + CLOCK_SKEW_S:
+        raise UnauthenticatedError(f"token of {caller.subject} expired at {_iso(exp)}; {HOW_TO_GET_ONE}")
+    if iat > now + CLOCK_SKEW_S or nbf > now + CLOCK_SKEW_S:
+        raise UnauthenticatedError(
+            f"token is not valid before {_iso(max(iat, nbf))}; check the clocks of issuer and server"
+        )
+
+
+def _caller(claims: dict[str, Any]) -> Caller:
+    subject, scopes, tenants = claims["sub"], claims["scopes"], claims["tenants"]
+    if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
+        raise UnauthenticatedError("token is malformed: 'scopes' must be a non-empty list of scope names")
+    if not isinstance(tenants, list) or not all(isinstance(t, str) for t in tenants):
+        raise UnauthenticatedError("token is malformed: 'tenants' must be a list of tenant ids")
+    try:
+        return Caller(
+            subject=_check_subject(subject),
+            scopes=frozenset(Scope(_scope(s)) for s in scopes),
+            tenants=frozenset(_tenant(t) for t in tenants),
+        )
+    except InvalidInputError as e:
+        raise UnauthenticatedError(f"token is malformed: {e}") from None
+
+
+def _non_empty(field: str, values: Iterable[Scope | str]) -> list[Scope | str]:
+    listed = list(values)
+    if not listed:
+        raise InvalidFieldError(field, "must name at least one of " + ", ".join(s.value for s in Scope))
+    return listed
+
+
+def _scope(value: Scope | str) -> str:
+    try:
+        return Scope(value).value
+    except ValueError:
+        known = ", ".join(s.value for s in Scope)
+        raise InvalidFieldError("scopes", f"has the unknown scope {str(value)[:32]!r} (known: {known})") from None
+
+
+def _tenant(value: str) -> str:
+    return value if value == ALL_TENANTS else check_name("tenants", value)
+
+
+def _check_subject(value: object) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise InvalidFieldError("subject", "must be a non-empty name without spaces, e.g. 'service:router'")
+    return check_text("subject", value, max_chars=MAX_SUBJECT_CHARS)
+
+
+def _is_time(value: object) -> bool:
+    # Python's json accepts NaN and Infinity, and every comparison with NaN is false.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _iso(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds} s after the epoch"
