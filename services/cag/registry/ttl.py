@@ -6,6 +6,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
+from cag.auth.caller import SYSTEM
 from cag.lifecycle import StopSignal
 from cag.registry.core import RegistryCore
 from cag.registry.records import ModuleRecord
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 async def expire_due(core: RegistryCore, now: datetime | None = None) -> list[ModuleRecord]:
     moment = now or datetime.now(UTC)
-    _, expired = await core.invalidate(TtlElapsed(now=moment), event_id=f"ttl-{uuid.uuid4()}")
+    _, expired = await core.invalidate(SYSTEM, TtlElapsed(now=moment), event_id=f"ttl-{uuid.uuid4()}")
     if expired:
         log.info("expired %d module(s)", len(expired))
     return expired
