@@ -10,6 +10,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,12 +21,14 @@ from typing_extensions import override
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.caller import SYSTEM
-from cag.auth.credentials import bearer_metadata
+from cag.auth.credentials import bearer_metadata, local_subject
 from cag.auth.tokens import issue_token
+from cag.cli.registry_client import RegistryClient
 from cag.grpc.auth import Auth, authenticated_channel, current_caller
 from cag.grpc.errors import decode_error_info
 from cag.grpc.server import build_server
 from cag.infra.ports import free_port
+from cag.settings import CagSettings
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 SERVICE = "cag.v1.RegistryService"
@@ -184,3 +187,21 @@ async def test_without_auth_current_caller_fails_closed() -> None:
 async def test_a_fixed_caller_serves_calls_without_credentials() -> None:
     async with serve(auth=SYSTEM) as address, stub(address) as registry:
         assert (await registry.Get(registry_pb2.GetModuleRequest())).module_id == SYSTEM.subject
+
+
+async def test_registry_client_presents_the_commands_credentials(tmp_path: Path) -> None:
+    key_file = tmp_path / "auth.key"
+    key_file.write_text(KEY.hex())
+    key_file.chmod(0o600)
+    async with serve() as address:
+        given = RegistryClient.from_settings(
+            CagSettings(token=token_for("service:ci"), auth_key_file=key_file), address
+        )
+        minted = RegistryClient.from_settings(CagSettings(token=None, auth_key_file=key_file), address)
+        anonymous = RegistryClient(address)
+        with given, minted, anonymous:
+            assert (await asyncio.to_thread(given.get, "m")).module_id == "service:ci"
+            assert (await asyncio.to_thread(minted.get, "m")).module_id == local_subject()
+            with pytest.raises(grpc.RpcError) as failure:
+                await asyncio.to_thread(anonymous.get, "m")
+            assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
