@@ -66,12 +66,16 @@ class ModuleMismatchError(CagError):
 
     status = Status.FAILED_PRECONDITION
 
-    def __init__(self, field: str, expected: str, actual: str, *, module: str = "") -> None:
+    def __init__(
+        self, field: str, expected: str, actual: str, *, module: str = "", expected_by: str = "the engine expects"
+    ) -> None:
+        """`actual` is always the module's own value; `expected_by` names whoever holds `expected` and how
+        ("the engine expects", "the registry record has"), so the message reads the right way round."""
         self.field = field
         self.expected = expected
         self.actual = actual
         where = f"module {module}: " if module else ""
-        super().__init__(f"{where}{field} mismatch: module has {actual!r}, engine expects {expected!r}")
+        super().__init__(f"{where}{field} mismatch: the module has {actual!r}, {expected_by} {expected!r}")
 
 
 class ModuleCorruptedError(CagError):

@@ -46,7 +46,13 @@ class ChainContext:
         leaf = modules[-1].metadata
         layout = parse_layout(leaf.layout)
         if layout_hash(layout) != leaf.layout_hash:
-            raise ModuleMismatchError("layout_hash", leaf.layout_hash, layout_hash(layout), module=leaf.module_id)
+            raise ModuleMismatchError(
+                "layout_hash",
+                layout_hash(layout),
+                leaf.layout_hash,
+                module=leaf.module_id,
+                expected_by="its embedded layout hashes to",
+            )
         model = resolve_model(leaf.model_name, models_dir)
         engine = engine or load_engine("torch", model, leaf.dtype)
         for m in modules:

@@ -19,6 +19,7 @@ from cag.canonical import (
     source_checksum,
     split_front_matter,
 )
+from cag.canonical.checksum import module_key
 from cag.errors import SourceError
 
 
@@ -337,6 +338,9 @@ CONTEXT: dict[str, str | None] = {
     "tokenizer_revision": "t",
     "parent_chain_hash": None,
     "dtype": "float32",
+    "tenant_id": "acme",
+    "acl_scope": "user",
+    "acl_principal": "alice",
 }
 
 
@@ -349,6 +353,9 @@ def ctx(**overrides: str | None) -> str:
         tokenizer_revision=str(fields["tokenizer_revision"]),
         parent_chain_hash=fields["parent_chain_hash"],
         dtype=str(fields["dtype"]),
+        tenant_id=str(fields["tenant_id"]),
+        acl_scope=str(fields["acl_scope"]),
+        acl_principal=str(fields["acl_principal"]),
     )
 
 
@@ -368,6 +375,18 @@ def test_context_checksum_distinguishes_no_parent_from_empty_parent() -> None:
 
 def test_context_checksum_fields_are_unambiguous() -> None:
     assert ctx(model_revision="ab", tokenizer_revision="c") != ctx(model_revision="a", tokenizer_revision="bc")
+    assert ctx(tenant_id="acme", acl_principal="") != ctx(tenant_id="acm", acl_principal="e")
+
+
+def test_the_acl_principal_is_part_of_the_context_and_the_module_key() -> None:
+    """The same knowledge compiled for alice and for bob is two modules (issue 6, defect 3)."""
+    assert ctx(acl_principal="alice") != ctx(acl_principal="bob")
+    key = {"context_checksum": ctx(), "tenant_id": "acme", "route": "r", "acl_scope": "user"}
+    assert module_key(**key, acl_principal="alice") != module_key(**key, acl_principal="bob")
+    assert module_key(**key, acl_principal="alice") == module_key(**key, acl_principal="alice")
+    assert module_key(**{**key, "acl_scope": "workspace"}, acl_principal="alice") != module_key(
+        **key, acl_principal="alice"
+    )
 
 
 def test_chain_hash_covers_parent_and_context() -> None:

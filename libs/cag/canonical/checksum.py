@@ -55,17 +55,41 @@ def context_checksum(
     tokenizer_revision: str,
     parent_chain_hash: str | None,
     dtype: str,
+    tenant_id: str,
+    acl_scope: str,
+    acl_principal: str,
 ) -> str:
-    """sha256 hex identifying a compiled module's inputs: same inputs, same module."""
+    """sha256 hex identifying a compiled module's inputs: same inputs, same module.
+
+    Who may read the module is one of its inputs: the same knowledge compiled for user alice and for
+    user bob (or for two tenants) is two modules, so neither can replace the other's file or record.
+    """
     return _digest(
         [
-            ("format", "cag.context.v1"),
+            ("format", "cag.context.v2"),
             ("source_checksum", source_checksum),
             ("layout_hash", layout_hash),
             ("model_revision", model_revision),
             ("tokenizer_revision", tokenizer_revision),
             ("parent_chain_hash", parent_chain_hash),
             ("dtype", dtype),
+            ("tenant_id", tenant_id),
+            ("acl_scope", acl_scope),
+            ("acl_principal", acl_principal),
+        ]
+    )
+
+
+def module_key(*, context_checksum: str, tenant_id: str, route: str, acl_scope: str, acl_principal: str) -> str:
+    """sha256 hex of everything that names a module: its inputs, and where and for whom it is served."""
+    return _digest(
+        [
+            ("format", "cag.module-id.v1"),
+            ("context_checksum", context_checksum),
+            ("tenant_id", tenant_id),
+            ("route", route),
+            ("acl_scope", acl_scope),
+            ("acl_principal", acl_principal),
         ]
     )
 

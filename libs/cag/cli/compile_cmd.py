@@ -87,7 +87,7 @@ def publish(result: CompileResult, args: argparse.Namespace, settings: CagSettin
     source_uri = args.source_uri or args.source.resolve().as_uri()
     address = args.registry or settings.registry_address
     with RegistryClient(address) as client:
-        registered = client.register(module_message(result.metadata, source_uri))
+        registered = client.register(module_message(result.metadata, source_uri, result.header_sha256))
         published = client.publish(registered.module_id, actor="cag compile")
     print(f"published {published.module_id} as version {published.version} of {published.tenant_id}/{published.route}")
     return 0

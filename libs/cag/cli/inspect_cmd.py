@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
     module = ModuleFile.open(args.file)  # verifies the header checksum
     module.verify()  # verifies every tensor byte
-    header = module.metadata.to_header()
+    # header_sha256 is what a registry record pins the file by: printed to compare with `cag modules show`.
+    header = {**module.metadata.to_header(), "header_sha256": module.header_sha256}
     if args.json:
         print(json.dumps({**header, "verified": True}, indent=2, sort_keys=True))
         return 0

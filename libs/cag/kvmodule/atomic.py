@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from cag.errors import InvalidInputError
+
 
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -20,6 +22,24 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_writable_dir(folder: Path) -> None:
+    """Raise InvalidInputError unless files can be created in `folder`, or in the directory that would hold it.
+
+    Meant to run before expensive work: a compile should not prefill for minutes to find out at the
+    end that its output directory is a file or on a read-only file system. Nothing is created here.
+    """
+    existing = folder
+    while not existing.exists() and not existing.is_symlink():  # a dangling link is not a directory either
+        existing = existing.parent
+    where = f"output directory {folder}" + ("" if existing == folder else f" (under {existing})")
+    if not existing.is_dir():
+        raise InvalidInputError(f"{where}: {existing} is not a directory")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise InvalidInputError(f"{where}: {existing} is on a read-only file system")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{where}: {existing} is not writable")
 
 
 @contextlib.contextmanager

@@ -38,26 +38,35 @@ class EngineIdentity:
     engine_fingerprint: str
     dtype: str
 
-    def check(self, meta: ModuleMetadata, *, layout_hash: str | None = None) -> None:
-        """Raise ModuleMismatchError naming the first field that differs."""
+    def check(
+        self, meta: ModuleMetadata, *, layout_hash: str | None = None, layout_of: str = "the chain's leaf"
+    ) -> None:
+        """Raise ModuleMismatchError naming the first field that differs.
+
+        `layout_hash`, when given, is the layout the module must share; `layout_of` says whose it is
+        (the leaf of a queried chain, the layout being compiled) so the message names it.
+        """
         expected = {
             "model_revision": self.model_revision,
             "tokenizer_revision": self.tokenizer_revision,
             "engine_fingerprint": self.engine_fingerprint,
             "dtype": self.dtype,
         }
-        if layout_hash is not None:
-            expected["layout_hash"] = layout_hash
         for field, want in expected.items():
             have = str(getattr(meta, field))
             if have != want:
                 raise ModuleMismatchError(field, want, have, module=meta.module_id)
+        if layout_hash is not None and meta.layout_hash != layout_hash:
+            raise ModuleMismatchError(
+                "layout_hash", layout_hash, meta.layout_hash, module=meta.module_id, expected_by=f"{layout_of} has"
+            )
 
 
 def order_chain(modules: Sequence[S]) -> list[S]:
     """Root first, each child after its parent; every link is checked by id and chain hash."""
     if not modules:
         raise ChainError("no module given")
+    _refuse_duplicates(modules)
     by_parent: dict[str | None, S] = {}
     for m in modules:
         if m.metadata.parent_id in by_parent:
@@ -79,6 +88,17 @@ def order_chain(modules: Sequence[S]) -> list[S]:
                 parent.chain_hash,
                 str(child.metadata.parent_chain_hash),
                 module=child.metadata.module_id,
+                expected_by=f"its parent {parent.module_id} has chain_hash",
             )
         chain.append(child)
     return chain
+
+
+def _refuse_duplicates(modules: Sequence[KVSource]) -> None:
+    # Checked before linking: a module given twice would otherwise read as two siblings.
+    seen: set[str] = set()
+    for m in modules:
+        module_id = m.metadata.module_id
+        if module_id in seen:
+            raise ChainError(f"module {module_id} was given twice: give each module of the chain once")
+        seen.add(module_id)

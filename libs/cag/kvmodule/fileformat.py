@@ -70,10 +70,16 @@ def _module_tensors(k: torch.Tensor, v: torch.Tensor, token_ids: Sequence[int]) 
     yield "token_ids", torch.tensor(list(token_ids), dtype=torch.int32)
 
 
+@dataclass(frozen=True)
+class WrittenModule:
+    metadata: ModuleMetadata  # with tensor_checksum filled in
+    header_sha256: str  # the header's checksum: the registry record holds it with tensor_checksum
+
+
 def write_module(
     path: Path, metadata: ModuleMetadata, k: torch.Tensor, v: torch.Tensor, token_ids: Sequence[int]
-) -> ModuleMetadata:
-    """Write a module atomically; returns the metadata with `tensor_checksum` filled in.
+) -> WrittenModule:
+    """Write a module atomically; returns its final metadata and header checksum.
 
     k, v: [layers, tokens, kv_heads, head_dim] in the module's dtype; token_ids: [tokens].
     """
@@ -89,7 +95,8 @@ def write_module(
         offset += len(data)
     final = replace(metadata, tensor_checksum=tensors_checksum(tensor_bytes(t) for _, t in tensors))
     header: dict[str, object] = {"__metadata__": final.to_header(), **index}
-    header["__metadata__"] = {**final.to_header(), HEADER_HASH_KEY: header_digest(header)}
+    signature = header_digest(header)
+    header["__metadata__"] = {**final.to_header(), HEADER_HASH_KEY: signature}
     encoded = canonical_json(header)
     encoded += b" " * (-len(encoded) % _ALIGN)
     with atomic_writer(path) as f:
@@ -97,4 +104,4 @@ def write_module(
         f.write(encoded)
         for _, t in tensors:
             f.write(tensor_bytes(t))
-    return final
+    return WrittenModule(final, signature)

@@ -8,34 +8,91 @@ by `write_into()` while it streams a module from disk into engine buffers.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 
 from cag.engine.cache import KVCache
-from cag.errors import KVModuleNotFoundError, ModuleCorruptedError
+from cag.errors import CagError, InvalidInputError, KVModuleNotFoundError, ModuleCorruptedError, ModuleMismatchError
+from cag.identifiers import echo
 from cag.kvmodule import checksum
 from cag.kvmodule.fileformat import HEADER_HASH_KEY, TensorEntry, header_digest, layer_tensor_names, tensor_bytes
 from cag.kvmodule.metadata import SAFETENSORS_DTYPES, ModuleMetadata
 
 _MAX_HEADER = 64 << 20
 LayerCallback = Callable[[int], None]
+_ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2, "I32": 4}
+
+
+def _read_header(path: Path) -> tuple[bytes, int]:
+    """The raw JSON header and the file's size; only a regular, readable file gets this far."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer that never comes.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        raise KVModuleNotFoundError(f"module file {path} does not exist") from e
+    except OSError as e:
+        raise CagError(f"cannot open module file {path}: {e.strerror}") from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise InvalidInputError(f"{path} is {kind}, not a module file")
+    try:
+        with os.fdopen(fd, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise ModuleCorruptedError(f"{path}: file is truncated ({len(prefix)} bytes)")
+            (size,) = struct.unpack("<Q", prefix)
+            if size > min(_MAX_HEADER, info.st_size - 8):
+                raise ModuleCorruptedError(
+                    f"{path}: header length {size:,} is implausible for a {info.st_size:,}-byte file"
+                    " (truncated, or not a safetensors file)"
+                )
+            return f.read(size), info.st_size
+    except OSError as e:
+        raise CagError(f"cannot read module file {path}: {e.strerror}") from e
 
 
 def _parse_header(raw: bytes, path: Path) -> dict[str, object]:
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModuleCorruptedError(f"{path}: header is not valid JSON ({e})") from e
-    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
-        raise ModuleCorruptedError(f"{path}: header has no metadata")
+    except (ValueError, RecursionError) as e:  # ValueError covers JSON and UTF-8 errors
+        raise ModuleCorruptedError(f"{path}: header is not valid JSON ({str(e)[:200]})") from e
+    if not isinstance(header, dict):
+        raise ModuleCorruptedError(f"{path}: header is not a JSON object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict):
+        raise ModuleCorruptedError(f"{path}: header metadata is not a JSON object")
+    if HEADER_HASH_KEY not in meta and "format_version" not in meta:
+        # Any other safetensors file (model weights, say): not damaged, just not ours.
+        raise InvalidInputError(f"{path} is not a CAG module: its safetensors header has no CAG module metadata")
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise ModuleCorruptedError(f"{path}: header metadata values are not all strings")
     return header
+
+
+def _verified_signature(header: dict[str, object], path: Path) -> str:
+    """The header's own header_sha256, once it is shown to match the header's contents."""
+    meta = header["__metadata__"]
+    assert isinstance(meta, dict)  # checked by _parse_header
+    try:
+        digest = header_digest(header)
+    except UnicodeEncodeError as e:  # JSON escapes can decode to lone surrogates, which UTF-8 cannot hold
+        raise ModuleCorruptedError(f"{path}: header holds text that is not valid UTF-8") from e
+    signature = meta.get(HEADER_HASH_KEY)
+    if signature != digest:
+        raise ModuleCorruptedError(f"{path}: header checksum does not verify (metadata altered or damaged)")
+    return digest
 
 
 @dataclass(frozen=True)
@@ -46,37 +103,43 @@ class ModuleFile:
     metadata: ModuleMetadata
     entries: tuple[TensorEntry, ...]  # in data order
     data_offset: int
+    header_sha256: str  # the header's checksum, which the registry record of the module also holds
 
     @classmethod
     def open(cls, path: Path) -> ModuleFile:
-        try:
-            with path.open("rb") as f:
-                prefix = f.read(8)
-                if len(prefix) < 8:
-                    raise ModuleCorruptedError(f"{path}: file is truncated ({len(prefix)} bytes)")
-                (size,) = struct.unpack("<Q", prefix)
-                if size > _MAX_HEADER:
-                    raise ModuleCorruptedError(f"{path}: header length {size} is implausible")
-                raw = f.read(size)
-            file_size = path.stat().st_size
-        except FileNotFoundError as e:
-            raise KVModuleNotFoundError(f"module file {path} does not exist") from e
-        if len(raw) < size:
-            raise ModuleCorruptedError(f"{path}: file is truncated inside the header")
+        """Open and verify the header; any malformed file raises a CagError, never anything else."""
+        raw, file_size = _read_header(path)
         header = _parse_header(raw, path)
+        signature = _verified_signature(header, path)
         meta = header["__metadata__"]
         assert isinstance(meta, dict)
-        if meta.get(HEADER_HASH_KEY) != header_digest(header):
-            raise ModuleCorruptedError(f"{path}: header checksum does not verify (metadata altered or damaged)")
-        metadata = ModuleMetadata.from_header({k: str(v) for k, v in meta.items() if k != HEADER_HASH_KEY})
+        try:
+            metadata = ModuleMetadata.from_header({k: v for k, v in meta.items() if k != HEADER_HASH_KEY})
+        except ModuleCorruptedError as e:
+            raise ModuleCorruptedError(f"{path}: {e}") from e
         entries = _entries(header, path)
-        data_offset = 8 + size
+        data_offset = 8 + len(raw)
         expected_size = data_offset + (entries[-1].stop if entries else 0)
         if file_size != expected_size:
             raise ModuleCorruptedError(f"{path}: file is {file_size} bytes, header describes {expected_size}")
-        module = cls(path=path, metadata=metadata, entries=entries, data_offset=data_offset)
+        module = cls(path=path, metadata=metadata, entries=entries, data_offset=data_offset, header_sha256=signature)
         module._check_shapes()
         return module
+
+    def check_record(self, *, tensor_checksum: str, header_sha256: str, source: str = "the registry record") -> None:
+        """Refuse a file that differs from the checksums its registry record holds.
+
+        The file's checksums only show it is self-consistent: whoever can write the file can also
+        re-sign an edited header. The record pins the file that was published. Raises
+        ModuleMismatchError naming the first checksum that differs.
+        """
+        mine = {"header_sha256": self.header_sha256, "tensor_checksum": self.metadata.tensor_checksum}
+        theirs = {"header_sha256": header_sha256, "tensor_checksum": tensor_checksum}
+        for field, have in mine.items():
+            if have != theirs[field]:
+                raise ModuleMismatchError(
+                    field, theirs[field] or "(none)", have, module=self.metadata.module_id, expected_by=f"{source} has"
+                )
 
     @property
     def token_count(self) -> int:
@@ -98,10 +161,12 @@ class ModuleFile:
         kv = self.entries[0]
         want_dtype = SAFETENSORS_DTYPES[self.metadata.torch_dtype]
         for e in self.entries[:-1]:
-            if e.shape[0] != t or e.shape != kv.shape or e.dtype != want_dtype:
+            # [tokens, kv_heads, head_dim]; slicing, not indexing, so a 0-d shape is refused, not an IndexError.
+            if len(e.shape) != 3 or e.shape[:1] != (t,) or e.shape != kv.shape or e.dtype != want_dtype:
                 raise ModuleCorruptedError(f"{self.path}: tensor {e.name} {e.shape}/{e.dtype} disagrees with metadata")
-        if self.entries[-1].shape != (t,):
-            raise ModuleCorruptedError(f"{self.path}: token_ids shape {self.entries[-1].shape} != ({t},)")
+        ids = self.entries[-1]
+        if ids.shape != (t,) or ids.dtype != "I32":
+            raise ModuleCorruptedError(f"{self.path}: token_ids {ids.shape}/{ids.dtype} is not I32 ({t},)")
 
     def _mapped(self) -> mmap.mmap:
         # A private copy-on-write mapping: writable for torch.frombuffer, yet nothing is copied.
@@ -180,21 +245,39 @@ def _read_exactly(f: object, target: memoryview, path: Path) -> None:
 
 
 def _entries(header: dict[str, object], path: Path) -> tuple[TensorEntry, ...]:
-    entries = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict):
-            raise ModuleCorruptedError(f"{path}: tensor {name} has no description")
-        start, stop = info["data_offsets"]
-        entries.append(TensorEntry(name, str(info["dtype"]), tuple(info["shape"]), int(start), int(stop)))
-    entries.sort(key=lambda e: e.start)
+    entries = sorted(
+        (_entry(name, info, path) for name, info in header.items() if name != "__metadata__"), key=lambda e: e.start
+    )
     cursor = 0
     for e in entries:
-        if e.start != cursor or e.stop < e.start:
+        if e.start != cursor:
             raise ModuleCorruptedError(f"{path}: tensor {e.name} leaves a hole or overlaps in the data section")
         cursor = e.stop
     return tuple(entries)
+
+
+def _entry(name: str, info: object, path: Path) -> TensorEntry:
+    """One tensor's index entry, checked to describe exactly the bytes its offsets span."""
+    where = f"{path}: tensor {echo(name)}"
+    if not isinstance(info, dict):
+        raise ModuleCorruptedError(f"{where} has no description")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _ITEMSIZE:
+        raise ModuleCorruptedError(f"{where}: dtype {echo(str(dtype))} is not one a module uses")
+    if not _naturals(shape):
+        raise ModuleCorruptedError(f"{where}: shape must be a list of non-negative integers")
+    if not _naturals(offsets) or len(offsets) != 2 or offsets[1] < offsets[0]:
+        raise ModuleCorruptedError(f"{where}: data_offsets must be [start, stop] with 0 <= start <= stop")
+    start, stop = offsets
+    described = math.prod(shape) * _ITEMSIZE[dtype]
+    if stop - start != described:
+        raise ModuleCorruptedError(f"{where}: data_offsets span {stop - start:,} bytes, shape and dtype {described:,}")
+    return TensorEntry(name, dtype, tuple(shape), start, stop)
+
+
+def _naturals(value: object) -> TypeGuard[list[int]]:
+    # bool is an int subclass; JSON true is no offset.
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
 
 
 @dataclass(frozen=True)

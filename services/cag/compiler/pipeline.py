@@ -6,7 +6,6 @@ CLI renders as a progress bar and the compiler service will stream over gRPC.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +14,13 @@ from typing import Protocol
 from transformers import AutoTokenizer
 
 from cag.canonical import chain_hash, context_checksum, load_source, source_checksum
+from cag.canonical.checksum import module_key
 from cag.compiler.golden import GoldenResult, results_json, run_golden
 from cag.compiler.request import CompileRequest, expires_at, resolve_created_at
 from cag.engine import Engine, load_engine
-from cag.errors import ContextWindowExceededError, GoldenTestsFailedError
+from cag.errors import CagError, ContextWindowExceededError, GoldenTestsFailedError
 from cag.kvmodule import GoldenStatus, ModuleFile, ModuleMetadata, order_chain, write_module
+from cag.kvmodule.atomic import check_writable_dir
 from cag.layout import PromptLayout, layout_hash, layout_json, load_layout
 from cag.models import ModelFiles, resolve_model, resolve_tokenizer
 
@@ -54,15 +55,24 @@ class CompileResult:
     parent_tokens: int
     golden: list[GoldenResult] = field(default_factory=list)
     prefill_seconds: float = 0.0
+    header_sha256: str = ""  # the written file's header checksum ("" when nothing was written)
 
     @property
     def publishable(self) -> bool:
         return self.path is not None and self.metadata.golden_status is not GoldenStatus.FAILED
 
 
-def module_id_for(*, context: str, tenant_id: str, route: str, acl: str) -> str:
-    digest = hashlib.sha256(f"{context}\0{tenant_id}\0{route}\0{acl}".encode()).hexdigest()
-    return f"{route}-{digest[:16]}"
+def module_id_for(*, context: str, request: CompileRequest) -> str:
+    """`<route>-<16 hex>`: distinct for every tenant, route, ACL scope and principal (workspace or user)."""
+    acl = request.acl
+    digest = module_key(
+        context_checksum=context,
+        tenant_id=acl.tenant_id,
+        route=request.route_name,
+        acl_scope=acl.scope.value,
+        acl_principal=acl.principal,
+    )
+    return f"{request.route_name}-{digest[:16]}"
 
 
 def compile_module(
@@ -74,6 +84,7 @@ def compile_module(
 ) -> CompileResult:
     """Build one module; raises a CagError on bad input, GoldenTestsFailedError when goldens fail."""
     obs = observer or SilentObserver()
+    check_writable_dir(request.out)  # before the minutes of work whose result it must hold
     obs.stage("reading source and layout")
     layout = load_layout(request.layout)
     bundle = load_source(request.source, layout.section_order)
@@ -90,7 +101,9 @@ def compile_module(
     engine = engine or load_engine("torch", model, request.dtype)
     the_layout_hash = layout_hash(layout)
     for parent in parents:
-        engine.identity.check(parent.metadata, layout_hash=the_layout_hash)
+        engine.identity.check(
+            parent.metadata, layout_hash=the_layout_hash, layout_of=f"the layout being compiled ({layout.name})"
+        )
     reserve = len(tokens) + layout.max_query_tokens + request.golden_max_new_tokens
     obs.stage("prefilling")
     # Restoring the parents verifies their checksums as they are read.
@@ -121,11 +134,12 @@ def compile_module(
         tokenizer_revision=model.tokenizer_revision,
         parent_chain_hash=parent_chain,
         dtype=request.dtype,
+        tenant_id=request.acl.tenant_id,
+        acl_scope=request.acl.scope.value,
+        acl_principal=request.acl.principal,
     )
     route = request.route_name
-    module_id = module_id_for(
-        context=context, tenant_id=request.acl.tenant_id, route=route, acl=request.acl.scope.value
-    )
+    module_id = module_id_for(context=context, request=request)
     created = resolve_created_at(request.created_at, bundle.updated)
     filename = f"{module_id}.safetensors"
     prefix = request.storage_prefix or request.out.as_posix()
@@ -160,13 +174,17 @@ def compile_module(
         failed = [r for r in golden if not r.passed]
         raise GoldenTestsFailedError(_golden_failure_message(failed, len(golden)))
     k, v = cache.rows(parent_tokens, parent_tokens + len(tokens))
-    written = write_module(request.out / filename, metadata, k, v, tokens)
+    try:
+        written = write_module(request.out / filename, metadata, k, v, tokens)
+    except OSError as e:  # checked writable at the start; the disk may still fill up or vanish
+        raise CagError(f"cannot write module {request.out / filename}: {e.strerror}") from e
     return CompileResult(
-        metadata=written,
+        metadata=written.metadata,
         path=request.out / filename,
         parent_tokens=parent_tokens,
         golden=golden,
         prefill_seconds=prefill_seconds,
+        header_sha256=written.header_sha256,
     )
 
 

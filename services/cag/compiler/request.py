@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cag.errors import InvalidInputError
+from cag.errors import InvalidFieldError, InvalidInputError
+from cag.identifiers import check_name
 from cag.kvmodule import DTYPES, PUBLIC_TENANT, AclScope
 
 
@@ -35,9 +36,16 @@ class AclSpec:
         qualifier = parts[2] if len(parts) == 3 else ""
         if scope is not AclScope.TENANT and not qualifier:
             raise InvalidInputError(f"--acl {text!r}: {scope.value} scope needs {scope.value}:<tenant>:<id>")
+        # The registry's own rules, applied here so a bad name fails before any model is loaded.
+        tenant = check_name("--acl tenant", parts[1])
+        if tenant == PUBLIC_TENANT:
+            raise InvalidInputError(f"--acl {text!r}: tenant {PUBLIC_TENANT!r} is reserved; use --acl public")
         if scope is AclScope.TENANT:
-            return cls(scope=scope, tenant_id=parts[1], principal="", route_hint=qualifier)
-        return cls(scope=scope, tenant_id=parts[1], principal=qualifier, route_hint="")
+            route = check_name("--acl route", qualifier) if qualifier else ""
+            return cls(scope=scope, tenant_id=tenant, principal="", route_hint=route)
+        return cls(
+            scope=scope, tenant_id=tenant, principal=check_name(f"--acl {scope.value}", qualifier), route_hint=""
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +70,18 @@ class CompileRequest:
             raise InvalidInputError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.ttl_days is not None and self.ttl_days < 1:
             raise InvalidInputError("--ttl-days must be at least 1")
+        self._check_route()
+
+    def _check_route(self) -> None:
+        if self.route is not None:
+            check_name("--route", self.route)
+        elif not self.acl.route_hint:  # a hint was checked by AclSpec.parse
+            try:
+                check_name("route", self.route_name)
+            except InvalidFieldError as e:
+                raise InvalidInputError(
+                    f"{e} (the route defaults to the source directory's name: pass --route)"
+                ) from None
 
     @property
     def route_name(self) -> str:
