@@ -28,9 +28,10 @@ TokenVerifier = Callable[[str], Caller]
 # What `build_server(auth=...)` takes: a signing key, a verifier, or one caller that every call runs
 # as without credentials (tests of other things only).
 Auth = bytes | TokenVerifier | Caller
+# Names the caller of a call from its metadata, or raises UnauthenticatedError.
+Authenticate = Callable[[Sequence[tuple[str, str | bytes]] | None], Caller]
 
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
-_BEARER = "bearer "
 
 _log = logging.getLogger(__name__)
 _caller: ContextVar[Caller | None] = ContextVar("cag_caller", default=None)
@@ -75,10 +76,10 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
         )
     if len(values) > 1:
         raise UnauthenticatedError("several authorization entries in the call metadata; send exactly one")
-    value = values[0]
-    if not isinstance(value, str) or not value[: len(_BEARER)].lower() == _BEARER or not value[len(_BEARER) :]:
+    scheme, _, token = values[0].partition(" ") if isinstance(values[0], str) else ("", "", "")
+    if scheme.lower() != "bearer" or not token.strip():
         raise UnauthenticatedError("the authorization metadata must read 'Bearer <token>'")
-    return value[len(_BEARER) :].strip()
+    return token.strip()
 
 
 def key_verifier(key: bytes) -> TokenVerifier:
@@ -124,9 +125,6 @@ class AuthInterceptor(_ServerInterceptor):
 def _service_of(method: str) -> str:
     """ "/grpc.health.v1.Health/Check" → "grpc.health.v1.Health"."""
     return method.strip("/").rpartition("/")[0]
-
-
-Authenticate = Callable[[Sequence[tuple[str, str | bytes]] | None], Caller]
 
 
 async def _caller_or_abort(context: _Context, authenticate: Authenticate, method: str) -> Caller:
