@@ -57,7 +57,7 @@ class Client:
         return (await self.stub.Register(request)).module  # type: ignore[no-any-return]
 
     async def publish(self, module_id: str, expected_version: int = 0) -> common_pb2.Module:
-        request = registry_pb2.PublishRequest(module_id=module_id, actor="test", expected_version=expected_version)
+        request = registry_pb2.PublishRequest(module_id=module_id, expected_version=expected_version)
         return (await self.stub.Publish(request)).module  # type: ignore[no-any-return]
 
     async def get(self, module_id: str) -> common_pb2.Module:

@@ -244,6 +244,10 @@ async def test_rollback_points_the_route_at_an_earlier_version(
     rollback = registry_pb2.RollbackRequest(tenant_id="acme", route="faq", to_version=1, reason="bad answers")
     back = (await registry.stub.Rollback(rollback)).module
     assert (back.module_id, back.version) == ("v-one", 1)
+    history = registry.stub.Watch(registry_pb2.WatchRequest(since_sequence=0, tenant_id="acme"))
+    changes = [await read(history) for _ in range(3)]  # two publishes, then the rollback
+    history.cancel()
+    assert changes[-1].reason == "rollback to version 1 — by service:test-admin: bad answers"
     resolved = await registry.stub.ResolveRoute(request)
     assert (resolved.route_version, resolved.chain[-1].module_id) == (1, "v-one")
     too_low = registry_pb2.RollbackRequest(tenant_id="acme", route="faq", to_version=0)
@@ -286,6 +290,9 @@ async def test_invalidate_each_trigger_kind_returns_the_affected_modules(registr
     assert (await registry.get("m-src")).state == common_pb2.MODULE_STATE_STALE
     for module_id in ("m-model", "m-tok", "m-acl", "m-layout", "m-root", "m-child"):
         assert (await registry.get(module_id)).state == common_pb2.MODULE_STATE_INVALIDATED
+    why = pb.InvalidateRequest(module=pb.ModuleTrigger(module_id="m-src"), reason="source withdrawn")
+    await registry.stub.Invalidate(why)
+    assert (await registry.get("m-src")).state_reason.endswith("— by service:test-admin: source withdrawn")
     again = await registry.stub.Invalidate(cases[1][0])
     assert list(again.module_ids) == []
 
@@ -358,7 +365,7 @@ async def test_watch_streams_changes_after_since_sequence(
     history.cancel()
     assert (first.module_id, first.state, first.version) == ("w-one", common_pb2.MODULE_STATE_PUBLISHED, 1)
     assert first.subject == "cag.module.published" and first.HasField("occurred_at")
-    assert first.event_id and first.reason == "published"
+    assert first.event_id and first.reason == "published by service:test-admin"
 
     live = registry.stub.Watch(registry_pb2.WatchRequest(since_sequence=first.sequence, tenant_id="acme"))
     await registry.publish("w-two")

@@ -160,7 +160,7 @@ def show_table(m: common_pb2.Module) -> Table:
 def run_rollback(args: argparse.Namespace, settings: CagSettings) -> int:
     def call() -> int:
         with RegistryClient.from_settings(settings, args.registry) as client:
-            module = client.rollback(args.tenant, args.route, args.to_version, reason=args.reason, actor="cag modules")
+            module = client.rollback(args.tenant, args.route, args.to_version, reason=args.reason)
         print(f"{module.tenant_id}/{module.route} now serves version {module.version} ({module.module_id})")
         return 0
 

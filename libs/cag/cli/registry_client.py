@@ -90,8 +90,9 @@ class RegistryClient:
         request = registry_pb2.RegisterRequest(module=module)
         return self._stub.Register(request, timeout=self.timeout_s, metadata=self._metadata).module
 
-    def publish(self, module_id: str, *, actor: str = "", expected_version: int = 0) -> common_pb2.Module:
-        request = registry_pb2.PublishRequest(module_id=module_id, actor=actor, expected_version=expected_version)
+    def publish(self, module_id: str, *, expected_version: int = 0) -> common_pb2.Module:
+        """Who published is this client's authenticated identity (the registry records its token's subject)."""
+        request = registry_pb2.PublishRequest(module_id=module_id, expected_version=expected_version)
         return self._stub.Publish(request, timeout=self.timeout_s, metadata=self._metadata).module
 
     def get(self, module_id: str) -> common_pb2.Module:
@@ -117,12 +118,8 @@ class RegistryClient:
         request = registry_pb2.ResolveRouteRequest(tenant_id=tenant_id, route=route)
         return self._stub.ResolveRoute(request, timeout=self.timeout_s, metadata=self._metadata)
 
-    def rollback(
-        self, tenant_id: str, route: str, to_version: int, *, reason: str = "", actor: str = ""
-    ) -> common_pb2.Module:
-        request = registry_pb2.RollbackRequest(
-            tenant_id=tenant_id, route=route, to_version=to_version, reason=reason, actor=actor
-        )
+    def rollback(self, tenant_id: str, route: str, to_version: int, *, reason: str = "") -> common_pb2.Module:
+        request = registry_pb2.RollbackRequest(tenant_id=tenant_id, route=route, to_version=to_version, reason=reason)
         return self._stub.Rollback(request, timeout=self.timeout_s, metadata=self._metadata).module
 
 

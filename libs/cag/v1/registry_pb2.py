@@ -26,7 +26,7 @@ from cag.v1 import common_pb2 as cag_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61g/v1/registry.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x0fRegisterRequest\x12\x1e\n\x06module\x18\x01 \x01(\x0b\x32\x0e.cag.v1.Module\"2\n\x10RegisterResponse\x12\x1e\n\x06module\x18\x01 \x01(\x0b\x32\x0e.cag.v1.Module\"L\n\x0ePublishRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x03 \x01(\x03\"1\n\x0fPublishResponse\x12\x1e\n\x06module\x18\x01 \x01(\x0b\x32\x0e.cag.v1.Module\"%\n\x10GetModuleRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\t\"\xa8\x01\n\x12ListModulesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.cag.v1.ModuleState\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x11\n\tlayout_id\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"O\n\x13ListModulesResponse\x12\x1f\n\x07modules\x18\x01 \x03(\x0b\x32\x0e.cag.v1.Module\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x13ResolveRouteRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\"L\n\x14ResolveRouteResponse\x12\x1d\n\x05\x63hain\x18\x01 \x03(\x0b\x32\x0e.cag.v1.Module\x12\x15\n\rroute_version\x18\x02 \x01(\x03\"L\n\rSourceTrigger\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nsource_uri\x18\x02 \x01(\t\x12\x14\n\x0cnew_checksum\x18\x03 \x01(\t\"8\n\x0cModelTrigger\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0cnew_revision\x18\x02 \x01(\t\".\n\x10TokenizerTrigger\x12\x1a\n\x12tokenizer_revision\x18\x01 \x01(\t\"7\n\rLayoutTrigger\x12\x11\n\tlayout_id\x18\x01 \x01(\t\x12\x13\n\x0blayout_hash\x18\x02 \x01(\t\"\"\n\rModuleTrigger\x12\x11\n\tmodule_id\x18\x01 \x01(\t\"\x9b\x02\n\x11InvalidateRequest\x12\'\n\x06source\x18\x01 \x01(\x0b\x32\x15.cag.v1.SourceTriggerH\x00\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x14.cag.v1.ModelTriggerH\x00\x12-\n\ttokenizer\x18\x03 \x01(\x0b\x32\x18.cag.v1.TokenizerTriggerH\x00\x12\x1a\n\x03\x61\x63l\x18\x04 \x01(\x0b\x32\x0b.cag.v1.AclH\x00\x12\'\n\x06layout\x18\x05 \x01(\x0b\x32\x15.cag.v1.LayoutTriggerH\x00\x12\'\n\x06module\x18\x06 \x01(\x0b\x32\x15.cag.v1.ModuleTriggerH\x00\x12\x0e\n\x06reason\x18\n \x01(\tB\t\n\x07trigger\":\n\x12InvalidateResponse\x12\x12\n\nmodule_ids\x18\x01 \x03(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"f\n\x0fRollbackRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x12\n\nto_version\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"2\n\x10RollbackResponse\x12\x1e\n\x06module\x18\x01 \x01(\x0b\x32\x0e.cag.v1.Module\"9\n\x0cWatchRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\"\xee\x01\n\x0cModuleChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x11\n\tmodule_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\r\n\x05route\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\"\n\x05state\x18\x06 \x01(\x0e\x32\x13.cag.v1.ModuleState\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x08 \x01(\t\x12/\n\x0boccurred_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\n \x01(\t2\x84\x04\n\x0fRegistryService\x12=\n\x08Register\x12\x17.cag.v1.RegisterRequest\x1a\x18.cag.v1.RegisterResponse\x12:\n\x07Publish\x12\x16.cag.v1.PublishRequest\x1a\x17.cag.v1.PublishResponse\x12/\n\x03Get\x12\x18.cag.v1.GetModuleRequest\x1a\x0e.cag.v1.Module\x12?\n\x04List\x12\x1a.cag.v1.ListModulesRequest\x1a\x1b.cag.v1.ListModulesResponse\x12I\n\x0cResolveRoute\x12\x1b.cag.v1.ResolveRouteRequest\x1a\x1c.cag.v1.ResolveRouteResponse\x12\x43\n\nInvalidate\x12\x19.cag.v1.InvalidateRequest\x1a\x1a.cag.v1.InvalidateResponse\x12=\n\x08Rollback\x12\x17.cag.v1.RollbackRequest\x1a\x18.cag.v1.RollbackResponse\x12\x35\n\x05Watch\x12\x14.cag.v1.WatchRequest\x1a\x14.cag.v1.ModuleChange0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61g/v1/registry.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x0fRegisterRequest\x12\x1e\n\x06module\x18\x01 \x01(\x0b\x32\x0e.cag.v1.Module\"2\n\x10RegisterResponse\x12\x1e\n\x06module\x18\x01 \x01(\x0b\x32\x0e.cag.v1.Module\"J\n\x0ePublishRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x03 \x01(\x03J\x04\x08\x02\x10\x03R\x05\x61\x63tor\"1\n\x0fPublishResponse\x12\x1e\n\x06module\x18\x01 \x01(\x0b\x32\x0e.cag.v1.Module\"%\n\x10GetModuleRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\t\"\xa8\x01\n\x12ListModulesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.cag.v1.ModuleState\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x11\n\tlayout_id\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"O\n\x13ListModulesResponse\x12\x1f\n\x07modules\x18\x01 \x03(\x0b\x32\x0e.cag.v1.Module\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x13ResolveRouteRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\"L\n\x14ResolveRouteResponse\x12\x1d\n\x05\x63hain\x18\x01 \x03(\x0b\x32\x0e.cag.v1.Module\x12\x15\n\rroute_version\x18\x02 \x01(\x03\"L\n\rSourceTrigger\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nsource_uri\x18\x02 \x01(\t\x12\x14\n\x0cnew_checksum\x18\x03 \x01(\t\"8\n\x0cModelTrigger\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0cnew_revision\x18\x02 \x01(\t\".\n\x10TokenizerTrigger\x12\x1a\n\x12tokenizer_revision\x18\x01 \x01(\t\"7\n\rLayoutTrigger\x12\x11\n\tlayout_id\x18\x01 \x01(\t\x12\x13\n\x0blayout_hash\x18\x02 \x01(\t\"\"\n\rModuleTrigger\x12\x11\n\tmodule_id\x18\x01 \x01(\t\"\x9b\x02\n\x11InvalidateRequest\x12\'\n\x06source\x18\x01 \x01(\x0b\x32\x15.cag.v1.SourceTriggerH\x00\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x14.cag.v1.ModelTriggerH\x00\x12-\n\ttokenizer\x18\x03 \x01(\x0b\x32\x18.cag.v1.TokenizerTriggerH\x00\x12\x1a\n\x03\x61\x63l\x18\x04 \x01(\x0b\x32\x0b.cag.v1.AclH\x00\x12\'\n\x06layout\x18\x05 \x01(\x0b\x32\x15.cag.v1.LayoutTriggerH\x00\x12\'\n\x06module\x18\x06 \x01(\x0b\x32\x15.cag.v1.ModuleTriggerH\x00\x12\x0e\n\x06reason\x18\n \x01(\tB\t\n\x07trigger\":\n\x12InvalidateResponse\x12\x12\n\nmodule_ids\x18\x01 \x03(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"d\n\x0fRollbackRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x12\n\nto_version\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\tJ\x04\x08\x05\x10\x06R\x05\x61\x63tor\"2\n\x10RollbackResponse\x12\x1e\n\x06module\x18\x01 \x01(\x0b\x32\x0e.cag.v1.Module\"9\n\x0cWatchRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\"\xee\x01\n\x0cModuleChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x11\n\tmodule_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\r\n\x05route\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\"\n\x05state\x18\x06 \x01(\x0e\x32\x13.cag.v1.ModuleState\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x08 \x01(\t\x12/\n\x0boccurred_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\n \x01(\t2\x84\x04\n\x0fRegistryService\x12=\n\x08Register\x12\x17.cag.v1.RegisterRequest\x1a\x18.cag.v1.RegisterResponse\x12:\n\x07Publish\x12\x16.cag.v1.PublishRequest\x1a\x17.cag.v1.PublishResponse\x12/\n\x03Get\x12\x18.cag.v1.GetModuleRequest\x1a\x0e.cag.v1.Module\x12?\n\x04List\x12\x1a.cag.v1.ListModulesRequest\x1a\x1b.cag.v1.ListModulesResponse\x12I\n\x0cResolveRoute\x12\x1b.cag.v1.ResolveRouteRequest\x1a\x1c.cag.v1.ResolveRouteResponse\x12\x43\n\nInvalidate\x12\x19.cag.v1.InvalidateRequest\x1a\x1a.cag.v1.InvalidateResponse\x12=\n\x08Rollback\x12\x17.cag.v1.RollbackRequest\x1a\x18.cag.v1.RollbackResponse\x12\x35\n\x05Watch\x12\x14.cag.v1.WatchRequest\x1a\x14.cag.v1.ModuleChange0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,41 +38,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=138
   _globals['_REGISTERRESPONSE']._serialized_end=188
   _globals['_PUBLISHREQUEST']._serialized_start=190
-  _globals['_PUBLISHREQUEST']._serialized_end=266
-  _globals['_PUBLISHRESPONSE']._serialized_start=268
-  _globals['_PUBLISHRESPONSE']._serialized_end=317
-  _globals['_GETMODULEREQUEST']._serialized_start=319
-  _globals['_GETMODULEREQUEST']._serialized_end=356
-  _globals['_LISTMODULESREQUEST']._serialized_start=359
-  _globals['_LISTMODULESREQUEST']._serialized_end=527
-  _globals['_LISTMODULESRESPONSE']._serialized_start=529
-  _globals['_LISTMODULESRESPONSE']._serialized_end=608
-  _globals['_RESOLVEROUTEREQUEST']._serialized_start=610
-  _globals['_RESOLVEROUTEREQUEST']._serialized_end=665
-  _globals['_RESOLVEROUTERESPONSE']._serialized_start=667
-  _globals['_RESOLVEROUTERESPONSE']._serialized_end=743
-  _globals['_SOURCETRIGGER']._serialized_start=745
-  _globals['_SOURCETRIGGER']._serialized_end=821
-  _globals['_MODELTRIGGER']._serialized_start=823
-  _globals['_MODELTRIGGER']._serialized_end=879
-  _globals['_TOKENIZERTRIGGER']._serialized_start=881
-  _globals['_TOKENIZERTRIGGER']._serialized_end=927
-  _globals['_LAYOUTTRIGGER']._serialized_start=929
-  _globals['_LAYOUTTRIGGER']._serialized_end=984
-  _globals['_MODULETRIGGER']._serialized_start=986
-  _globals['_MODULETRIGGER']._serialized_end=1020
-  _globals['_INVALIDATEREQUEST']._serialized_start=1023
-  _globals['_INVALIDATEREQUEST']._serialized_end=1306
-  _globals['_INVALIDATERESPONSE']._serialized_start=1308
-  _globals['_INVALIDATERESPONSE']._serialized_end=1366
-  _globals['_ROLLBACKREQUEST']._serialized_start=1368
-  _globals['_ROLLBACKREQUEST']._serialized_end=1470
-  _globals['_ROLLBACKRESPONSE']._serialized_start=1472
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1522
-  _globals['_WATCHREQUEST']._serialized_start=1524
-  _globals['_WATCHREQUEST']._serialized_end=1581
-  _globals['_MODULECHANGE']._serialized_start=1584
-  _globals['_MODULECHANGE']._serialized_end=1822
-  _globals['_REGISTRYSERVICE']._serialized_start=1825
-  _globals['_REGISTRYSERVICE']._serialized_end=2341
+  _globals['_PUBLISHREQUEST']._serialized_end=264
+  _globals['_PUBLISHRESPONSE']._serialized_start=266
+  _globals['_PUBLISHRESPONSE']._serialized_end=315
+  _globals['_GETMODULEREQUEST']._serialized_start=317
+  _globals['_GETMODULEREQUEST']._serialized_end=354
+  _globals['_LISTMODULESREQUEST']._serialized_start=357
+  _globals['_LISTMODULESREQUEST']._serialized_end=525
+  _globals['_LISTMODULESRESPONSE']._serialized_start=527
+  _globals['_LISTMODULESRESPONSE']._serialized_end=606
+  _globals['_RESOLVEROUTEREQUEST']._serialized_start=608
+  _globals['_RESOLVEROUTEREQUEST']._serialized_end=663
+  _globals['_RESOLVEROUTERESPONSE']._serialized_start=665
+  _globals['_RESOLVEROUTERESPONSE']._serialized_end=741
+  _globals['_SOURCETRIGGER']._serialized_start=743
+  _globals['_SOURCETRIGGER']._serialized_end=819
+  _globals['_MODELTRIGGER']._serialized_start=821
+  _globals['_MODELTRIGGER']._serialized_end=877
+  _globals['_TOKENIZERTRIGGER']._serialized_start=879
+  _globals['_TOKENIZERTRIGGER']._serialized_end=925
+  _globals['_LAYOUTTRIGGER']._serialized_start=927
+  _globals['_LAYOUTTRIGGER']._serialized_end=982
+  _globals['_MODULETRIGGER']._serialized_start=984
+  _globals['_MODULETRIGGER']._serialized_end=1018
+  _globals['_INVALIDATEREQUEST']._serialized_start=1021
+  _globals['_INVALIDATEREQUEST']._serialized_end=1304
+  _globals['_INVALIDATERESPONSE']._serialized_start=1306
+  _globals['_INVALIDATERESPONSE']._serialized_end=1364
+  _globals['_ROLLBACKREQUEST']._serialized_start=1366
+  _globals['_ROLLBACKREQUEST']._serialized_end=1466
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1468
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1518
+  _globals['_WATCHREQUEST']._serialized_start=1520
+  _globals['_WATCHREQUEST']._serialized_end=1577
+  _globals['_MODULECHANGE']._serialized_start=1580
+  _globals['_MODULECHANGE']._serialized_end=1818
+  _globals['_REGISTRYSERVICE']._serialized_start=1821
+  _globals['_REGISTRYSERVICE']._serialized_end=2337
 # @@protoc_insertion_point(module_scope)

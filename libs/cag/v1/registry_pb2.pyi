@@ -74,11 +74,8 @@ class PublishRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODULE_ID_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     module_id: _builtins.str
-    actor: _builtins.str
-    """Who published (audit)."""
     expected_version: _builtins.int
     """Optimistic concurrency: the route version this publish must become (0 = whatever is next).
     When another publish took that version first, the call fails with ABORTED and changes nothing.
@@ -87,12 +84,11 @@ class PublishRequest(_message.Message):
         self,
         *,
         module_id: _builtins.str = ...,
-        actor: _builtins.str = ...,
         expected_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_version", b"expected_version", "module_id", b"module_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "module_id", b"module_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,7 +379,9 @@ class InvalidateRequest(_message.Message):
     MODULE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """Why (audit; copied into each module's state_reason)."""
+    """Why (audit: appended, with the authenticated caller's subject, to each changed module's
+    state_reason; at most 1,024 characters).
+    """
     @_builtins.property
     def source(self) -> Global___SourceTrigger: ...
     @_builtins.property
@@ -455,14 +453,14 @@ class RollbackRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     TO_VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     route: _builtins.str
     to_version: _builtins.int
     """The published version on (tenant_id, route) to serve (>= 1)."""
     reason: _builtins.str
-    """Why and who (audit)."""
-    actor: _builtins.str
+    """Why (audit: joins the event's reason with the authenticated caller's subject; at most 1,024
+    characters).
+    """
     def __init__(
         self,
         *,
@@ -470,11 +468,10 @@ class RollbackRequest(_message.Message):
         route: _builtins.str = ...,
         to_version: _builtins.int = ...,
         reason: _builtins.str = ...,
-        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason", "route", b"route", "tenant_id", b"tenant_id", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "route", b"route", "tenant_id", b"tenant_id", "to_version", b"to_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,7 +36,9 @@ class PublishRefusedError(CagError):
 def canonical_layout_hash(layout: str) -> str:
     """sha256 hex of the layout's canonical JSON: what the compiler's `layout_hash` covers."""
     body = json.loads(layout)
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
 
 
 def visible_within(parent: ModuleMetadata, child: ModuleMetadata) -> bool:
@@ -60,7 +62,9 @@ def _check_chain_link(parent: ModuleRecord, child: ModuleMetadata) -> None:
             " the child's own scope"
         )
     if child.parent_chain_hash != p.chain_hash:
-        raise ModuleMismatchError("parent_chain_hash", p.chain_hash, str(child.parent_chain_hash), module=child.module_id)
+        raise ModuleMismatchError(
+            "parent_chain_hash", p.chain_hash, str(child.parent_chain_hash), module=child.module_id
+        )
     for field in ("model_name", "model_revision", "tokenizer_revision", "dtype", "engine_fingerprint", "layout_hash"):
         if getattr(p, field) != getattr(child, field):
             raise ModuleMismatchError(field, getattr(p, field), getattr(child, field), module=child.module_id)
@@ -113,11 +117,13 @@ class RegistryCore:
             )
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
-                return await self.store.publish(module_id, expected_version=expected_version)
+                return await self.store.publish(
+                    module_id, expected_version=expected_version, note=f"published by {caller.subject}"
+                )
             except ConcurrentPublishError:
                 if expected_version is not None or attempt == PUBLISH_ATTEMPTS - 1:
                     raise  # the caller asked for that exact version: losing the race is its answer
-                await asyncio.sleep(random.uniform(0, PUBLISH_BACKOFF_S * 2**min(attempt, 6)))
+                await asyncio.sleep(random.uniform(0, PUBLISH_BACKOFF_S * 2 ** min(attempt, 6)))
         raise AssertionError("unreachable")
 
     async def resolve_route(self, caller: Caller, tenant_id: str, route: str) -> RouteResolution:
@@ -139,11 +145,13 @@ class RegistryCore:
         return resolution
 
     async def invalidate(
-        self, caller: Caller, trigger: Trigger, *, event_id: str | None = None
+        self, caller: Caller, trigger: Trigger, *, event_id: str | None = None, reason: str = ""
     ) -> tuple[str, list[ModuleRecord]]:
+        """Apply `trigger` once per event id; `reason` (why, from the caller) joins each module's state reason."""
         await self._authorize_trigger(caller, trigger)
         event = event_id or str(uuid.uuid4())
-        return event, await self.store.invalidate(trigger, event_id=event)
+        note = f"by {caller.subject}" + (f": {reason}" if reason else "")
+        return event, await self.store.invalidate(trigger, event_id=event, note=note)
 
     async def _authorize_trigger(self, caller: Caller, trigger: Trigger) -> None:
         """Tenant-scoped triggers need write on that tenant; model, tokenizer and layout revisions reach every
@@ -157,11 +165,14 @@ class RegistryCore:
             case _:
                 caller.require_admin(f"apply a {trigger.kind} trigger (it reaches every tenant)")
 
-    async def rollback(self, caller: Caller, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
+    async def rollback(
+        self, caller: Caller, tenant_id: str, route: str, to_version: int, *, reason: str = ""
+    ) -> ModuleRecord:
         check_name("tenant_id", tenant_id)
         check_name("route", route)
         caller.require(Scope.WRITE, tenant_id)
-        return await self.store.rollback(tenant_id, route, to_version)
+        note = f"by {caller.subject}" + (f": {reason}" if reason else "")
+        return await self.store.rollback(tenant_id, route, to_version, note=note)
 
     async def record_route_decision(self, decision: RouteDecision) -> bool:
         return await self.store.record_route_decision(decision)
@@ -177,4 +188,3 @@ class RegistryCore:
         else:
             caller.require(Scope.READ, check_name("tenant_id", tenant_id))
         return await self.store.changes_since(sequence, tenant_id=tenant_id, limit=limit)
-

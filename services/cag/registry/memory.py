@@ -19,6 +19,7 @@ from cag.registry.store import (
     check_expected_version,
     encode_page_token,
     module_event,
+    rollback_reason,
     trigger_reason,
 )
 from cag.registry.triggers import Trigger, affected_modules
@@ -96,7 +97,9 @@ class MemoryStore(RegistryStore):
         page = rows[: query.page_size]
         return page, encode_page_token(page[-1].module_id) if len(rows) > query.page_size else ""
 
-    async def publish(self, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
+    async def publish(
+        self, module_id: str, *, expected_version: int | None = None, note: str = "published"
+    ) -> ModuleRecord:
         async with self._lock:
             record = self._get(module_id)
             if record.state is ModuleState.PUBLISHED:
@@ -114,7 +117,7 @@ class MemoryStore(RegistryStore):
                 record, state=ModuleState.PUBLISHED, version=max(versions) + 1, published_at=now, state_changed_at=now
             )
             self.routes[(m.tenant_id, m.route)] = module_id
-            return self._set(published, reason="published")
+            return self._set(published, reason=note)
 
     async def quarantine(self, module_id: str, reason: str) -> ModuleRecord:
         async with self._lock:
@@ -136,12 +139,14 @@ class MemoryStore(RegistryStore):
         assert chain[-1].version is not None
         return RouteResolution(tenant_id=tenant_id, route=route, version=chain[-1].version, chain=chain)
 
-    async def invalidate(self, trigger: Trigger, *, event_id: str, consumer: str = "registry") -> list[ModuleRecord]:
+    async def invalidate(
+        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", note: str = ""
+    ) -> list[ModuleRecord]:
         async with self._lock:
             if (consumer, event_id) in self.processed:
                 return []
             self.processed.add((consumer, event_id))
-            now, reason = datetime.now(UTC), trigger_reason(trigger)
+            now, reason = datetime.now(UTC), trigger_reason(trigger, note)
             changed = []
             for module_id, state in sorted(affected_modules(self.modules.values(), trigger).items()):
                 record = dataclasses.replace(
@@ -150,7 +155,7 @@ class MemoryStore(RegistryStore):
                 changed.append(self._set(record, trigger_event_id=event_id))
             return changed
 
-    async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
+    async def rollback(self, tenant_id: str, route: str, to_version: int, *, note: str = "") -> ModuleRecord:
         if to_version < 1:
             raise InvalidInputError(f"to_version must be a published version (>= 1), got {to_version}")
         async with self._lock:
@@ -167,7 +172,7 @@ class MemoryStore(RegistryStore):
                     f"module {record.module_id} (version {to_version}) is {record.state.value}; it cannot be served"
                 )
             self.routes[(tenant_id, route)] = record.module_id
-            return self._set(record, reason=f"rollback to version {to_version}")
+            return self._set(record, reason=rollback_reason(to_version, note))
 
     async def record_route_decision(self, decision: RouteDecision) -> bool:
         if decision.event_id in self.decisions:

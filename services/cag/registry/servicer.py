@@ -50,7 +50,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     @override
     async def Publish(self, request: registry_pb2.PublishRequest, context: Context) -> registry_pb2.PublishResponse:
         expected = version_of("expected_version", request.expected_version, minimum=0)
-        audit_text("actor", request.actor)
         record = await self.core.publish(current_caller(), request.module_id, expected_version=expected or None)
         return registry_pb2.PublishResponse(module=module_of(record))
 
@@ -78,15 +77,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Invalidate(
         self, request: registry_pb2.InvalidateRequest, context: Context
     ) -> registry_pb2.InvalidateResponse:
-        event_id, records = await self.core.invalidate(current_caller(), trigger_of(request))
+        trigger = trigger_of(request)
+        event_id, records = await self.core.invalidate(current_caller(), trigger, reason=request.reason)
         return registry_pb2.InvalidateResponse(module_ids=[r.module_id for r in records], event_id=event_id)
 
     @override
     async def Rollback(self, request: registry_pb2.RollbackRequest, context: Context) -> registry_pb2.RollbackResponse:
         to_version = version_of("to_version", request.to_version, minimum=1)
-        audit_text("reason", request.reason)
-        audit_text("actor", request.actor)
-        record = await self.core.rollback(current_caller(), request.tenant_id, request.route, to_version)
+        reason = audit_text("reason", request.reason)
+        record = await self.core.rollback(current_caller(), request.tenant_id, request.route, to_version, reason=reason)
         return registry_pb2.RollbackResponse(module=module_of(record))
 
     @override

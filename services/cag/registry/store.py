@@ -110,8 +110,13 @@ def check_expected_version(module_id: str, expected: int | None, next_version: i
         )
 
 
-def trigger_reason(trigger: Trigger) -> str:
-    return f"{trigger.kind}: {trigger}"
+def rollback_reason(to_version: int, note: str = "") -> str:
+    return f"rollback to version {to_version}" + (f" — {note}" if note else "")
+
+
+def trigger_reason(trigger: Trigger, note: str = "") -> str:
+    """`<kind>: <trigger>`, then who asked and why when known (`— by service:ops: reason`)."""
+    return f"{trigger.kind}: {trigger}" + (f" — {note}" if note else "")
 
 
 class RegistryStore(ABC):
@@ -127,10 +132,13 @@ class RegistryStore(ABC):
         """A page of modules ordered by id, and the token of the next page ('' at the end)."""
 
     @abstractmethod
-    async def publish(self, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
+    async def publish(
+        self, module_id: str, *, expected_version: int | None = None, note: str = "published"
+    ) -> ModuleRecord:
         """VALIDATING → PUBLISHED with the route's next version, made the route's active version.
 
-        With `expected_version`, the publish happens only if that is the route's next version.
+        With `expected_version`, the publish happens only if that is the route's next version. `note` is the
+        reason its event carries (who published).
         """
 
     @abstractmethod
@@ -140,11 +148,15 @@ class RegistryStore(ABC):
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution: ...
 
     @abstractmethod
-    async def invalidate(self, trigger: Trigger, *, event_id: str, consumer: str = "registry") -> list[ModuleRecord]:
-        """Apply a trigger once per (consumer, event_id); returns the modules whose state changed."""
+    async def invalidate(
+        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", note: str = ""
+    ) -> list[ModuleRecord]:
+        """Apply a trigger once per (consumer, event_id); returns the modules whose state changed. `note` (who
+        and why) is appended to each module's state reason."""
 
     @abstractmethod
-    async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord: ...
+    async def rollback(self, tenant_id: str, route: str, to_version: int, *, note: str = "") -> ModuleRecord:
+        """Point the route at a published earlier version; `note` (who and why) goes into its event's reason."""
 
     @abstractmethod
     async def record_route_decision(self, decision: RouteDecision) -> bool:

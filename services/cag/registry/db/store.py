@@ -40,6 +40,7 @@ from cag.registry.store import (
     check_expected_version,
     encode_page_token,
     module_event,
+    rollback_reason,
     trigger_reason,
 )
 from cag.registry.triggers import (
@@ -194,7 +195,9 @@ class PostgresStore(RegistryStore):
         more = len(rows) > query.page_size
         return page, encode_page_token(page[-1].module_id) if more else ""
 
-    async def publish(self, module_id: str, *, expected_version: int | None = None) -> ModuleRecord:
+    async def publish(
+        self, module_id: str, *, expected_version: int | None = None, note: str = "published"
+    ) -> ModuleRecord:
         try:
             async with self.sessions.begin() as session:
                 row = await self._row(session, module_id, lock=True)
@@ -213,7 +216,7 @@ class PostgresStore(RegistryStore):
                 await session.flush()
                 await self._activate(session, row)
                 record = (await self._records(session, [row]))[0]
-                self._outbox(session, module_event(record, reason="published"), module_id)
+                self._outbox(session, module_event(record, reason=note), module_id)
                 return record
         except IntegrityError as e:
             raise ConcurrentPublishError(
@@ -256,11 +259,13 @@ class PostgresStore(RegistryStore):
         assert leaf.version is not None
         return RouteResolution(tenant_id=tenant_id, route=route, version=leaf.version, chain=records)
 
-    async def invalidate(self, trigger: Trigger, *, event_id: str, consumer: str = "registry") -> list[ModuleRecord]:
+    async def invalidate(
+        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", note: str = ""
+    ) -> list[ModuleRecord]:
         from_states = [s.value for s in LIVE if trigger.target in ALLOWED[s]]
         hit = select(ModuleRow.module_id).where(trigger_predicate(trigger)).cte("hit", recursive=True)
         hit = hit.union(select(ModuleRow.module_id).join(hit, ModuleRow.parent_id == hit.c.module_id))
-        reason = trigger_reason(trigger)
+        reason = trigger_reason(trigger, note)
         async with self.sessions.begin() as session:
             first_time = await session.execute(
                 insert(ProcessedEventRow)
@@ -283,7 +288,7 @@ class PostgresStore(RegistryStore):
                 self._outbox(session, module_event(record, trigger_event_id=event_id), record.module_id)
             return records
 
-    async def rollback(self, tenant_id: str, route: str, to_version: int) -> ModuleRecord:
+    async def rollback(self, tenant_id: str, route: str, to_version: int, *, note: str = "") -> ModuleRecord:
         if to_version < 1:
             raise InvalidInputError(f"to_version must be a published version (>= 1), got {to_version}")
         async with self.sessions.begin() as session:
@@ -300,7 +305,7 @@ class PostgresStore(RegistryStore):
                 raise _not_servable(row)
             await self._activate(session, row)
             record = (await self._records(session, [row]))[0]
-            self._outbox(session, module_event(record, reason=f"rollback to version {to_version}"), row.module_id)
+            self._outbox(session, module_event(record, reason=rollback_reason(to_version, note)), row.module_id)
             return record
 
     async def record_route_decision(self, decision: RouteDecision) -> bool:
