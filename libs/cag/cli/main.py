@@ -16,6 +16,8 @@ EXIT_CODES = {
     Status.NOT_FOUND: 3,
     Status.FAILED_PRECONDITION: 4,
     Status.DATA_LOSS: 5,
+    Status.UNAUTHENTICATED: 6,
+    Status.PERMISSION_DENIED: 7,
 }
 
 Command = Callable[[argparse.Namespace, CagSettings], int]
