@@ -1,9 +1,15 @@
 """Real Postgres (pgvector) and NATS (JetStream) for integration tests.
 
 `infra` (session): embedded servers on free loopback ports in a temporary directory, torn down at the
-end of the session with a check that no server process is left. When `CAG_DATABASE_URL` and/or
-`CAG_NATS_URL` are set, those servers are used instead and never stopped; `stop_nats()`/`start_nats()`
-then raise `NotImplementedError` (an outage cannot be simulated on a server the tests do not own).
+end of the session with a check that no server process is left. Both require credentials:
+`database_url` carries the Postgres password, `nats_url` is the NATS admin identity (every
+permission) and `nats_url_for(identity)` the URL of one platform identity with its own permissions
+(`cag.infra.nats_auth`). `auth_key_file` is a service-token signing key made for the session.
+
+When `CAG_DATABASE_URL` and/or `CAG_NATS_URL` are set, those servers are used instead and never
+stopped; `stop_nats()`/`start_nats()` then raise `NotImplementedError` (an outage cannot be simulated on
+a server the tests do not own), and `nats_url_for` gives that one URL for every identity
+(`nats_permissions_enforced` is False: the tests cannot know that server's permissions).
 
 `fresh_database` (function): a uniquely named empty database with the `vector` extension, dropped after.
 """
@@ -22,9 +28,11 @@ import pytest
 
 from cag.infra.database import DatabaseUrls, create_database, drop_database
 from cag.infra.nats import NatsConfig, NatsServer
+from cag.infra.nats_auth import IDENTITIES
 from cag.infra.ports import free_ports
 from cag.infra.postgres import PostgresConfig, PostgresServer
 from cag.infra.processes import children_of, pid_alive
+from cag.infra.secret_files import ensure_auth_key
 
 __all__ = ["FreshDatabase", "Infra", "fresh_database", "infra", "reachable_tmp_dir"]
 
@@ -43,12 +51,24 @@ class Infra:
     database_url: str
     sync_database_url: str
     nats_url: str
+    auth_key_file: Path
     nats: NatsServer | None = None
     postgres: PostgresServer | None = None
 
     @property
     def database(self) -> DatabaseUrls:
         return DatabaseUrls(async_url=self.database_url, sync_url=self.sync_database_url)
+
+    @property
+    def nats_permissions_enforced(self) -> bool:
+        """Whether `nats_url_for` gives per-identity permissions (only on the server the tests start)."""
+        return self.nats is not None
+
+    def nats_url_for(self, identity: str) -> str:
+        """The URL of a platform identity (registry, router, cachepool, compiler, fallback, ops, admin)."""
+        if identity not in IDENTITIES:
+            raise ValueError(f"unknown NATS identity {identity!r}: expected one of {', '.join(IDENTITIES)}")
+        return self.nats.url_for(identity) if self.nats is not None else self.nats_url
 
     def stop_nats(self) -> None:
         """Stop the embedded NATS server (port and JetStream store are kept for `start_nats`)."""
@@ -103,6 +123,7 @@ def infra() -> Iterator[Infra]:
             database_url=db.async_url,
             sync_database_url=db.sync_url,
             nats_url=nats.url if nats is not None else os.environ["CAG_NATS_URL"],
+            auth_key_file=ensure_auth_key(run_dir / "auth.key"),
             nats=nats,
             postgres=postgres,
         )

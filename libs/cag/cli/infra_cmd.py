@@ -1,7 +1,9 @@
 """`cag infra up|down|status`: embedded NATS (JetStream) and Postgres (pgvector) for development.
 
-`up` prints `export CAG_DATABASE_URL=... CAG_NATS_URL=...` on stdout (human-readable lines go to
-stderr), so `eval "$(cag infra up)"` points a shell at the servers.
+The servers require credentials, generated into the run directory (0600 files). Nothing printed
+holds a secret: `up` prints `. RUN_DIR/admin.env` on stdout, a file of `export CAG_DATABASE_URL=...
+CAG_NATS_URL=...` lines (the admin NATS identity), so `eval "$(cag infra up)"` still points a shell at
+the servers; human-readable lines, with where each credential is kept, go to stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cag.infra.database import DatabaseUrls
 from cag.infra.stack import InfraStack, InfraState
 from cag.settings import CagSettings
 
@@ -45,24 +48,26 @@ def _stack(args: argparse.Namespace, settings: CagSettings) -> InfraStack:
     return InfraStack(run_dir)
 
 
-def _print_urls(state: InfraState) -> None:
-    print(f"nats:     {state.nats_url}", file=sys.stderr)
-    print(f"postgres: {state.database_url}", file=sys.stderr)
-    print(f"export CAG_DATABASE_URL={shlex.quote(state.database_url)}")
-    print(f"export CAG_NATS_URL={shlex.quote(state.nats_url)}")
+def _print_urls(stack: InfraStack, state: InfraState) -> None:
+    print(f"nats:     {state.nats.url} (users and passwords in {state.nats.credentials_file})", file=sys.stderr)
+    database = DatabaseUrls(async_url=state.database_url, sync_url=state.sync_database_url)
+    print(f"postgres: {database.redacted} (password in {state.postgres.password_file})", file=sys.stderr)
+    print(f"service-token key: {state.auth_key_file}", file=sys.stderr)
+    print(f"URLs with credentials: {stack.state_file}; admin exports: {stack.env_file}", file=sys.stderr)
+    print(f". {shlex.quote(str(stack.env_file))}")
 
 
 def run_up(args: argparse.Namespace, settings: CagSettings) -> int:
     stack = _stack(args, settings)
-    if stack.is_up():
-        state = stack.load_state()
-        assert state is not None
+    state = stack.load_state()
+    # A state without credentials is from servers an older cag started open to everyone: `up` refuses those.
+    if state is not None and state.nats.urls and stack.is_up():
         print(f"already running in {stack.run_dir}", file=sys.stderr)
     else:
         started = time.perf_counter()
         state = stack.up(fast=args.fast)
         print(f"up in {time.perf_counter() - started:.2f}s ({stack.run_dir})", file=sys.stderr)
-    _print_urls(state)
+    _print_urls(stack, state)
     return 0
 
 
@@ -84,5 +89,6 @@ def run_status(args: argparse.Namespace, settings: CagSettings) -> int:
     for s in statuses:
         state = "up" if s.up else "down"
         pid = f"pid {s.pid}" if s.pid is not None else "-"
-        print(f"{s.name:<9} {state:<5} {s.url or '-'}  ({pid}; {s.detail or 'not started'})")
+        credentials = f"; credentials in {s.credentials}" if s.credentials else ""
+        print(f"{s.name:<9} {state:<5} {s.url or '-'}  ({pid}; {s.detail or 'not started'}{credentials})")
     return 0 if all(s.up for s in statuses) else 1

@@ -27,8 +27,8 @@ class DatabaseUrls:
         return cls(async_url=_render(parsed, ASYNC_DRIVER), sync_url=_render(parsed, SYNC_DRIVER))
 
     @classmethod
-    def local(cls, *, host: str, port: int, user: str, database: str) -> DatabaseUrls:
-        url = URL.create("postgresql", username=user, host=host, port=port, database=database)
+    def local(cls, *, host: str, port: int, user: str, database: str, password: str | None = None) -> DatabaseUrls:
+        url = URL.create("postgresql", username=user, password=password, host=host, port=port, database=database)
         return cls.parse(url.render_as_string(hide_password=False))
 
     @property
@@ -39,6 +39,11 @@ class DatabaseUrls:
     def libpq_url(self) -> str:
         """The plain `postgresql://` form that psycopg/asyncpg/psql accept directly."""
         return _render(make_url(self.sync_url), "postgresql")
+
+    @property
+    def redacted(self) -> str:
+        """`async_url` with the password masked, for output and logs."""
+        return make_url(self.async_url).render_as_string(hide_password=True)
 
     def with_database(self, name: str) -> DatabaseUrls:
         """The same server and credentials, another database."""
@@ -53,14 +58,24 @@ def _connect(urls: DatabaseUrls, timeout_s: float = CONNECT_TIMEOUT_S) -> psycop
     return psycopg.connect(urls.libpq_url, autocommit=True, connect_timeout=max(1, round(timeout_s)))
 
 
-def is_accepting(urls: DatabaseUrls, timeout_s: float = 2.0) -> bool:
-    """Whether the server answers `select 1` on this database."""
+def connect_error(urls: DatabaseUrls, timeout_s: float = 2.0) -> str | None:
+    """Why `select 1` on this database fails, or None when the server answers."""
     try:
         with _connect(urls, timeout_s) as conn:
             conn.execute("select 1")
-    except psycopg.Error:
-        return False
-    return True
+    except psycopg.Error as e:
+        return str(e).strip() or type(e).__name__
+    return None
+
+
+def is_accepting(urls: DatabaseUrls, timeout_s: float = 2.0) -> bool:
+    """Whether the server answers `select 1` on this database."""
+    return connect_error(urls, timeout_s) is None
+
+
+def is_authentication_failure(error: str) -> bool:
+    """Whether a connection error is the server refusing the credentials (libpq reports no SQLSTATE here)."""
+    return "password authentication failed" in error or "no password supplied" in error
 
 
 def create_database(admin: DatabaseUrls, name: str, *, extensions: tuple[str, ...] = ("vector",)) -> DatabaseUrls:

@@ -1,7 +1,14 @@
-"""An embedded NATS server with JetStream, started from the `nats-server` binary in the environment."""
+"""An embedded NATS server with JetStream, started from the `nats-server` binary in the environment.
+
+Clients authenticate: the server runs with a generated configuration (0600) holding one user per
+platform identity (see `nats_auth`); the passwords are generated once and kept in `credentials.json`
+(0600) so that URLs handed out earlier stay valid across restarts. Anonymous connections are refused;
+the HTTP monitor endpoint (health checks) needs no credentials.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sysconfig
@@ -11,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cag.infra.errors import InfraError
+from cag.infra.nats_auth import ADMIN, IDENTITIES, render_config
 from cag.infra.ports import LOOPBACK
 from cag.infra.processes import cmdline, pid_alive, terminate, wait_until
+from cag.infra.secret_files import generate_password, make_private_dir, write_secret
 
 BINARY = "nats-server"
 LOG_TAIL_CHARS = 2000
@@ -48,8 +57,21 @@ class NatsConfig:
         return self.base_dir / "nats-server.log"
 
     @property
+    def config_file(self) -> Path:
+        return self.base_dir / "nats-server.conf"
+
+    @property
+    def credentials_file(self) -> Path:
+        """The identities' passwords (JSON, 0600)."""
+        return self.base_dir / "credentials.json"
+
+    @property
     def url(self) -> str:
+        """The server's address without credentials (for display; connecting needs `url_for`)."""
         return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, identity: str, password: str) -> str:
+        return f"nats://{identity}:{password}@{self.host}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
@@ -60,8 +82,29 @@ class NatsConfig:
         return f"{self.monitor_url}/healthz?js-enabled-only=true"
 
     def argv(self) -> list[str]:
-        return [str(self.binary), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir),
-                "-m", str(self.monitor_port)]  # fmt: skip
+        return [str(self.binary), "-c", str(self.config_file), "-a", self.host, "-p", str(self.port), "-js",
+                "-sd", str(self.store_dir), "-m", str(self.monitor_port)]  # fmt: skip
+
+
+def load_credentials(path: Path) -> dict[str, str]:
+    """identity → password, as kept in `path`; `InfraError` when the server never had credentials."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InfraError(f"no NATS credentials in {path}: start the server first (`cag infra up`)") from None
+    except (OSError, ValueError) as e:
+        raise InfraError(f"unreadable NATS credentials in {path}: {e}") from None
+    return {str(identity): str(password) for identity, password in raw.items()}
+
+
+def ensure_credentials(path: Path) -> dict[str, str]:
+    """The kept passwords, with one generated for every identity that has none yet."""
+    passwords = load_credentials(path) if path.exists() else {}
+    missing = [identity for identity in IDENTITIES if identity not in passwords]
+    if missing:
+        passwords |= {identity: generate_password() for identity in missing}
+        write_secret(path, json.dumps(passwords, indent=2) + "\n")
+    return {identity: passwords[identity] for identity in IDENTITIES}
 
 
 class NatsServer:
@@ -78,7 +121,20 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return self.config.url
+        """The admin identity's URL (every permission): for tests and tooling, not for services."""
+        return self.url_for(ADMIN)
+
+    def url_for(self, identity: str) -> str:
+        """`nats://identity:password@host:port`, which nats-py and FastStream accept as they are."""
+        passwords = load_credentials(self.config.credentials_file)
+        if identity not in passwords:
+            raise InfraError(f"no NATS identity {identity!r} in {self.config.credentials_file}")
+        return self.config.url_for(identity, passwords[identity])
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Every identity's URL."""
+        return {identity: self.url_for(identity) for identity in IDENTITIES}
 
     @property
     def pid(self) -> int | None:
@@ -101,9 +157,10 @@ class NatsServer:
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the server unless it runs, and wait until JetStream is healthy (`InfraError` otherwise)."""
         if self.pid is not None:
+            self._require_authenticating()
             self._wait_healthy(timeout_s)
             return
-        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
         with self.config.log_file.open("ab") as log:
             # A session of its own: the server outlives `cag infra up` and ignores the terminal's Ctrl-C.
             self._process = subprocess.Popen(
@@ -112,6 +169,21 @@ class NatsServer:
             )  # fmt: skip
         self._pid = self._process.pid
         self._wait_healthy(timeout_s)
+
+    def _write_config(self) -> None:
+        """The server's configuration, regenerated at every start so permission changes apply."""
+        make_private_dir(self.config.base_dir)
+        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        passwords = ensure_credentials(self.config.credentials_file)
+        write_secret(self.config.config_file, render_config(passwords))
+
+    def _require_authenticating(self) -> None:
+        """A server started before authentication existed takes anyone: refuse to hand out URLs for it."""
+        if str(self.config.config_file) not in cmdline(self._pid or 0):
+            raise InfraError(
+                f"nats-server (pid {self._pid}) runs without authentication (started by an older cag): "
+                "run `cag infra down` and `cag infra up` to restart it with credentials"
+            )
 
     def _wait_healthy(self, timeout_s: float) -> None:
         def ready() -> bool:

@@ -2,6 +2,10 @@
 
 Postgres refuses to run as root: as root, `initdb` and `pg_ctl` run through `runuser -u postgres --`
 (the system user is created if missing) and the server's directories are handed to that user.
+
+Every connection authenticates (scram-sha-256 over TCP and the Unix socket): the superuser's password
+is generated once into `password` (0600) beside the data directory and handed to initdb with
+`--pwfile`; the URLs carry it. The socket directory is private to the server's user (0700).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cag.infra.database import DatabaseUrls, ensure_database, is_accepting
+from cag.infra.database import DatabaseUrls, connect_error, ensure_database, is_accepting, is_authentication_failure
 from cag.infra.errors import InfraError
 from cag.infra.ports import LOOPBACK
 from cag.infra.processes import pid_alive, terminate, wait_until
+from cag.infra.secret_files import PRIVATE_DIR_MODE, SECRET_MODE, create_secret_once, generate_password
 from cag.infra.service_user import ServiceUser, running_as_root
 
 SUPERUSER = "postgres"
@@ -95,8 +100,21 @@ class PostgresConfig:
         return self.base_dir / "pg_ctl.log"
 
     @property
+    def password_file(self) -> Path:
+        """The superuser's password (0600), kept for the life of the data directory."""
+        return self.base_dir / "password"
+
+    def password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    @property
     def urls(self) -> DatabaseUrls:
-        return DatabaseUrls.local(host=self.host, port=self.port, user=SUPERUSER, database=self.database)
+        return DatabaseUrls.local(
+            host=self.host, port=self.port, user=SUPERUSER, password=self.password(), database=self.database
+        )
 
     def server_options(self) -> str:
         """The `pg_ctl -o` string (run through a shell by pg_ctl, hence quoted)."""
@@ -138,13 +156,30 @@ class PostgresServer:
         """Initialise (once), start unless running, and ensure the database; `InfraError` on failure."""
         self._prepare_dirs()
         if not (self.config.data_dir / "PG_VERSION").is_file():
+            self._ensure_password()
             self._initdb(timeout_s)
+        elif self.config.password() is None:
+            raise InfraError(
+                f"the Postgres data in {self.config.data_dir} was initialised without a password (by an older "
+                "cag, open to every local user): delete it with `cag infra down --purge`, then `cag infra up`"
+            )
         if self.pid is None:
             self._pg_ctl(["start", "-w", "-t", str(round(timeout_s)), "-l", str(self.config.log_file),
                           "-o", self.config.server_options()], timeout_s)  # fmt: skip
-        if not wait_until(lambda: is_accepting(self.urls.with_database("postgres")), timeout_s, 0.05):
+        if not wait_until(self._accepts_credentials, timeout_s, 0.05):
             raise InfraError(f"postgres does not accept connections: {self._log_tail()}")
         ensure_database(self.urls, self.config.database)
+
+    def _accepts_credentials(self) -> bool:
+        """Whether the server lets the superuser in; a refused password ends the wait at once (waiting
+        cannot fix it)."""
+        error = connect_error(self.urls.with_database("postgres"))
+        if error is not None and is_authentication_failure(error):
+            raise InfraError(
+                f"postgres in {self.config.data_dir} refuses the password in {self.config.password_file}: "
+                "restore that file, or delete the data with `cag infra down --purge`"
+            )
+        return error is None
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Fast shutdown (sessions are disconnected, data kept); SIGKILL if it does not finish in time."""
@@ -159,6 +194,9 @@ class PostgresServer:
         cfg = self.config
         for directory in (cfg.base_dir, cfg.socket_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        # Private to the server's user: the socket, logs and password are nobody else's business.
+        for directory in (cfg.base_dir, cfg.socket_dir):
+            directory.chmod(PRIVATE_DIR_MODE)
         if self._user is not None:
             if self._user.unreachable_ancestor(cfg.bin_dir) is not None:
                 self.config = cfg = replace(cfg, bin_dir=_reachable_copy(cfg.bin_dir))
@@ -168,9 +206,18 @@ class PostgresServer:
                 path.touch()
             self._user.chown(cfg.base_dir, cfg.socket_dir, cfg.log_file, cfg.ctl_log_file)
 
+    def _ensure_password(self) -> None:
+        """Generate the superuser's password before the first initdb; readable by the server's user only."""
+        path = self.config.password_file
+        create_secret_once(path, generate_password() + "\n")
+        path.chmod(SECRET_MODE)
+        if self._user is not None:  # initdb reads it as that user (root can read it regardless)
+            self._user.chown(path)
+
     def _initdb(self, timeout_s: float) -> None:
         argv = [str(self.config.bin_dir / "initdb"), "-D", str(self.config.data_dir), "-U", SUPERUSER,
-                "--auth=trust", "-E", "UTF8", "--locale=C", "--no-instructions"]  # fmt: skip
+                "--auth=scram-sha-256", f"--pwfile={self.config.password_file}", "-E", "UTF8", "--locale=C",
+                "--no-instructions"]  # fmt: skip
         if self.config.fast:
             argv.append("--no-sync")
         self._run(argv, timeout_s)
