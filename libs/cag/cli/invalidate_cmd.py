@@ -26,7 +26,9 @@ from cag.events.schemas import (
     Payload,
     SourceChangedV1,
     TokenizerRetiredV1,
+    problems,
 )
+from cag.identifiers import check_event_id
 from cag.settings import CagSettings
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -83,13 +85,15 @@ def _subcommand(which: Any, name: str, help_text: str) -> argparse.ArgumentParse
 
 
 def build_envelope(args: argparse.Namespace) -> Envelope:
-    """The event for the parsed command line; a field the schema refuses is INVALID_ARGUMENT."""
+    """The event for the parsed command line; a field the schema refuses is INVALID_ARGUMENT, before anything
+    is published (a consumer would only dead-letter it)."""
+    if args.event_id is not None:
+        check_event_id(args.event_id, field="--event-id")
     try:
         payload: Payload = args.payload(args)
+        return Envelope.wrap(payload, event_id=args.event_id)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise InvalidInputError(f"invalid {args.invalidate_command} event: {problems}") from None
-    return Envelope.wrap(payload, event_id=args.event_id)
+        raise InvalidInputError(f"invalid {args.invalidate_command} event: {problems(e)}") from None
 
 
 async def publish(nats_url: str, envelope: Envelope, *, timeout_s: float) -> None:

@@ -1,15 +1,19 @@
-"""The registry's event handlers: invalidation triggers in, idempotent by event id; bad events dead-lettered."""
+"""The registry's event consumers: invalidation triggers and route decisions in, idempotent by event id.
+
+Validation, dead-lettering and bounded redelivery are the shared `cag.events.consumer`; what is left
+here is what each event means to the registry.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from faststream import AckPolicy
-from faststream.nats import NatsBroker, NatsMessage, PullSub
-from pydantic import ValidationError
+from faststream.nats import NatsBroker
 
-from cag.events.bus import CAG_STREAM, dead_letter
+from cag.auth.caller import SYSTEM
+from cag.events.consumer import EventConsumer, Redelivery, subscribe
 from cag.events.schemas import (
+    INVALIDATION_PAYLOADS,
     AclChangedV1,
     Envelope,
     LayoutChangedV1,
@@ -19,7 +23,6 @@ from cag.events.schemas import (
     SourceChangedV1,
     TokenizerRetiredV1,
     UnknownSchemaError,
-    decode,
 )
 from cag.kvmodule import AclScope
 from cag.registry.core import RegistryCore
@@ -28,9 +31,7 @@ from cag.registry.triggers import AclChanged, LayoutChanged, ModelRevised, Sourc
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry-invalidations"
-# One message per fetch: events apply in stream order, and FastStream 0.7.8 lets the builtin
-# TimeoutError of an idle multi-message fetch escape as a logged error (single fetches raise the nats one).
-PULL_SUB = PullSub(batch_size=1, timeout=1.0)
+AUDIT_CONSUMER = "registry-route-audit"
 
 
 def trigger_of(payload: Payload) -> Trigger:
@@ -49,29 +50,6 @@ def trigger_of(payload: Payload) -> Trigger:
     raise UnknownSchemaError(f"{payload.subject} is not an invalidation trigger")
 
 
-def subscribe_invalidations(broker: NatsBroker, core: RegistryCore) -> None:
-    """A durable pull consumer on `cag.invalidate.*`; redelivery is harmless (the store dedups by event id)."""
-
-    # NACK on an unexpected error (the database away, say): JetStream redelivers the event later and
-    # the store's event-id check makes the retry harmless. Bad events never get here: they are parked.
-    @broker.subscriber(
-        "cag.invalidate.*", stream=CAG_STREAM, durable=CONSUMER, pull_sub=PULL_SUB, ack_policy=AckPolicy.NACK_ON_ERROR
-    )
-    async def on_invalidation(msg: NatsMessage) -> None:
-        body = msg.body
-        try:
-            envelope = Envelope.model_validate_json(body)
-            trigger = trigger_of(decode(envelope))
-        except (UnknownSchemaError, ValidationError, ValueError) as e:
-            await dead_letter(broker, subject=msg.raw_message.subject, body=body, error=str(e), consumer=CONSUMER)
-            return  # acked: a malformed event must not block the ones behind it
-        _, changed = await core.invalidate(trigger, event_id=envelope.event_id)
-        log.info("%s %s: %d module(s) changed", envelope.subject, envelope.event_id, len(changed))
-
-
-AUDIT_CONSUMER = "registry-route-audit"
-
-
 def decision_of(envelope: Envelope, payload: RouteDecidedV1) -> RouteDecision:
     return RouteDecision(
         event_id=envelope.event_id,
@@ -88,25 +66,41 @@ def decision_of(envelope: Envelope, payload: RouteDecidedV1) -> RouteDecision:
     )
 
 
-def subscribe_route_decisions(broker: NatsBroker, core: RegistryCore) -> None:
-    """The audit trail: every `cag.route.decided` event becomes one row, once."""
+def invalidation_consumer(core: RegistryCore, redelivery: Redelivery | None = None) -> EventConsumer[Payload]:
+    """`cag.invalidate.*`: each trigger applied once (the store records the event id with its effect)."""
 
-    @broker.subscriber(
-        RouteDecidedV1.subject,
-        stream=CAG_STREAM,
-        durable=AUDIT_CONSUMER,
-        pull_sub=PULL_SUB,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+    async def apply(envelope: Envelope, payload: Payload) -> None:
+        # Whoever may publish on cag.invalidate.* (NATS subject permissions) speaks for the platform.
+        _, changed = await core.invalidate(SYSTEM, trigger_of(payload), event_id=envelope.event_id)
+        log.info("%s %s: %d module(s) changed", envelope.subject, envelope.event_id, len(changed))
+
+    return EventConsumer(
+        name=CONSUMER,
+        subject="cag.invalidate.*",
+        accepts=INVALIDATION_PAYLOADS,
+        handle=apply,
+        redelivery=redelivery or Redelivery(),
     )
-    async def on_route_decided(msg: NatsMessage) -> None:
-        try:
-            envelope = Envelope.model_validate_json(msg.body)
-            payload = decode(envelope)
-            if not isinstance(payload, RouteDecidedV1):
-                raise UnknownSchemaError(f"{envelope.subject} is not a route decision")
-        except (UnknownSchemaError, ValidationError, ValueError) as e:
-            await dead_letter(
-                broker, subject=msg.raw_message.subject, body=msg.body, error=str(e), consumer=AUDIT_CONSUMER
-            )
-            return
+
+
+def route_audit_consumer(core: RegistryCore, redelivery: Redelivery | None = None) -> EventConsumer[RouteDecidedV1]:
+    """`cag.route.decided`: the audit trail, one row per event id."""
+
+    async def record(envelope: Envelope, payload: RouteDecidedV1) -> None:
         await core.record_route_decision(decision_of(envelope, payload))
+
+    return EventConsumer(
+        name=AUDIT_CONSUMER,
+        subject=RouteDecidedV1.subject,
+        accepts=(RouteDecidedV1,),
+        handle=record,
+        redelivery=redelivery or Redelivery(),
+    )
+
+
+def subscribe_invalidations(broker: NatsBroker, core: RegistryCore, redelivery: Redelivery | None = None) -> None:
+    subscribe(broker, invalidation_consumer(core, redelivery))
+
+
+def subscribe_route_decisions(broker: NatsBroker, core: RegistryCore, redelivery: Redelivery | None = None) -> None:
+    subscribe(broker, route_audit_consumer(core, redelivery))
