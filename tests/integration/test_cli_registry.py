@@ -1,10 +1,13 @@
 """The command line against a real registry (Postgres, NATS JetStream, gRPC): compile --publish,
-`cag modules`, rollback, and `cag invalidate` events applied by the registry's consumer."""
+`cag modules`, rollback, `cag query` checking files against their records, and `cag invalidate`
+events applied by the registry's consumer."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,8 +24,10 @@ from cag.infra.ports import free_port
 from cag.models import TINY
 from cag.registry.app import RegistryApp
 from cag.registry.settings import RegistrySettings
+from cag.settings import CagSettings
 from tests.conftest import LAYOUT
 from tests.infra_fixtures import FreshDatabase, Infra
+from tests.unit.test_kvmodule import rewrite_header, set_metadata
 
 TENANT = "acme"
 ROUTE = "widgets"
@@ -63,11 +68,29 @@ class Cli:
 
 
 @pytest.fixture
-async def registry(infra: Infra, fresh_database: FreshDatabase) -> AsyncIterator[str]:
+def auth_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The registry's token-signing key; the CLI under test mints its (admin) tokens from it, as a local
+    operator's does from the key `cag infra up` writes."""
+    key_file = tmp_path / "auth.key"
+    key_file.touch(mode=0o600)
+    key_file.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("CAG_AUTH_KEY_FILE", str(key_file))
+    monkeypatch.delenv("CAG_TOKEN", raising=False)
+    monkeypatch.delenv("CAG_REGISTRY_ADDRESS", raising=False)  # `cag query` without --registry: unverified
+    return key_file
+
+
+@pytest.fixture
+async def registry(infra: Infra, fresh_database: FreshDatabase, auth_key_file: Path) -> AsyncIterator[str]:
     """A registry app (gRPC server, invalidation consumer, outbox relay) on a free port; yields its address."""
     address = f"127.0.0.1:{free_port()}"
     app = RegistryApp(
-        RegistrySettings(database_url=fresh_database.database_url, nats_url=infra.nats_url, address=address)
+        RegistrySettings(
+            database_url=fresh_database.database_url,
+            nats_url=infra.nats_url,
+            address=address,
+            auth_key_file=auth_key_file,
+        )
     )
     await app.start()
     try:
@@ -146,7 +169,7 @@ async def test_publish_list_show_rollback(cli: Cli, tmp_path: Path) -> None:
     assert code == 0, err
     assert f"now serves version 1 ({first})" in out
 
-    with RegistryClient(cli.registry) as client:
+    with RegistryClient.from_settings(CagSettings(), cli.registry) as client:
         resolved = await asyncio.to_thread(client.resolve_route, TENANT, ROUTE)
     assert (resolved.route_version, resolved.chain[-1].module_id) == (1, first)
 
@@ -168,6 +191,41 @@ async def test_keep_failed_publish_is_refused_by_the_registry(cli: Cli, tmp_path
     code, out, _ = await cli("modules", "list", "--state", "validating", "--registry", cli.registry)
     assert code == 0
     assert "failed" in out
+    # ...and never served by a query that checks the registry.
+    [module] = (tmp_path / "out").glob("*.safetensors")
+    code, out, err = await cli("query", "--module", str(module), "--query", "hi", "--registry", cli.registry)
+    assert code == 4
+    assert "is validating in the registry" in err and "only published modules are served" in err
+    assert out == ""
+
+
+async def test_query_serves_a_file_only_as_its_registry_record_pins_it(cli: Cli, tmp_path: Path) -> None:
+    """Issue 6, defect 8: a header edited (another tenant, a later expiry) and re-signed is self-consistent,
+    so only the checksums in the registry record can tell; without a registry the answer is flagged."""
+    source = write_source(tmp_path / "widgets", price=5, golden=PASSING_GOLDEN)
+    code, out, err = await cli.compile(source, tmp_path / "out")
+    assert code == 0, err
+    module_id, _ = published_id(out)
+    published = tmp_path / "out" / f"{module_id}.safetensors"
+    query = ("--query", "How much do widgets cost?", "--max-new-tokens", "4")
+
+    code, out, err = await cli("query", "--module", str(published), *query, "--registry", cli.registry)
+    assert code == 0, err
+    assert out.strip() and "warning" not in err
+
+    tampered = tmp_path / "tampered.safetensors"
+    shutil.copyfile(published, tampered)
+    rewrite_header(tampered, set_metadata(tenant_id="globex", expires_at="2099-01-01T00:00:00Z"))
+    code, out, err = await cli("query", "--module", str(tampered), *query, "--registry", cli.registry)
+    assert code == 4
+    assert err.startswith(f"error (FAILED_PRECONDITION): module {module_id}: header_sha256 mismatch")
+    assert "its record in the registry" in err and len(err.strip().splitlines()) == 1
+    assert out == ""
+
+    code, out, err = await cli("query", "--module", str(tampered), *query)
+    assert code == 0, err
+    assert out.strip()
+    assert "warning: module files are not verified against a registry" in err
 
 
 async def test_invalidate_model_event_reaches_the_registry(cli: Cli, tmp_path: Path) -> None:

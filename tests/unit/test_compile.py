@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from cag.compiler.pipeline import CompileResult
+from cag.compiler.pipeline import CompileResult, compile_module
+from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import Engine
 from cag.errors import (
     ContextWindowExceededError,
@@ -25,7 +28,7 @@ from cag.errors import (
 )
 from cag.kvmodule import GoldenStatus, ModuleFile
 from cag.models import TINY
-from tests.conftest import KNOWLEDGE, compile_example
+from tests.conftest import KNOWLEDGE, LAYOUT, compile_example
 
 
 def _sha(path: Path) -> str:
@@ -148,3 +151,83 @@ def test_damaged_parent_is_refused_and_nothing_is_written(
     with pytest.raises(ModuleCorruptedError, match="checksum"):
         compile_tiny(KNOWLEDGE / "billing", parents=(parent,))
     assert not (tmp_path / "out").exists()
+
+
+def test_each_user_gets_their_own_module_and_file(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    """Issue 6, defect 3: the principal is part of the identity; bob's compile must not replace alice's file."""
+    out = tmp_path / "shared-out"
+    alice = compile_tiny(KNOWLEDGE / "shared", out=out, acl="user:acme:alice")
+    alice_bytes = _sha(alice.path)
+    bob = compile_tiny(KNOWLEDGE / "shared", out=out, acl="user:acme:bob")
+    assert alice.metadata.module_id != bob.metadata.module_id
+    assert alice.metadata.context_checksum != bob.metadata.context_checksum
+    assert alice.path != bob.path
+    assert _sha(alice.path) == alice_bytes  # untouched by bob's compile
+    assert ModuleFile.open(alice.path).metadata.acl_principal == "alice"
+    assert ModuleFile.open(bob.path).metadata.acl_principal == "bob"
+    workspace = compile_tiny(KNOWLEDGE / "shared", out=out, acl="workspace:acme:alice")
+    other_tenant = compile_tiny(KNOWLEDGE / "shared", out=out, acl="user:globex:alice")
+    ids = {r.metadata.module_id for r in (alice, bob, workspace, other_tenant)}
+    assert len(ids) == 4
+    assert len(list(out.glob("*.safetensors"))) == 4
+
+
+def test_result_carries_the_written_header_checksum(compile_tiny: CompileTiny) -> None:
+    result = compile_tiny(KNOWLEDGE / "shared")
+    assert result.header_sha256 == ModuleFile.open(result.path).header_sha256
+
+
+@pytest.mark.parametrize(
+    ("acl", "route", "field"),
+    [
+        ("tenant:Acme Corp", None, "--acl tenant"),
+        ("tenant:../../etc", None, "--acl tenant"),
+        ("tenant:" + "a" * 300, None, "--acl tenant"),
+        ("tenant:acme:../../etc", None, "--acl route"),
+        ("user:acme:Bob Smith", None, "--acl user"),
+        ("workspace:acme:../ops", None, "--acl workspace"),
+        ("tenant:acme", "../../etc", "--route"),
+        ("tenant:acme", "r" * 300, "--route"),
+        ("tenant:public", None, "reserved"),
+    ],
+)
+def test_names_are_checked_with_the_registry_rules_before_anything_loads(
+    tmp_path: Path, acl: str, route: str | None, field: str
+) -> None:
+    """Refused while the request is built: no source, layout or model is touched (none of these exist)."""
+    with pytest.raises(InvalidInputError, match=re.escape(field)) as caught:
+        CompileRequest(model="absent", tokenizer=None, source=tmp_path / "src", layout=tmp_path / "l.json",
+                       acl=AclSpec.parse(acl), out=tmp_path / "out", route=route)  # fmt: skip
+    assert len(str(caught.value)) < 300  # a long name is not echoed back whole
+
+
+def test_a_source_directory_name_that_is_no_route_asks_for_route(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="pass --route"):
+        CompileRequest(model="m", tokenizer=None, source=tmp_path / "My Docs", layout=tmp_path / "l.json",
+                       acl=AclSpec.parse("tenant:acme"), out=tmp_path / "out")  # fmt: skip
+
+
+def _compile_to(out: Path, models_dir: Path) -> None:
+    # No engine and a source that does not exist: only a check that runs first can answer.
+    request = CompileRequest(model=TINY, tokenizer=None, source=KNOWLEDGE / "absent", layout=LAYOUT,
+                             acl=AclSpec.parse("tenant:acme"), out=out, route="r")  # fmt: skip
+    compile_module(request, models_dir=models_dir)
+
+
+def test_out_that_is_a_file_is_refused_before_the_compile(tmp_path: Path, models_dir: Path) -> None:
+    (tmp_path / "taken").write_text("not a directory")
+    with pytest.raises(InvalidInputError, match="is not a directory"):
+        _compile_to(tmp_path / "taken", models_dir)
+    with pytest.raises(InvalidInputError, match="is not a directory"):
+        _compile_to(tmp_path / "taken" / "below", models_dir)
+
+
+def test_out_on_a_read_only_file_system_is_refused_before_the_compile(
+    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.statvfs
+    read_only = os.statvfs_result((*real(tmp_path)[:8], real(tmp_path).f_flag | os.ST_RDONLY, 255))
+    monkeypatch.setattr(os, "statvfs", lambda path: read_only if Path(path) == tmp_path else real(path))
+    with pytest.raises(InvalidInputError, match="read-only file system"):
+        _compile_to(tmp_path / "new" / "out", models_dir)
+    assert not (tmp_path / "new").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,26 +70,27 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
         storage_prefix=args.storage_prefix or (args.out.resolve().as_uri() if args.publish else None),
         keep_failed=args.keep_failed,
     )
+    # Credentials are resolved before the compile: a missing token should not cost a prefill to find out.
+    client = RegistryClient.from_settings(settings, args.registry) if args.publish else None
     console = Console(stderr=True)
-    with RichCompileObserver(console) as observer:
-        result = compile_module(request, models_dir=settings.models_dir, observer=observer)
-    console.print(summary_table(result))
-    if args.publish and result.path is not None:
-        # Failed goldens are registered too: the registry's refusal (FAILED_PRECONDITION) is the answer.
-        return run_with_rpc_errors(lambda: publish(result, args, settings))
+    with contextlib.closing(client) if client else contextlib.nullcontext():
+        with RichCompileObserver(console) as observer:
+            result = compile_module(request, models_dir=settings.models_dir, observer=observer)
+        console.print(summary_table(result))
+        if client is not None and result.path is not None:
+            # Failed goldens are registered too: the registry's refusal (FAILED_PRECONDITION) is the answer.
+            return run_with_rpc_errors(lambda: publish(result, args, client))
     if not result.publishable:
         console.print("[red]golden questions failed: the module is marked failed and cannot be published[/red]")
         return 4
     return 0
 
 
-def publish(result: CompileResult, args: argparse.Namespace, settings: CagSettings) -> int:
-    """Register the written module, then publish it; print the version its route assigned."""
+def publish(result: CompileResult, args: argparse.Namespace, client: RegistryClient) -> int:
+    """Register the written module (with both its checksums), then publish it; print the version its route assigned."""
     source_uri = args.source_uri or args.source.resolve().as_uri()
-    address = args.registry or settings.registry_address
-    with RegistryClient(address) as client:
-        registered = client.register(module_message(result.metadata, source_uri, result.header_sha256))
-        published = client.publish(registered.module_id, actor="cag compile")
+    registered = client.register(module_message(result.metadata, source_uri, result.header_sha256))
+    published = client.publish(registered.module_id)
     print(f"published {published.module_id} as version {published.version} of {published.tenant_id}/{published.route}")
     return 0
 

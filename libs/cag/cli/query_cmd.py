@@ -9,6 +9,7 @@ anything is restored; without one the answer comes with a warning that the files
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,28 +48,23 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     query = _query_text(args.query)
     address = _registry_address(args, settings)
     if address is None:
-        print(
-            "warning: module files are not verified against a registry (pass --registry): "
-            "an edited and re-signed header would go unnoticed",
-            file=sys.stderr,
-        )
         return _answer(args, settings, query, None)
-    return run_with_rpc_errors(lambda: _answer(args, settings, query, RegistryCheck(address)))
+    check = RegistryCheck(RegistryClient.from_settings(settings, address))  # credentials first, like the address
+    with contextlib.closing(check.client):
+        return run_with_rpc_errors(lambda: _answer(args, settings, query, check))
 
 
 @dataclass
 class RegistryCheck:
     """Checks module files against their registry records, fetching each record once."""
 
-    address: str
+    client: RegistryClient
     records: dict[str, common_pb2.Module] = field(default_factory=dict)
 
     def __call__(self, modules: Sequence[ModuleFile]) -> None:
         missing = [m.metadata.module_id for m in modules if m.metadata.module_id not in self.records]
-        if missing:
-            with RegistryClient(self.address) as client:
-                for module_id in missing:
-                    self.records[module_id] = client.get(module_id)
+        for module_id in missing:
+            self.records[module_id] = self.client.get(module_id)
         for m in modules:
             self._check(m, self.records[m.metadata.module_id])
 
@@ -77,13 +73,13 @@ class RegistryCheck:
         if record.state != common_pb2.MODULE_STATE_PUBLISHED:
             reason = f" ({record.state_reason})" if record.state_reason else ""
             raise CagError(
-                f"module {record.module_id} is {state_name(record.state)} in the registry at {self.address}"
+                f"module {record.module_id} is {state_name(record.state)} in the registry at {self.client.address}"
                 f"{reason}: only published modules are served"
             )
         module.check_record(
             tensor_checksum=record.tensor_checksum,
             header_sha256=record.header_sha256,
-            source=f"its record in the registry at {self.address}",
+            source=f"its record in the registry at {self.client.address}",
         )
 
 
@@ -112,6 +108,12 @@ def _answer(args: argparse.Namespace, settings: CagSettings, query: str, check: 
     if check is not None:
         # The files actually restored; the restore then checks their bytes against these verified headers.
         check(ctx.modules)
+    else:  # once the files opened, so that an error stays the one line printed
+        print(
+            "warning: module files are not verified against a registry (pass --registry): "
+            "an edited and re-signed header would go unnoticed",
+            file=sys.stderr,
+        )
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     answer = Answer()
     printed = ""
