@@ -118,7 +118,7 @@ def test_a_command_without_credentials_fails_in_one_line(
 ) -> None:
     monkeypatch.delenv("CAG_TOKEN", raising=False)
     monkeypatch.setenv("CAG_AUTH_KEY_FILE", str(tmp_path / "absent.key"))
-    assert main(["modules", "show", "some-module", "--registry", "127.0.0.1:1"]) == 1
+    assert main(["modules", "show", "some-module", "--registry", "127.0.0.1:1"]) == 6  # UNAUTHENTICATED
     err = capsys.readouterr().err
     assert err.startswith("error (UNAUTHENTICATED): no credentials") and len(err.splitlines()) == 1
 
