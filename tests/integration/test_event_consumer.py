@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from cag.events.bus import make_broker
-from cag.events.consumer import EventConsumer, Redelivery, start, subscribe
+from cag.events.consumer import EventConsumer, Redelivery, start_broker, subscribe
 from cag.events.schemas import MAX_BODY_BYTES, STREAM, Envelope, LayoutChangedV1
 from cag.lifecycle import bounded
 from tests.infra_fixtures import Infra
@@ -65,7 +65,7 @@ async def harness(infra: Infra) -> AsyncIterator[Harness]:
     )
     broker = make_broker(infra.nats_url)
     subscribe(broker, consumer)
-    await start(broker)
+    await start_broker(broker)
     client = await nats.connect(infra.nats_url)
     js = client.jetstream()
     dlq = await js.pull_subscribe(
@@ -170,7 +170,7 @@ async def test_an_existing_durable_gets_the_bounded_policy(infra: Infra) -> None
         assert (await js.consumer_info(STREAM, name)).config.max_deliver in (None, -1)
         subscribe(broker, EventConsumer(name=name, subject=SUBJECT, accepts=(LayoutChangedV1,),
                                         handle=Recorder().handle, redelivery=FAST))  # fmt: skip
-        await start(broker)
+        await start_broker(broker)
         config = (await js.consumer_info(STREAM, name)).config
         assert config.max_deliver == FAST.max_deliver
         assert config.backoff == [FAST.ack_wait_s, FAST.ack_wait_s]

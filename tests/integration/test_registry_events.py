@@ -18,7 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from cag.auth.caller import SYSTEM
 from cag.events.bus import make_broker, publish_event
-from cag.events.consumer import Redelivery, start
+from cag.events.consumer import Redelivery, start_broker
 from cag.events.schemas import MAX_BODY_BYTES, Envelope, ModelRevisedV1, RouteDecidedV1, SourceChangedV1
 from cag.lifecycle import StopSignal, bounded
 from cag.registry.core import RegistryCore
@@ -50,7 +50,7 @@ async def registry(infra: Infra, fresh_database: FreshDatabase) -> AsyncIterator
     core = RegistryCore(store)
     broker = make_broker(infra.nats_url)
     subscribe_invalidations(broker, core, FAST)
-    await start(broker)
+    await start_broker(broker)
     relay = OutboxRelay(sessions, partial(publish_event, broker), retry_interval_s=0.1)
     stop = StopSignal()
     relay_task = asyncio.create_task(relay.run(stop))
@@ -202,7 +202,7 @@ async def test_events_written_while_nats_is_down_arrive_after_restart_in_order(
 async def test_route_decisions_land_in_the_audit_trail(registry: Registry, infra: Infra) -> None:
     broker = make_broker(infra.nats_url)
     subscribe_route_decisions(broker, registry.core, FAST)
-    await start(broker)
+    await start_broker(broker)
     dlq = await _watch(registry.js, "cag.dlq.>", "t-audit-dlq")
     try:
         event = Envelope.wrap(RouteDecidedV1(request_id="r-1", tenant_id="audit-co", route="billing", path="module",

@@ -107,6 +107,10 @@ def parse_event(body: bytes, *, subject: str, accepts: tuple[type[P], ...]) -> t
         envelope = Envelope.model_validate_json(body)
     except ValidationError as e:
         raise InvalidEventError(f"not a valid envelope: {problems(e)}") from None
+    # The event id is the consumer's idempotency key: an envelope without one would get a fresh default
+    # on every delivery and be applied again on each.
+    if "event_id" not in envelope.model_fields_set:
+        raise InvalidEventError("not a valid envelope: event_id: Field required")
     # A producer may only speak for the subject it published on (subject-level permissions guard that).
     if envelope.subject != subject:
         raise InvalidEventError(f"envelope subject {envelope.subject!r} is not the subject it arrived on, {subject!r}")
@@ -196,7 +200,7 @@ async def _dead_letter(broker: NatsBroker, consumer: EventConsumer[P], msg: Msg,
     await msg.term()
 
 
-# The consumers subscribed on each broker, so that `start` can bring their JetStream settings up to date.
+# The consumers subscribed on each broker, so that `start_broker` can bring their JetStream settings up to date.
 _SUBSCRIBED: WeakKeyDictionary[NatsBroker, list[tuple[str, EventConsumer[Any]]]] = WeakKeyDictionary()
 
 
@@ -217,7 +221,7 @@ def subscribe(broker: NatsBroker, consumer: EventConsumer[P], *, stream: JStream
     _SUBSCRIBED.setdefault(broker, []).append((stream.name, consumer))
 
 
-async def start(broker: NatsBroker) -> None:
+async def start_broker(broker: NatsBroker) -> None:
     """Start the broker, then apply each subscribed consumer's redelivery policy to its durable.
 
     JetStream keeps the settings a durable was created with, and a subscriber binds to an existing

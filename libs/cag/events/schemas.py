@@ -128,7 +128,7 @@ class ModuleEventV1(Payload):
     tenant_id: Name
     route: Name
     version: Version | None
-    state: Annotated[str, Field(strict=True, min_length=1, max_length=MAX_STATE)]
+    state: Annotated[str, Field(strict=True, max_length=MAX_STATE), _text(MAX_STATE, required=True)]
     reason: Text = ""
     chain_hash: OptionalRevision = ""
     trigger_event_id: OptionalEventId = ""  # the invalidation event that caused it, if any

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.auth.tokens import load_key
 from cag.events.bus import make_broker, publish_event
+from cag.events.consumer import start_broker
 from cag.grpc.server import build_server
 from cag.lifecycle import StopSignal, bounded
 from cag.registry.core import RegistryCore
@@ -50,7 +51,7 @@ class RegistryApp:
         self.broker = make_broker(s.nats_url)
         subscribe_invalidations(self.broker, self.core)
         subscribe_route_decisions(self.broker, self.core)
-        await self.broker.start()
+        await start_broker(self.broker)  # also bounds redelivery on durables created before
         relay = OutboxRelay(sessions, partial(publish_event, self.broker), poll_interval_s=s.outbox_poll_s)
         self.tasks = [
             asyncio.create_task(relay.run(self.stopping), name="outbox-relay"),

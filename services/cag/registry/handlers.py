@@ -11,6 +11,7 @@ import logging
 from faststream.nats import NatsBroker
 
 from cag.auth.caller import SYSTEM
+from cag.events.consumer import PULL_SUB as PULL_SUB  # the pull settings, reported by `cag bench registry`
 from cag.events.consumer import EventConsumer, Redelivery, subscribe
 from cag.events.schemas import (
     INVALIDATION_PAYLOADS,
