@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import statistics
 import tempfile
@@ -37,7 +38,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import nats
 import psycopg
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -45,8 +45,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cag.auth import ALL_TENANTS, Scope
+from cag.auth.tokens import issue_token
 from cag.bench.output import emit_report
 from cag.events.schemas import Envelope, SourceChangedV1
+from cag.grpc.auth import authenticated_channel
 from cag.infra.database import DatabaseUrls, create_database, drop_database
 from cag.infra.ports import free_port
 from cag.infra.processes import children_of, pid_alive
@@ -387,21 +390,29 @@ def servers(endpoints: Endpoints) -> Iterator[Servers]:
 
 
 @contextlib.asynccontextmanager
-async def running_registry(database_url: str, nats_url: str) -> AsyncIterator[tuple[str, Any]]:
-    """The registry service in this process on a free loopback port: (address, its settings)."""
+async def running_registry(database_url: str, nats_url: str) -> AsyncIterator[tuple[str, Any, str]]:
+    """The registry service in this process on a free loopback port: (address, its settings, a read token
+    for every tenant, as a router would hold)."""
     from cag.registry.app import RegistryApp
     from cag.registry.settings import RegistrySettings
 
     address = f"127.0.0.1:{free_port()}"
-    settings = RegistrySettings.model_validate(
-        {"CAG_REGISTRY_DATABASE_URL": database_url, "CAG_REGISTRY_NATS_URL": nats_url, "address": address}
-    )
-    app = RegistryApp(settings)
-    try:
-        await app.start()
-        yield address, settings
-    finally:
-        await app.stop()
+    with tempfile.TemporaryDirectory(prefix="cag-bench-key-") as key_dir:
+        key = secrets.token_bytes(32)
+        key_file = Path(key_dir) / "auth.key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(key.hex())
+        settings = RegistrySettings.model_validate(
+            {"CAG_REGISTRY_DATABASE_URL": database_url, "CAG_REGISTRY_NATS_URL": nats_url, "address": address,
+             "CAG_REGISTRY_AUTH_KEY_FILE": str(key_file)}
+        )  # fmt: skip
+        token = issue_token(key, "service:bench-router", [Scope.READ], [ALL_TENANTS], 24 * 3600)
+        app = RegistryApp(settings)
+        try:
+            await app.start()
+            yield address, settings, token
+        finally:
+            await app.stop()
 
 
 # ---------------------------------------------------------------- measurements
@@ -414,11 +425,11 @@ async def _resolve(stub: registry_pb2_grpc.RegistryServiceAsyncStub, tenant: str
 
 
 async def measure_resolve(
-    address: str, pop: Population, config: BenchConfig, advance: Callable[[int], None]
+    address: str, token: str, pop: Population, config: BenchConfig, advance: Callable[[int], None]
 ) -> ResolveResults:
     rng = random.Random(config.seed + 1)
     pairs = [(tenant, route) for tenant, route, _, _ in pop.routes]
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with authenticated_channel(address, token) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         for tenant, route in rng.choices(pairs, k=WARMUP_CALLS):
             await _resolve(stub, tenant, route)
@@ -436,7 +447,7 @@ async def measure_resolve(
 
     async def client(seed: int) -> None:
         crng = random.Random(seed)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with authenticated_channel(address, token) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             for tenant, route in crng.choices(pairs, k=10):  # connect and warm this channel up
                 await _resolve(stub, tenant, route)
@@ -615,8 +626,8 @@ async def _measure(
     config: BenchConfig, srv: Servers, pop: Population, tick: Callable[[str, int], None]
 ) -> tuple[ResolveResults, PropagationResults, float]:
     tick("starting the registry", 0)
-    async with running_registry(srv.database.async_url, srv.nats_url) as (address, settings):
-        resolve = await measure_resolve(address, pop, config, lambda n: tick("ResolveRoute", n))
+    async with running_registry(srv.database.async_url, srv.nats_url) as (address, settings, token):
+        resolve = await measure_resolve(address, token, pop, config, lambda n: tick("ResolveRoute", n))
         propagation = await measure_propagation(
             srv.nats_url, srv.database.libpq_url, pop, config, lambda n: tick("invalidation events", n)
         )

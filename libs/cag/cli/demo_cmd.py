@@ -15,22 +15,24 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
-import grpc
 from rich.console import Console
 from rich.table import Table
 
+from cag.auth import Scope
+from cag.auth.tokens import issue_token, load_key
 from cag.cli.progress import RichCompileObserver
-from cag.compiler.pipeline import compile_module
+from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import Engine, SamplingParams, load_engine
+from cag.errors import InvalidInputError
+from cag.grpc.auth import authenticated_channel
 from cag.infra.ports import free_port
 from cag.infra.stack import InfraStack, InfraState
-from cag.kvmodule import ModuleMetadata
 from cag.models import SMOLLM2, resolve_model
 from cag.registry.app import RegistryApp
 from cag.registry.convert import module_of
-from cag.registry.core import local_path
 from cag.registry.records import ModuleRecord
 from cag.registry.settings import RegistrySettings
 from cag.registry.states import ModuleState
@@ -41,6 +43,7 @@ from cag.v1 import registry_pb2, registry_pb2_grpc
 TENANT = "acme"
 DOMAINS = ("billing", "shipping", "api")
 QUESTIONS_PER_DOMAIN = 2
+TOKEN_TTL_S = 3600.0
 
 
 def register(sub: Any) -> None:
@@ -80,11 +83,20 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
 
 async def _demo(args: argparse.Namespace, settings: CagSettings, state: InfraState, console: Console) -> int:
     address = f"127.0.0.1:{free_port()}"
-    app = RegistryApp(RegistrySettings(database_url=state.database_url, nats_url=state.nats_url, address=address))
+    key_file = Path(state.auth_key_file)
+    registry_settings = RegistrySettings(
+        database_url=state.database_url,
+        nats_url=state.nats_url_for("registry"),
+        address=address,
+        auth_key_file=key_file,
+    )
+    app = RegistryApp(registry_settings)
     await app.start()
     console.print(f"[dim]• registry serving on {address}[/dim]")
+    # The demo acts as the tenant's compiler and its cache pool: a token for tenant acme only.
+    token = issue_token(load_key(key_file), "service:demo", [Scope.WRITE], [TENANT], TOKEN_TTL_S)
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with authenticated_channel(address, token) as channel:
             registry = registry_pb2_grpc.RegistryServiceStub(channel)
             engine = await asyncio.to_thread(
                 load_engine, "torch", resolve_model(args.model, settings.models_dir), "fp32"
@@ -100,6 +112,9 @@ async def _demo(args: argparse.Namespace, settings: CagSettings, state: InfraSta
                 console.print(f"[dim]• route {TENANT}/{domain} v{resolved.route_version} → "
                               f"{' → '.join(m.module_id for m in resolved.chain)}[/dim]")  # fmt: skip
                 ctx = ChainContext.open(paths, models_dir=settings.models_dir, engine=engine)
+                for module, record in zip(ctx.modules, resolved.chain, strict=True):
+                    # The files must be the ones the registry published, not merely self-consistent.
+                    module.check_record(tensor_checksum=record.tensor_checksum, header_sha256=record.header_sha256)
                 cases = json.loads((knowledge / domain / "golden.json").read_text())[: args.questions]
                 rows += [await asyncio.to_thread(_ask, ctx, domain, case["question"]) for case in cases]
     finally:
@@ -127,18 +142,31 @@ async def _compile_and_publish(
             compile_module, request, models_dir=settings.models_dir, engine=engine, observer=observer
         )
     assert result.path is not None
-    version = await _publish(registry, result.metadata, source_uri=source.resolve().as_uri())
+    version = await _publish(registry, result, source_uri=source.resolve().as_uri())
     console.print(f"[green]published[/green] {result.metadata.module_id} as {TENANT}/{source.name} v{version}")
     return result.path
 
 
 async def _publish(
-    registry: registry_pb2_grpc.RegistryServiceAsyncStub, metadata: ModuleMetadata, *, source_uri: str
+    registry: registry_pb2_grpc.RegistryServiceAsyncStub, result: CompileResult, *, source_uri: str
 ) -> int:
-    record = ModuleRecord(metadata=metadata, source_uri=source_uri, state=ModuleState.VALIDATING)
+    record = ModuleRecord(
+        metadata=result.metadata,
+        source_uri=source_uri,
+        header_sha256=result.header_sha256,
+        state=ModuleState.VALIDATING,
+    )
     await registry.Register(registry_pb2.RegisterRequest(module=module_of(record)))
-    published = await registry.Publish(registry_pb2.PublishRequest(module_id=metadata.module_id, actor="cag demo"))
+    published = await registry.Publish(registry_pb2.PublishRequest(module_id=result.metadata.module_id))
     return int(published.module.version)
+
+
+def local_path(storage_uri: str) -> Path:
+    """The file behind a `file://` URI or a plain path (the demo's modules are local files)."""
+    parsed = urlparse(storage_uri)
+    if parsed.scheme not in ("", "file"):
+        raise InvalidInputError(f"the demo reads local modules only, not {storage_uri}")
+    return Path(unquote(parsed.path) if parsed.scheme else storage_uri)
 
 
 def _ask(ctx: ChainContext, route: str, question: str) -> DemoRow:

@@ -139,7 +139,10 @@ def registration_of(module: common_pb2.Module) -> ModuleRecord:
     """What a Register request asks to record (VALIDATING); registry-owned fields of the message are ignored."""
     metadata = metadata_of(module)
     return ModuleRecord(
-        metadata=metadata, source_uri=module.source_uri, header_sha256=module.header_sha256, state=ModuleState.VALIDATING
+        metadata=metadata,
+        source_uri=module.source_uri,
+        header_sha256=module.header_sha256,
+        state=ModuleState.VALIDATING,
     )
 
 
@@ -248,7 +251,9 @@ def _check_times(module: common_pb2.Module) -> None:
 
 def _check_golden_results(module: common_pb2.Module) -> None:
     if len(module.golden_results) > MAX_GOLDEN_RESULTS:
-        raise InvalidFieldError("golden_results", f"has {len(module.golden_results)} entries; at most {MAX_GOLDEN_RESULTS}")
+        raise InvalidFieldError(
+            "golden_results", f"has {len(module.golden_results)} entries; at most {MAX_GOLDEN_RESULTS}"
+        )
     for i, result in enumerate(module.golden_results):
         check_text(f"golden_results[{i}].question", result.question, max_chars=MAX_GOLDEN_TEXT)
         check_text(f"golden_results[{i}].answer", result.answer, max_chars=MAX_GOLDEN_TEXT)

@@ -61,15 +61,15 @@ def _check_chain_link(parent: ModuleRecord, child: ModuleMetadata) -> None:
             f" {p.module_id} ({p.acl_scope.value} of tenant {p.tenant_id}): a parent must be public or within"
             " the child's own scope"
         )
-    parent = f"its parent {p.module_id} has"
+    holder = f"its parent {p.module_id} has"
     if child.parent_chain_hash != p.chain_hash:
         raise ModuleMismatchError(
-            "parent_chain_hash", p.chain_hash, str(child.parent_chain_hash), module=child.module_id, expected_by=parent
+            "parent_chain_hash", p.chain_hash, str(child.parent_chain_hash), module=child.module_id, expected_by=holder
         )
     for field in ("model_name", "model_revision", "tokenizer_revision", "dtype", "engine_fingerprint", "layout_hash"):
         if getattr(p, field) != getattr(child, field):
             raise ModuleMismatchError(
-                field, getattr(p, field), getattr(child, field), module=child.module_id, expected_by=parent
+                field, getattr(p, field), getattr(child, field), module=child.module_id, expected_by=holder
             )
 
 
