@@ -59,7 +59,8 @@ def resolve_endpoints(run_dir: Path, environ: dict[str, str]) -> Endpoints:
     database_url = _from_env(DATABASE_VARS, environ)
     nats_url = _from_env(NATS_VARS, environ)
     auth_key_file = _from_env(AUTH_KEY_VARS, environ)
-    recorded = local_service_urls(run_dir, IDENTITY)
+    # The state is read only when needed: a complete environment works whatever the run directory holds.
+    recorded = local_service_urls(run_dir, IDENTITY) if database_url is None or nats_url is None else None
     if recorded is not None:
         database_url = database_url or recorded.database_url
         nats_url = nats_url or recorded.nats_url

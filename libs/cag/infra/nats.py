@@ -126,15 +126,20 @@ class NatsServer:
 
     def url_for(self, identity: str) -> str:
         """`nats://identity:password@host:port`, which nats-py and FastStream accept as they are."""
-        passwords = load_credentials(self.config.credentials_file)
-        if identity not in passwords:
-            raise InfraError(f"no NATS identity {identity!r} in {self.config.credentials_file}")
-        return self.config.url_for(identity, passwords[identity])
+        try:
+            return self.urls[identity]
+        except KeyError:
+            raise InfraError(f"no NATS identity {identity!r} in {self.config.credentials_file}") from None
 
     @property
     def urls(self) -> dict[str, str]:
         """Every identity's URL."""
-        return {identity: self.url_for(identity) for identity in IDENTITIES}
+        passwords = load_credentials(self.config.credentials_file)
+        return {
+            identity: self.config.url_for(identity, passwords[identity])
+            for identity in IDENTITIES
+            if identity in passwords
+        }
 
     @property
     def pid(self) -> int | None:
@@ -179,7 +184,7 @@ class NatsServer:
 
     def _require_authenticating(self) -> None:
         """A server started before authentication existed takes anyone: refuse to hand out URLs for it."""
-        if str(self.config.config_file) not in cmdline(self._pid or 0):
+        if self._pid is not None and str(self.config.config_file) not in cmdline(self._pid):
             raise InfraError(
                 f"nats-server (pid {self._pid}) runs without authentication (started by an older cag): "
                 "run `cag infra down` and `cag infra up` to restart it with credentials"
