@@ -49,8 +49,8 @@ class RegistryApp:
         sessions = session_factory(self.engine)
         self.core = RegistryCore(PostgresStore(sessions))
         self.broker = make_broker(s.nats_url)
-        subscribe_invalidations(self.broker, self.core)
-        subscribe_route_decisions(self.broker, self.core)
+        subscribe_invalidations(self.broker, self.core, s.redelivery)
+        subscribe_route_decisions(self.broker, self.core, s.redelivery)
         await start_broker(self.broker)  # also bounds redelivery on durables created before
         relay = OutboxRelay(sessions, partial(publish_event, self.broker), poll_interval_s=s.outbox_poll_s)
         self.tasks = [

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cag.events.consumer import Redelivery
+
 
 class RegistrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAG_REGISTRY_", populate_by_name=True)
@@ -25,3 +27,13 @@ class RegistrySettings(BaseSettings):
     reflection: bool = False
     # On SIGTERM: how long in-flight RPCs get to finish before they are cancelled.
     shutdown_grace_s: float = 10.0
+    # Redelivery of events whose handling fails (docs/events.md): tries, then the delays between them.
+    event_max_deliver: int = 6
+    event_backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+    event_ack_wait_s: float = 60.0
+
+    @property
+    def redelivery(self) -> Redelivery:
+        return Redelivery(
+            max_deliver=self.event_max_deliver, backoff_s=self.event_backoff_s, ack_wait_s=self.event_ack_wait_s
+        )
