@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -9,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from cag.cli.invalidate_cmd import ops_nats_url, shown
 from cag.cli.main import main
 from cag.cli.registry_cmd import resolve_endpoints
 from cag.errors import InvalidInputError
 from cag.infra.nats_auth import IDENTITIES, permissions_for, render_config
 from cag.infra.secret_files import ensure_auth_key, write_secret
 from cag.infra.stack import InfraState, NatsState, PostgresState, local_service_urls
+from cag.settings import CagSettings
 
 DB = "postgresql+asyncpg://postgres:pg-secret@127.0.0.1:5999/cag"
 
@@ -141,3 +144,15 @@ def test_rendered_configuration_has_one_user_per_identity() -> None:
     text = render_config({identity: f"pw-{identity}" for identity in IDENTITIES})
     for identity in IDENTITIES:
         assert f'user: "{identity}", password: "pw-{identity}"' in text
+
+
+def test_cag_invalidate_publishes_as_ops_and_never_shows_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CAG_NATS_URL", raising=False)
+    _write_state(tmp_path / "run")
+    settings = CagSettings(home=tmp_path)
+    url = ops_nats_url(argparse.Namespace(nats=None), settings)
+    assert url == "nats://ops:ops-secret@127.0.0.1:4999"
+    assert shown(url) == "nats://ops:***@127.0.0.1:4999"
+    assert ops_nats_url(argparse.Namespace(nats="nats://elsewhere:4222"), settings) == "nats://elsewhere:4222"

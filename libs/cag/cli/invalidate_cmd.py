@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from nats.errors import Error as NatsError
 from pydantic import ValidationError
@@ -29,6 +30,8 @@ from cag.events.schemas import (
     problems,
 )
 from cag.identifiers import check_event_id
+from cag.infra.nats_auth import OPS
+from cag.infra.stack import local_service_urls
 from cag.settings import CagSettings
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -77,7 +80,7 @@ def register(sub: Any) -> None:
 
 def _subcommand(which: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = which.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--nats", help="NATS server URL (default: CAG_NATS_URL)")
+    p.add_argument("--nats", help="NATS server URL (default: CAG_NATS_URL, else the ops identity of `cag infra up`)")
     p.add_argument("--event-id", help="event id to use (default: a new UUID); reuse it to retry without duplicates")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for JetStream's ack")
     p.set_defaults(run=run)
@@ -96,28 +99,50 @@ def build_envelope(args: argparse.Namespace) -> Envelope:
         raise InvalidInputError(f"invalid {args.invalidate_command} event: {problems(e)}") from None
 
 
+def shown(url: str) -> str:
+    """`url` as output may show it: a password it carries is masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def ops_nats_url(args: argparse.Namespace, settings: CagSettings) -> str:
+    """--nats, else CAG_NATS_URL, else the ops identity of the servers `cag infra up` started here."""
+    if args.nats:
+        return str(args.nats)
+    if "nats_url" not in settings.model_fields_set:
+        recorded = local_service_urls(settings.run_dir, OPS)
+        if recorded is not None and recorded.nats_url:
+            return recorded.nats_url
+    return settings.nats_url
+
+
 async def publish(nats_url: str, envelope: Envelope, *, timeout_s: float) -> None:
     """Connect, publish to JetStream and wait for its ack, then disconnect; bounded by `timeout_s` in all."""
     broker = make_broker(nats_url)
+    where = shown(nats_url)
     try:
         async with asyncio.timeout(timeout_s):
             await broker.connect()
             await publish_event(broker, envelope)
     except TimeoutError:
         raise EventBusUnavailableError(
-            f"no JetStream ack from {nats_url} within {timeout_s:g} s: is NATS up, and does stream {STREAM!r} exist"
+            f"no JetStream ack from {where} within {timeout_s:g} s: is NATS up, and does stream {STREAM!r} exist"
             " (the registry declares it when it starts)?"
         ) from None
     except (NatsError, OSError) as e:
-        raise EventBusUnavailableError(f"publishing {envelope.subject} to {nats_url} failed: {e!r}") from None
+        raise EventBusUnavailableError(f"publishing {envelope.subject} to {where} failed: {e!r}") from None
     finally:
         await broker.stop()
 
 
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
     envelope = build_envelope(args)
-    nats_url = args.nats or settings.nats_url
+    nats_url = ops_nats_url(args, settings)
     asyncio.run(publish(nats_url, envelope, timeout_s=args.timeout))
-    print(f"published {envelope.subject} event {envelope.event_id} to {nats_url}", file=sys.stderr)
+    print(f"published {envelope.subject} event {envelope.event_id} to {shown(nats_url)}", file=sys.stderr)
     print(envelope.event_id)
     return 0
