@@ -104,6 +104,7 @@ Snapshot = Callable[[], Awaitable[Mapping[str, Any]]]
 
 DEFAULT_EXAMPLES = 50
 GRPC_RECEIVE_LIMIT = 4 * 1024 * 1024  # gRPC's default limit on a received message
+GRPC_METADATA_SOFT_LIMIT = 8 * 1024  # above it, gRPC may refuse received metadata (RESOURCE_EXHAUSTED)
 EXAMPLES_ENV = "CAG_FUZZ_EXAMPLES"
 
 # --- values ---
@@ -647,6 +648,7 @@ class Outcome:
     responses: int = 0  # messages received
     still_open: bool = False  # a stream that was still running when the fuzzer cancelled it
     server_errors: tuple[str, ...] = ()  # what the server process logged at ERROR during the call
+    metadata_bytes: int = 0  # size of the metadata sent, as HTTP/2 counts it (name + value + 32 per entry)
 
     @property
     def ok(self) -> bool:
@@ -749,7 +751,7 @@ class GrpcFuzzer:
                     outcome = Outcome(method, Code.OK, responses=1)
             except grpc.aio.AioRpcError as e:
                 outcome = self._failed(method, e.code(), e.details(), e.trailing_metadata())
-        return replace(outcome, server_errors=tuple(logged))
+        return replace(outcome, server_errors=tuple(logged), metadata_bytes=metadata_size(sent))
 
     async def _read_stream(self, method: str, argument: Any, metadata: Metadata) -> Outcome:
         call = self._callables[method](argument, timeout=self.timeout_s, metadata=metadata)
@@ -781,6 +783,10 @@ class GrpcFuzzer:
 
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lack it
+
+
+def metadata_size(metadata: Metadata) -> int:
+    return sum(len(key) + len(value) + 32 for key, value in metadata)
 
 
 def _serialize(message: Message) -> bytes:
@@ -835,10 +841,11 @@ class Invariants:
     max_details_bytes: int = 1024
     error_info_codes: frozenset[grpc.StatusCode] = APPLICATION_CODES  # must carry an ErrorInfo
     invalid_argument_names_field: bool = True  # INVALID_ARGUMENT's ErrorInfo.field is set
-    # A request below this size that gets RESOURCE_EXHAUSTED: the server's answer was too large for gRPC's
-    # metadata limits (~16 KiB of status details echoing the request), which gRPC reports that way. None:
-    # the service may answer RESOURCE_EXHAUSTED itself (quotas).
+    # A request below these sizes (message, metadata) that gets RESOURCE_EXHAUSTED: the server's answer was
+    # too large for gRPC's metadata limits (~16 KiB of status details echoing the request), which gRPC
+    # reports that way. None: the service may answer RESOURCE_EXHAUSTED itself (quotas).
     request_limit_bytes: int | None = GRPC_RECEIVE_LIMIT
+    metadata_limit_bytes: int = GRPC_METADATA_SOFT_LIMIT
 
     def check(self, case: FuzzCase, outcome: Outcome) -> None:
         where = f"{case!r}\n{outcome.describe()}"
@@ -848,7 +855,12 @@ class Invariants:
         if size > self.max_details_bytes:
             raise DetailsTooLong(f"status details are {size:,} bytes (at most {self.max_details_bytes:,}) for\n{where}")
         limit = self.request_limit_bytes
-        if outcome.code == Code.RESOURCE_EXHAUSTED and limit is not None and case.request.ByteSize() < limit:
+        if (
+            outcome.code == Code.RESOURCE_EXHAUSTED
+            and limit is not None
+            and case.request.ByteSize() < limit
+            and outcome.metadata_bytes < self.metadata_limit_bytes
+        ):
             raise DetailsTooLong(
                 f"RESOURCE_EXHAUSTED for a {case.request.ByteSize():,}-byte request (gRPC accepts {limit:,}): the"
                 f" answer's status or trailing metadata outgrew gRPC's limits (does it echo the request?) for\n{where}"
