@@ -20,7 +20,7 @@ MAX_URI = 2048
 ECHO_CHARS = 64
 
 _NAME = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_NAME - 1}}}")
-_MODULE_ID = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_MODULE_ID - 1}}}")
+MODULE_ID = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_MODULE_ID - 1}}}")
 # Event ids are chosen by producers outside the platform (UUIDs by default); they are also NATS
 # message ids, so they are printable ASCII without spaces.
 _EVENT_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{{0,{MAX_EVENT_ID - 1}}}")
@@ -43,7 +43,7 @@ def check_name(field: str, value: str) -> str:
 
 
 def check_module_id(value: str, field: str = "module_id") -> str:
-    if not _MODULE_ID.fullmatch(value):
+    if not MODULE_ID.fullmatch(value):
         raise InvalidFieldError(
             field, f"{echo(value)} is malformed: use 1-{MAX_MODULE_ID} of [a-z0-9._-], starting alphanumeric"
         )

@@ -15,7 +15,7 @@ import random
 import uuid
 
 from cag.auth import Caller, Scope
-from cag.errors import CagError, ChainError, InvalidFieldError, InvalidInputError, ModuleMismatchError, Status
+from cag.errors import CagError, ChainError, InvalidFieldError, ModuleMismatchError, Status
 from cag.identifiers import check_module_id, check_name
 from cag.kvmodule import PUBLIC_TENANT, AclScope, GoldenStatus, ModuleMetadata
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
@@ -84,7 +84,7 @@ class RegistryCore:
         check_name("route", m.route)
         caller.require(Scope.WRITE, m.tenant_id)
         if not record.source_uri:
-            raise InvalidInputError("source_uri is required: invalidation by source needs to know where it came from")
+            raise InvalidFieldError("source_uri", "is required: invalidation by source needs to know its origin")
         if canonical_layout_hash(m.layout) != m.layout_hash:
             # Layouts are stored once per hash and shared by every tenant: a hash that is not the text's own
             # would let one tenant plant the layout another tenant's modules are served with.

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 from datetime import UTC, datetime
 
-from cag.errors import InvalidInputError
+from cag.errors import InvalidFieldError
 from cag.kvmodule import PUBLIC_TENANT
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import IllegalTransitionError, ModuleState, check_transition
@@ -157,7 +157,7 @@ class MemoryStore(RegistryStore):
 
     async def rollback(self, tenant_id: str, route: str, to_version: int, *, note: str = "") -> ModuleRecord:
         if to_version < 1:
-            raise InvalidInputError(f"to_version must be a published version (>= 1), got {to_version}")
+            raise InvalidFieldError("to_version", f"must be a published version (>= 1), got {to_version}")
         async with self._lock:
             matches = [
                 r

@@ -12,8 +12,9 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from cag.errors import CagError, InvalidInputError, Status
+from cag.errors import CagError, InvalidFieldError, Status
 from cag.events.schemas import Envelope, ModuleEventV1, ModuleExpiredV1, ModuleInvalidatedV1, ModulePublishedV1
+from cag.identifiers import MODULE_ID
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
 from cag.registry.triggers import Trigger
@@ -47,7 +48,7 @@ class ListQuery:
 
     def __post_init__(self) -> None:
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
-            raise InvalidInputError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {self.page_size}")
+            raise InvalidFieldError("page_size", f"must be between 1 and {MAX_PAGE_SIZE}, got {self.page_size}")
 
     @property
     def after(self) -> str | None:
@@ -63,11 +64,12 @@ def decode_page_token(token: str) -> str | None:
         return None
     try:
         body = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = body["after"] if body.get("v") == 1 else None
+        after = body["after"] if isinstance(body, dict) and body.get("v") == 1 else None
     except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
         after = None
-    if not isinstance(after, str):
-        raise InvalidInputError("page_token is malformed: pass back the next_page_token of a previous List")
+    # The token is the client's to send back: what it decodes to is checked like any module id.
+    if not isinstance(after, str) or not MODULE_ID.fullmatch(after):
+        raise InvalidFieldError("page_token", "is malformed: pass back the next_page_token of a previous List")
     return after
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from cag.errors import InvalidInputError
+from cag.errors import InvalidFieldError
 from cag.kvmodule import AclScope
 from cag.registry.records import ModuleRecord
 from cag.registry.states import ALLOWED, LIVE, ModuleState
@@ -70,7 +70,7 @@ class AclChanged:
 
     def __post_init__(self) -> None:
         if self.scope is AclScope.PUBLIC:
-            raise InvalidInputError("an ACL change names a private scope (tenant, workspace or user), not public")
+            raise InvalidFieldError("scope", "must be a private scope (tenant, workspace or user), not public")
 
     def selects(self, r: ModuleRecord) -> bool:
         m = r.metadata

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from cag.errors import InvalidInputError
+from cag.errors import InvalidFieldError
 from cag.events.schemas import Envelope
 from cag.kvmodule import PUBLIC_TENANT
 from cag.registry.db.convert import record_of, row_values
@@ -290,7 +290,7 @@ class PostgresStore(RegistryStore):
 
     async def rollback(self, tenant_id: str, route: str, to_version: int, *, note: str = "") -> ModuleRecord:
         if to_version < 1:
-            raise InvalidInputError(f"to_version must be a published version (>= 1), got {to_version}")
+            raise InvalidFieldError("to_version", f"must be a published version (>= 1), got {to_version}")
         async with self.sessions.begin() as session:
             row = (
                 await session.execute(
