@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token
@@ -130,3 +133,19 @@ async def fails(call: Awaitable[Any], code: grpc.StatusCode, reason: str = "", f
         assert info is not None
         assert (info.reason, info.field) == (reason or info.reason, field or info.field), error.details()
     return error
+
+
+def wait_until_serving(address: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Poll a server process's health service until it answers SERVING, or fail as soon as the process exits."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"the server exited with {process.returncode}"
+            try:
+                response = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.2)  # not listening yet
+    raise AssertionError(f"the server at {address} did not start serving within {timeout_s:.0f} s")

@@ -10,14 +10,13 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import nats
 import psycopg
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoServersError
 from nats.js.api import StreamConfig
@@ -30,7 +29,7 @@ from cag.infra.stack import InfraStack
 from cag.v1 import registry_pb2, registry_pb2_grpc
 from tests.infra_fixtures import FreshDatabase, Infra, reachable_tmp_dir
 from tests.registry_population import make_metadata
-from tests.registry_server import message_of
+from tests.registry_server import message_of, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_TIMEOUT_S = 60.0
@@ -204,21 +203,6 @@ def test_cli_up_status_down_leaves_no_process() -> None:
     assert not run_dir.exists()
 
 
-def _wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
-    """Poll the health service until it answers SERVING, or fail as soon as the process exits."""
-    deadline = time.monotonic() + SERVE_TIMEOUT_S
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert process.poll() is None, f"the registry exited with {process.returncode}"
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.2)  # not listening yet
-    raise AssertionError("the registry did not start serving in time")
-
-
 async def _module_events(nats_url: str) -> list[str]:
     """Subjects of the `cag.module.*` events in the stream, read with the admin identity."""
     nc = await nats.connect(nats_url)
@@ -241,7 +225,7 @@ def test_registry_serve_finds_the_servers_of_infra_up_and_runs_as_the_registry_i
         assert up.returncode == 0, up.stderr
         process = subprocess.Popen([sys.executable, "-m", "cag.cli.main", "registry", "serve", "--address", address],
                                    env=_env(home), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-        _wait_until_serving(address, process)
+        wait_until_serving(address, process, SERVE_TIMEOUT_S)
         key = bytes.fromhex((run_dir / "auth.key").read_text().strip())
         token = issue_token(key, "service:infra-test", [Scope.ADMIN], [ALL_TENANTS], 600)
         with grpc.insecure_channel(address) as channel:

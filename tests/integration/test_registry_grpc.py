@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +19,14 @@ from cag.auth import Caller, Scope
 from cag.grpc.errors import INTERNAL_MESSAGE
 from cag.kvmodule import AclScope, GoldenStatus, ModuleFile, ModuleMetadata
 from cag.registry.core import RegistryCore
-from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
 from cag.registry.records import ModuleChange, ModuleRecord
 from cag.registry.servicer import SERVICE_NAME
 from cag.v1 import common_pb2, registry_pb2
-from tests.infra_fixtures import FreshDatabase
 from tests.registry_population import make_metadata
 from tests.registry_server import Client, RegistryServer, fails, message_of, serve_registry
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture
-async def store(fresh_database: FreshDatabase) -> AsyncIterator[PostgresStore]:
-    engine = connect(fresh_database.database_url)
-    try:
-        yield PostgresStore(session_factory(engine))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
-async def server(store: PostgresStore) -> AsyncIterator[RegistryServer]:
-    async with serve_registry(RegistryCore(store)) as running:
-        yield running
 
 
 @pytest.fixture

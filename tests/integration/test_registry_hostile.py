@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -15,34 +15,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.kvmodule import PUBLIC_TENANT, AclScope
-from cag.registry.core import RegistryCore
-from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
 from cag.registry.records import ModuleRecord
 from cag.registry.store import MAX_PAGE_SIZE, ListQuery
 from cag.v1 import common_pb2, registry_pb2
-from tests.infra_fixtures import FreshDatabase
 from tests.registry_population import make_metadata
-from tests.registry_server import Client, RegistryServer, fails, message_of, serve_registry
+from tests.registry_server import Client, RegistryServer, fails, message_of
 
 Code = grpc.StatusCode
 pb = registry_pb2
 MEGABYTE = "m" * (1 << 20)
-
-
-@pytest.fixture
-async def store(fresh_database: FreshDatabase) -> AsyncIterator[PostgresStore]:
-    engine = connect(fresh_database.database_url)
-    try:
-        yield PostgresStore(session_factory(engine))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
-async def server(store: PostgresStore) -> AsyncIterator[RegistryServer]:
-    async with serve_registry(RegistryCore(store)) as running:
-        yield running
 
 
 @pytest.fixture

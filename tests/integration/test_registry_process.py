@@ -7,11 +7,9 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token
@@ -19,26 +17,10 @@ from cag.infra.ports import free_port
 from cag.v1 import registry_pb2, registry_pb2_grpc
 from tests.infra_fixtures import FreshDatabase, Infra
 from tests.registry_population import make_metadata
-from tests.registry_server import message_of
+from tests.registry_server import message_of, wait_until_serving
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-
-
-def wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
-    """Poll the health service until it answers SERVING (the server is up), or fail if the process died."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert process.poll() is None, f"the registry exited with {process.returncode}"
-            try:
-                response = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.2)  # not listening yet
-    raise AssertionError("the registry did not start serving in time")
 
 
 def test_sigterm_drains_and_exits_zero(infra: Infra, fresh_database: FreshDatabase, tmp_path: Path) -> None:
@@ -61,7 +43,7 @@ def test_sigterm_drains_and_exits_zero(infra: Infra, fresh_database: FreshDataba
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until_serving(address, process)
+        wait_until_serving(address, process, START_TIMEOUT_S)
         token = issue_token(key, "service:test", [Scope.ADMIN], [ALL_TENANTS], 600)
         with grpc.insecure_channel(address) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)

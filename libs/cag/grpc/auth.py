@@ -21,7 +21,7 @@ from cag.auth.caller import Caller
 from cag.auth.credentials import AUTHORIZATION, bearer_metadata
 from cag.auth.tokens import check_key, verify_token
 from cag.errors import UnauthenticatedError
-from cag.grpc.errors import abort_with
+from cag.grpc.errors import HANDLER_FACTORIES, abort_with
 
 # Verifies a bearer token and names its caller, or raises UnauthenticatedError.
 TokenVerifier = Callable[[str], Caller]
@@ -147,7 +147,7 @@ def _authenticated_handler(handler: _Handler, authenticate: Authenticate, method
         wrapped = _call_as_caller(behavior, authenticate, method)
     else:
         wrapped = _refuse_sync(method)  # fail closed: a thread-pool handler would not see the context variable
-    factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    factory = HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
     return factory(wrapped, handler.request_deserializer, handler.response_serializer)
 
 
@@ -182,14 +182,6 @@ def _refuse_sync(method: str) -> Callable[..., Awaitable[Any]]:
         await abort_with(context, TypeError(f"{method} has a synchronous handler; authentication needs async"), method)
 
     return refuse
-
-
-_FACTORIES = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 
 # Client side -----------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def _guard_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> C
     return guarded
 
 
-_FACTORIES = {
+HANDLER_FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -120,7 +120,7 @@ def guard_handler(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc
         guarded = _guard_call(behavior, method)
     else:
         return handler
-    factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    factory = HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
     return factory(guarded, handler.request_deserializer, handler.response_serializer)
 
 
