@@ -21,6 +21,7 @@ class Status(StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 
 
 class CagError(Exception):
@@ -90,6 +91,25 @@ class GoldenTestsFailedError(CagError):
 
 class ChainError(CagError):
     """Modules given as a chain do not link up (a parent is missing or does not match)."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+class KVCacheFullError(CagError):
+    """The engine has no room left for the tokens a request needs (its KV memory is the limit)."""
+
+    status = Status.RESOURCE_EXHAUSTED
+
+
+class UnknownEngineError(CagError):
+    """An engine kind no installed engine answers to."""
+
+    status = Status.NOT_FOUND
+
+
+class ModuleNotServableError(CagError):
+    """A module of the requested chain is no longer published (stale, invalidated, expired, quarantined):
+    the router answers from the fallback path instead."""
 
     status = Status.FAILED_PRECONDITION
 
