@@ -49,7 +49,6 @@ def make_metadata(module_id: str, **kw: object) -> ModuleMetadata:
         "source_checksum": _h("src" + module_id),
         "token_count": 10,
         "dtype": "fp32",
-        "storage_uri": f"file:///modules/{module_id}.safetensors",
         "acl_scope": AclScope.TENANT,
         "acl_principal": "",
         "created_at": "2026-01-01T00:00:00Z",

@@ -36,10 +36,13 @@ def header_of(module_id: str) -> str:
     return hashlib.sha256(f"header {module_id}".encode()).hexdigest()
 
 
-def message_of(metadata: ModuleMetadata, source_uri: str, header_sha256: str | None = None) -> common_pb2.Module:
+def message_of(
+    metadata: ModuleMetadata, source_uri: str, header_sha256: str | None = None, storage_uri: str | None = None
+) -> common_pb2.Module:
     record = ModuleRecord(
         metadata=metadata,
         source_uri=source_uri,
+        storage_uri=storage_uri or f"file:///modules/{metadata.module_id}.safetensors",
         header_sha256=header_sha256 or header_of(metadata.module_id),
         state=ModuleState.VALIDATING,
     )
@@ -54,9 +57,13 @@ class Client:
     channel: grpc.aio.Channel
 
     async def register(
-        self, metadata: ModuleMetadata, source_uri: str = "git://kb/acme/billing", header_sha256: str | None = None
+        self,
+        metadata: ModuleMetadata,
+        source_uri: str = "git://kb/acme/billing",
+        header_sha256: str | None = None,
+        storage_uri: str | None = None,
     ) -> common_pb2.Module:
-        request = registry_pb2.RegisterRequest(module=message_of(metadata, source_uri, header_sha256))
+        request = registry_pb2.RegisterRequest(module=message_of(metadata, source_uri, header_sha256, storage_uri))
         return (await self.stub.Register(request)).module  # type: ignore[no-any-return]
 
     async def publish(self, module_id: str, expected_version: int = 0) -> common_pb2.Module:

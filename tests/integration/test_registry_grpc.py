@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from cag.auth import Caller, Scope
 from cag.grpc.errors import INTERNAL_MESSAGE
 from cag.kvmodule import AclScope, GoldenStatus, ModuleFile, ModuleMetadata
+from cag.kvmodule.metadata import FORMAT_VERSION
 from cag.registry.core import RegistryCore
 from cag.registry.db.store import PostgresStore
 from cag.registry.records import ModuleChange, ModuleRecord
@@ -45,9 +46,7 @@ def file_metadata(path: Path, **changes: Any) -> ModuleMetadata:
     file's module is registered as passed to be publishable.
     """
     metadata = ModuleFile.open(path).metadata
-    return dataclasses.replace(
-        metadata, storage_uri=path.as_uri(), golden_status=GoldenStatus.PASSED, golden_results="[]", **changes
-    )
+    return dataclasses.replace(metadata, golden_status=GoldenStatus.PASSED, golden_results="[]", **changes)
 
 
 # --- Register / Get ---
@@ -74,7 +73,7 @@ def full_module() -> common_pb2.Module:
                                     passed=True),
             common_pb2.GoldenResult(question="Fees?", expect=["none"], answer="none", passed=True),
         ],
-        tensor_checksum="blake3:" + "ab" * 32, format_version="cag-kv/1", source_uri="git://kb/acme/billing",
+        tensor_checksum="blake3:" + "ab" * 32, format_version=FORMAT_VERSION, source_uri="git://kb/acme/billing",
         header_sha256=hex_of("header"),
         # registry-owned: ignored on Register
         version=7, state=common_pb2.MODULE_STATE_PUBLISHED, state_reason="forged", published_at=Timestamp(seconds=5),
@@ -164,7 +163,7 @@ async def test_publish_never_opens_the_storage_uri(registry: Client, tmp_path: P
     secret = tmp_path / "shadow"
     secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
     for name, target in (("m-fifo", fifo), ("m-secret", secret), ("m-dir", tmp_path)):
-        await registry.register(make_metadata(name, route=name, storage_uri=target.as_uri()))
+        await registry.register(make_metadata(name, route=name), storage_uri=target.as_uri())
         published = await asyncio.wait_for(registry.publish(name), timeout=10)
         assert published.state == common_pb2.MODULE_STATE_PUBLISHED
         assert "secret-hash" not in str(published)

@@ -51,10 +51,34 @@ def compile_tiny(tiny_engine: Engine, models_dir: Path, tmp_path: Path) -> Compi
 
 
 def test_same_inputs_give_a_byte_identical_module(compile_tiny: CompileTiny, tmp_path: Path) -> None:
-    first = compile_tiny(KNOWLEDGE / "shared", out=tmp_path / "a", storage_prefix="s3://kv/acme")
-    second = compile_tiny(KNOWLEDGE / "shared", out=tmp_path / "b", storage_prefix="s3://kv/acme")
+    """Two output directories, and sources without any date: neither the location nor the clock gets in."""
+    source = tmp_path / "undated"
+    shutil.copytree(KNOWLEDGE / "shared", source)
+    for document in source.glob("*.md"):
+        document.write_text(
+            "\n".join(line for line in document.read_text().splitlines() if not line.startswith("updated:"))
+        )
+    first = compile_tiny(source, out=tmp_path / "a")
+    second = compile_tiny(source, out=tmp_path / "elsewhere" / "b")
+    assert first.path is not None and second.path is not None
     assert first.path.name == second.path.name
     assert _sha(first.path) == _sha(second.path)
+    header = ModuleFile.open(first.path).metadata.to_header()
+    assert header["created_at"] == "" and "storage_uri" not in header
+    assert b"elsewhere" not in second.path.read_bytes()
+
+
+def test_a_ttl_needs_a_date_from_the_sources(compile_tiny: CompileTiny, tmp_path: Path) -> None:
+    source = tmp_path / "undated"
+    shutil.copytree(KNOWLEDGE / "shared", source)
+    for document in source.glob("*.md"):
+        document.write_text(
+            "\n".join(line for line in document.read_text().splitlines() if not line.startswith("updated:"))
+        )
+    with pytest.raises(InvalidInputError, match="--ttl-days needs the module's date"):
+        compile_tiny(source, ttl_days=30)
+    dated = compile_tiny(source, ttl_days=30, created_at="2026-03-01")
+    assert (dated.metadata.created_at, dated.metadata.expires_at) == ("2026-03-01T00:00:00Z", "2026-03-31T00:00:00Z")
 
 
 def test_changed_source_changes_identity(compile_tiny: CompileTiny, tmp_path: Path) -> None:

@@ -85,8 +85,10 @@ def test_metadata_carries_every_seed_field(tiny_chain: tuple[Path, Path]) -> Non
     header = ModuleFile.open(tiny_chain[1]).metadata.to_header()
     seed_fields = {
         "module_id", "tenant_id", "route", "model_name", "model_revision", "tokenizer_revision",
-        "context_checksum", "token_count", "dtype", "storage_uri", "acl_scope", "created_at", "expires_at",
+        "context_checksum", "token_count", "dtype", "acl_scope", "created_at", "expires_at",
     }  # fmt: skip
+    # storage_uri is the seed's too, but where a file lives is a registry fact: it is not in the file's bytes.
+    assert "storage_uri" not in header
     ours = {"layout_id", "layout_hash", "layout", "parent_id", "chain_hash", "engine_fingerprint", "format_version"}
     assert seed_fields | ours | {"tensor_checksum", "golden_status", "golden_results"} <= header.keys()
     assert header["parent_id"] == ModuleFile.open(tiny_chain[0]).metadata.module_id

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from cag.errors import Status
-from cag.kvmodule.metadata import AclScope, GoldenStatus, ModuleMetadata
+from cag.kvmodule.metadata import FORMAT_VERSION, AclScope, GoldenStatus, ModuleMetadata
 from cag.v1 import common_pb2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ def test_module_round_trips() -> None:
             common_pb2.GoldenResult(question="Refund window?", expect=["30 days"], answer="30 days.", passed=True)
         ],
         tensor_checksum="t" * 64,
-        format_version="cag-kv/1",
+        format_version=FORMAT_VERSION,
         version=3,
         state=common_pb2.MODULE_STATE_PUBLISHED,
         state_reason="published by ci",

@@ -33,7 +33,9 @@ def register(sub: Any) -> None:
     p.add_argument("--route", help="route name (default: from --acl or the source directory name)")
     p.add_argument("--created-at", help="ISO date of the module (default: SOURCE_DATE_EPOCH or newest 'updated')")
     p.add_argument("--ttl-days", type=int, help="module expires this many days after created_at")
-    p.add_argument("--storage-prefix", help="URI prefix recorded as storage_uri (default: --out)")
+    p.add_argument(
+        "--storage-prefix", help="with --publish: URI prefix the registry records as storage_uri (default: --out)"
+    )
     p.add_argument(
         "--keep-failed", action="store_true", help="write the module even when golden tests fail (unpublishable)"
     )
@@ -67,7 +69,6 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
         route=args.route,
         created_at=_created_at(args.created_at),
         ttl_days=args.ttl_days,
-        storage_prefix=args.storage_prefix or (args.out.resolve().as_uri() if args.publish else None),
         keep_failed=args.keep_failed,
     )
     # Credentials are resolved before the compile: a missing token should not cost a prefill to find out.
@@ -88,8 +89,12 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
 
 def publish(result: CompileResult, args: argparse.Namespace, client: RegistryClient) -> int:
     """Register the written module (with both its checksums), then publish it; print the version its route assigned."""
+    assert result.path is not None
     source_uri = args.source_uri or args.source.resolve().as_uri()
-    registered = client.register(module_message(result.metadata, source_uri, result.header_sha256))
+    # Where the file lives is a registry fact, not part of the module's bytes.
+    prefix = args.storage_prefix or args.out.resolve().as_uri()
+    storage_uri = f"{prefix.rstrip('/')}/{result.path.name}"
+    registered = client.register(module_message(result.metadata, source_uri, result.header_sha256, storage_uri))
     published = client.publish(registered.module_id)
     print(f"published {published.module_id} as version {published.version} of {published.tenant_id}/{published.route}")
     return 0

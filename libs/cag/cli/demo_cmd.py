@@ -150,9 +150,11 @@ async def _compile_and_publish(
 async def _publish(
     registry: registry_pb2_grpc.RegistryServiceAsyncStub, result: CompileResult, *, source_uri: str
 ) -> int:
+    assert result.path is not None
     record = ModuleRecord(
         metadata=result.metadata,
         source_uri=source_uri,
+        storage_uri=result.path.resolve().as_uri(),
         header_sha256=result.header_sha256,
         state=ModuleState.VALIDATING,
     )

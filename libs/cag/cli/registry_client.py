@@ -27,10 +27,17 @@ from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 DEFAULT_TIMEOUT_S = 30.0
 
 
-def module_message(metadata: ModuleMetadata, source_uri: str, header_sha256: str) -> common_pb2.Module:
-    """The Register payload for a compiled module (registry-owned fields are left for the registry)."""
+def module_message(
+    metadata: ModuleMetadata, source_uri: str, header_sha256: str, storage_uri: str
+) -> common_pb2.Module:
+    """The Register payload for a compiled module stored at `storage_uri` (registry-owned fields are left for the
+    registry)."""
     record = ModuleRecord(
-        metadata=metadata, source_uri=source_uri, header_sha256=header_sha256, state=ModuleState.VALIDATING
+        metadata=metadata,
+        source_uri=source_uri,
+        storage_uri=storage_uri,
+        header_sha256=header_sha256,
+        state=ModuleState.VALIDATING,
     )
     return module_of(record)
 

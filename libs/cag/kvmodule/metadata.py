@@ -15,7 +15,8 @@ import torch
 from cag.errors import ModuleCorruptedError
 from cag.kvmodule.checksum import ALGORITHM as CHECKSUM_ALGORITHM
 
-FORMAT_VERSION = "cag-kv/1"
+# cag-kv/2: the header holds content only (no storage location; a date only when the sources give one).
+FORMAT_VERSION = "cag-kv/2"
 
 DtypeName = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,10 +52,11 @@ class ModuleMetadata:
     source_checksum: str
     token_count: int
     dtype: DtypeName
-    storage_uri: str
     acl_scope: AclScope
     acl_principal: str  # the workspace or user id for those scopes, else ""
-    created_at: str
+    # Only a date derived from the sources (their newest `updated:`, or SOURCE_DATE_EPOCH): where a module is
+    # stored and when it was compiled are registry facts, so the same inputs give the same bytes anywhere.
+    created_at: str | None
     expires_at: str | None
     layout_id: str
     layout_hash: str
@@ -102,6 +104,7 @@ class ModuleMetadata:
                 dtype=header["dtype"],  # type: ignore[arg-type]  # checked above
                 acl_scope=AclScope(header["acl_scope"]),
                 golden_status=GoldenStatus(header["golden_status"]),
+                created_at=header["created_at"] or None,
                 expires_at=header["expires_at"] or None,
                 parent_id=header["parent_id"] or None,
                 parent_chain_hash=header["parent_chain_hash"] or None,
@@ -110,4 +113,6 @@ class ModuleMetadata:
             raise ModuleCorruptedError(f"module metadata is malformed: {e}") from e
 
 
-_TYPED = {"token_count", "dtype", "acl_scope", "golden_status", "expires_at", "parent_id", "parent_chain_hash"}
+_TYPED = {
+    "token_count", "dtype", "acl_scope", "golden_status", "created_at", "expires_at", "parent_id", "parent_chain_hash",
+}  # fmt: skip

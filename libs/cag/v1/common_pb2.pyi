@@ -294,8 +294,8 @@ Global___GoldenResult: _TypeAlias = GoldenResult  # noqa: Y015
 
 @_typing.final
 class Module(_message.Message):
-    """A KV module: every field of the module file's metadata (cag.kvmodule.ModuleMetadata, fields 1-39)
-    plus the registry's own bookkeeping (fields 40+). A unit test keeps this in step with the file.
+    """A KV module: every field of the module file's metadata (cag.kvmodule.ModuleMetadata, fields 1-39, but
+    storage_uri) plus the registry's own bookkeeping (fields 40+, and storage_uri). A unit test keeps this in step with the file.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -356,7 +356,9 @@ class Module(_message.Message):
     dtype: _builtins.str
     """KV dtype name: "fp32" | "bf16" | "fp16" (quantized dtypes later)."""
     storage_uri: _builtins.str
-    """Where the module file lives (file://, s3://, ...)."""
+    """Where the module file lives (file://, s3://, ...). Owned by the registry despite its number: a file
+    does not record its own location, so the same inputs give the same bytes wherever they are stored.
+    """
     acl_scope: Global___AclScope.ValueType
     acl_principal: _builtins.str
     """Workspace or user id for those scopes, else ""."""
@@ -395,7 +397,9 @@ class Module(_message.Message):
     """The knowledge source the module was compiled from (file://, s3://, git+https://, ...)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
-        """The module's date (from the knowledge, not the build clock, so builds are reproducible)."""
+        """The module's date, from the knowledge (its newest `updated:`) or SOURCE_DATE_EPOCH, never the build
+        clock, so builds are reproducible. Unset: the sources give no date.
+        """
 
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:

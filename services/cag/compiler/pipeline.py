@@ -88,6 +88,8 @@ def compile_module(
     obs.stage("reading source and layout")
     layout = load_layout(request.layout)
     bundle = load_source(request.source, layout.section_order)
+    created = resolve_created_at(request.created_at, bundle.updated)
+    expiry = expires_at(created, request.ttl_days)  # a TTL without a date fails here, before any work
     model = resolve_tokenizer(request.tokenizer, resolve_model(request.model, models_dir), models_dir)
     tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path)
     prompt = PromptLayout(layout, tokenizer)
@@ -140,9 +142,7 @@ def compile_module(
     )
     route = request.route_name
     module_id = module_id_for(context=context, request=request)
-    created = resolve_created_at(request.created_at, bundle.updated)
     filename = f"{module_id}.safetensors"
-    prefix = request.storage_prefix or request.out.as_posix()
     identity = engine.identity
     metadata = ModuleMetadata(
         module_id=module_id,
@@ -155,11 +155,10 @@ def compile_module(
         source_checksum=the_source_checksum,
         token_count=len(tokens),
         dtype=request.dtype,  # type: ignore[arg-type]  # validated by CompileRequest
-        storage_uri=f"{prefix.rstrip('/')}/{filename}",
         acl_scope=request.acl.scope,
         acl_principal=request.acl.principal,
         created_at=created,
-        expires_at=expires_at(created, request.ttl_days),
+        expires_at=expiry,
         layout_id=layout.name,
         layout_hash=the_layout_hash,
         layout=layout_json(layout),

@@ -61,7 +61,6 @@ class CompileRequest:
     route: str | None = None
     created_at: str | None = None
     ttl_days: int | None = None
-    storage_prefix: str | None = None
     keep_failed: bool = False
     golden_max_new_tokens: int = 48
 
@@ -88,21 +87,25 @@ class CompileRequest:
         return self.route or self.acl.route_hint or self.source.resolve().name
 
 
-def resolve_created_at(explicit: str | None, knowledge_date: str | None) -> str:
-    """The module's date: explicit (the CLI maps SOURCE_DATE_EPOCH here), else the knowledge's newest `updated` date.
-
-    Only when none exists is the wall clock used, and then the file is not reproducible.
-    """
+def resolve_created_at(explicit: str | None, knowledge_date: str | None) -> str | None:
+    """The module's date: explicit (the CLI maps SOURCE_DATE_EPOCH here), else the knowledge's newest `updated`
+    date, else none. Never the clock: the same inputs must give the same bytes whenever they are compiled."""
     if explicit:
         return _iso(datetime.fromisoformat(explicit))
     if knowledge_date:
         return _iso(datetime.fromisoformat(knowledge_date))
-    return _iso(datetime.now(UTC))
+    return None
 
 
-def expires_at(created_at: str, ttl_days: int | None) -> str | None:
+def expires_at(created_at: str | None, ttl_days: int | None) -> str | None:
+    """`ttl_days` after the module's date; a TTL needs a date the sources give (not the build clock)."""
     if ttl_days is None:
         return None
+    if created_at is None:
+        raise InvalidInputError(
+            "--ttl-days needs the module's date: give --created-at (or SOURCE_DATE_EPOCH), or an `updated:` date"
+            " in the source's front matter"
+        )
     return _iso(datetime.fromisoformat(created_at) + timedelta(days=ttl_days))
 
 

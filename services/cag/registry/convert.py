@@ -110,7 +110,7 @@ def module_of(record: ModuleRecord, *, with_layout: bool = True) -> common_pb2.M
         module_id=m.module_id, tenant_id=m.tenant_id, route=m.route, model_name=m.model_name,
         model_revision=m.model_revision, tokenizer_revision=m.tokenizer_revision,
         context_checksum=m.context_checksum, source_checksum=m.source_checksum, token_count=m.token_count,
-        dtype=m.dtype, storage_uri=m.storage_uri, acl_principal=m.acl_principal,
+        dtype=m.dtype, storage_uri=record.storage_uri, acl_principal=m.acl_principal,
         acl_scope=acl_scope_proto(m.acl_scope),
         created_at=timestamp_of_header(m.created_at), expires_at=timestamp_of_header(m.expires_at),
         layout_id=m.layout_id, layout_hash=m.layout_hash, layout=m.layout if with_layout else "",
@@ -141,6 +141,7 @@ def registration_of(module: common_pb2.Module) -> ModuleRecord:
     return ModuleRecord(
         metadata=metadata,
         source_uri=module.source_uri,
+        storage_uri=module.storage_uri,
         header_sha256=module.header_sha256,
         state=ModuleState.VALIDATING,
     )
@@ -154,9 +155,9 @@ def metadata_of(module: common_pb2.Module) -> ModuleMetadata:
         model_revision=module.model_revision, tokenizer_revision=module.tokenizer_revision,
         context_checksum=module.context_checksum, source_checksum=module.source_checksum,
         token_count=module.token_count, dtype=module.dtype,  # type: ignore[arg-type]  # checked in _check_module
-        storage_uri=module.storage_uri, acl_principal=module.acl_principal,
+        acl_principal=module.acl_principal,
         acl_scope=AclScope[_required_member(common_pb2.AclScope, "ACL_SCOPE_", module.acl_scope, "acl_scope")],
-        created_at=header_of_timestamp(module.created_at),
+        created_at=header_of_timestamp(module.created_at) if module.HasField("created_at") else None,
         expires_at=header_of_timestamp(module.expires_at) if module.HasField("expires_at") else None,
         layout_id=module.layout_id, layout_hash=module.layout_hash, layout=module.layout,
         parent_id=module.parent_id or None, parent_chain_hash=module.parent_chain_hash or None,
@@ -242,10 +243,9 @@ def _instant(field: str, timestamp: Timestamp) -> datetime:
 
 
 def _check_times(module: common_pb2.Module) -> None:
-    if not module.HasField("created_at"):
-        raise InvalidFieldError("created_at", "is required")
-    created = _instant("created_at", module.created_at)
-    if module.HasField("expires_at") and _instant("expires_at", module.expires_at) <= created:
+    created = _instant("created_at", module.created_at) if module.HasField("created_at") else None
+    expires = _instant("expires_at", module.expires_at) if module.HasField("expires_at") else None
+    if created is not None and expires is not None and expires <= created:
         raise InvalidFieldError("expires_at", "must be later than created_at")
 
 

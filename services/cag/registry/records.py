@@ -14,6 +14,7 @@ class ModuleRecord:
     metadata: ModuleMetadata
     source_uri: str
     state: ModuleState
+    storage_uri: str = ""  # where the module file lives (file://, s3://): a registry fact, not in the file
     header_sha256: str = ""  # the file's header checksum; with metadata.tensor_checksum it pins the file
     state_reason: str = ""
     version: int | None = None  # assigned when first published, per tenant + route

@@ -12,7 +12,7 @@ from cag.registry.db.schema import ModuleRow
 from cag.registry.records import ModuleRecord
 from cag.registry.states import ModuleState
 
-_FROM_ROW_EXCLUDED = {"layout", "golden_results", "expires_at", "acl_scope", "golden_status"}
+_FROM_ROW_EXCLUDED = {"layout", "golden_results", "created_at", "expires_at", "acl_scope", "golden_status"}
 
 
 def row_values(record: ModuleRecord) -> dict[str, Any]:
@@ -26,7 +26,10 @@ def row_values(record: ModuleRecord) -> dict[str, Any]:
         state=record.state.value,
         state_reason=record.state_reason,
         source_uri=record.source_uri,
+        storage_uri=record.storage_uri,
         header_sha256=record.header_sha256,
+        # The column predates dates being optional: "" stands for none.
+        created_at=m.created_at or "",
         version=record.version,
     )
     return values
@@ -36,6 +39,7 @@ def record_of(row: ModuleRow, layout_body: dict[str, Any]) -> ModuleRecord:
     fields = {f.name for f in dataclasses.fields(ModuleMetadata)} - _FROM_ROW_EXCLUDED
     metadata = ModuleMetadata(
         **{name: getattr(row, name) for name in fields},
+        created_at=row.created_at or None,
         layout=json.dumps(layout_body, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
         golden_results=json.dumps(row.golden_results, sort_keys=True, ensure_ascii=False, separators=(",", ":")),
         expires_at=row.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if row.expires_at else None,
@@ -45,6 +49,7 @@ def record_of(row: ModuleRow, layout_body: dict[str, Any]) -> ModuleRecord:
     return ModuleRecord(
         metadata=metadata,
         source_uri=row.source_uri,
+        storage_uri=row.storage_uri,
         header_sha256=row.header_sha256,
         state=ModuleState(row.state),
         state_reason=row.state_reason,

@@ -37,7 +37,7 @@ class ModuleRow(Base):
     storage_uri: Mapped[str] = mapped_column(Text)
     acl_scope: Mapped[str] = mapped_column(String(16))
     acl_principal: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[str] = mapped_column(String(32))  # the module's date from its sources; "" when none
     expires_at: Mapped[datetime | None]
     layout_id: Mapped[str] = mapped_column(String(128))
     layout_hash: Mapped[str] = mapped_column(ForeignKey("layouts.layout_hash"))
