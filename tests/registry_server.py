@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token
-from cag.grpc.errors import decode_error_info
+from cag.grpc.errors import error_details
 from cag.grpc.server import build_server
 from cag.infra.ports import free_port
 from cag.kvmodule import ModuleMetadata
@@ -130,15 +130,15 @@ async def serve_registry(core: RegistryCore, *, reflection: bool = True) -> Asyn
 
 
 async def fails(call: Awaitable[Any], code: grpc.StatusCode, reason: str = "", field: str = "") -> grpc.aio.AioRpcError:
-    """The call fails with `code`; when given, its cag-error-bin ErrorInfo has that reason and field."""
+    """The call fails with `code`; when given, its google.rpc.ErrorInfo has that reason and field."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     error = caught.value
     assert error.code() == code, error.details()
     if reason or field:
-        info = decode_error_info(error.trailing_metadata())
-        assert info is not None
-        assert (info.reason, info.field) == (reason or info.reason, field or info.field), error.details()
+        details = error_details(error)
+        assert details is not None, error.details()
+        assert (details.reason, details.field) == (reason or details.reason, field or details.field), error.details()
     return error
 
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import nats
 import pytest
 
 from cag.cli.main import main
 from cag.cli.registry_client import RegistryClient
 from cag.events.schemas import STREAM, Envelope, decode
+from cag.grpc.errors import error_details
 from cag.infra.ports import free_port
 from cag.models import TINY
 from cag.registry.app import RegistryApp
@@ -251,6 +253,12 @@ async def test_invalidate_model_event_reaches_the_registry(cli: Cli, tmp_path: P
         await asyncio.sleep(0.2)
     assert state == "MODULE_STATE_INVALIDATED"
     assert shown["version"] == "1"
+    # Its route no longer resolves: MODULE_NOT_SERVABLE (the router's cue for the fallback path), not a module.
+    with RegistryClient.from_settings(CagSettings(), cli.registry) as client, pytest.raises(grpc.RpcError) as refused:
+        await asyncio.to_thread(client.resolve_route, TENANT, ROUTE)
+    details = error_details(refused.value)
+    assert details is not None and details.reason == "MODULE_NOT_SERVABLE"
+    assert (details.metadata["module"], details.metadata["state"]) == (module_id, "invalidated")
 
 
 # Payloads that match no module anywhere: the registry consumer is one durable consumer shared by every

@@ -25,7 +25,7 @@ from cag.auth.credentials import bearer_metadata, local_subject
 from cag.auth.tokens import issue_token
 from cag.cli.registry_client import RegistryClient
 from cag.grpc.auth import Auth, authenticated_channel, current_caller
-from cag.grpc.errors import decode_error_info
+from cag.grpc.errors import error_details
 from cag.grpc.server import build_server
 from cag.infra.ports import free_port
 from cag.settings import CagSettings
@@ -82,8 +82,8 @@ async def unauthenticated(call: Awaitable[Any]) -> str:
         await call
     error = failure.value
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
-    info = decode_error_info(error.trailing_metadata())
-    assert info is not None and info.reason == "UNAUTHENTICATED"
+    details = error_details(error)
+    assert details is not None and details.reason == "UNAUTHENTICATED"
     return error.details() or ""
 
 

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cag.auth import Caller, Scope
-from cag.grpc.errors import INTERNAL_MESSAGE
+from cag.grpc.errors import ERROR_DOMAIN, INTERNAL_MESSAGE, error_details
 from cag.kvmodule import AclScope, GoldenStatus, ModuleFile, ModuleMetadata
 from cag.kvmodule.metadata import FORMAT_VERSION
 from cag.registry.core import RegistryCore
@@ -212,6 +212,32 @@ async def test_resolve_route_returns_the_chain_root_first(registry: Client, tiny
     assert [m.module_id for m in resolved.chain] == [root.module_id, child.module_id]
     assert resolved.route_version == 1
     assert all(m.state == common_pb2.MODULE_STATE_PUBLISHED for m in resolved.chain)
+
+
+async def test_resolve_route_refuses_a_chain_that_is_no_longer_servable(registry: Client) -> None:
+    """A stale or invalidated chain member is its own error (MODULE_NOT_SERVABLE: the router's cue to take the
+    fallback path), naming the first such module root first and its state."""
+    root = make_metadata("m-root", source_checksum=hex_of("old"))
+    child = make_metadata("m-leaf", route="faq", parent_id="m-root", parent_chain_hash=root.chain_hash)
+    for metadata in (root, child):
+        await registry.register(metadata, "git://kb/acme/billing")
+        await registry.publish(metadata.module_id)
+    resolve = registry_pb2.ResolveRouteRequest(tenant_id="acme", route="faq")
+    assert [m.module_id for m in (await registry.stub.ResolveRoute(resolve)).chain] == ["m-root", "m-leaf"]
+
+    changed = registry_pb2.SourceTrigger(tenant_id="acme", source_uri="git://kb/acme/billing", new_checksum="new")
+    await registry.stub.Invalidate(registry_pb2.InvalidateRequest(source=changed))
+    for state, trigger in (
+        ("stale", None),
+        ("invalidated", registry_pb2.InvalidateRequest(module=registry_pb2.ModuleTrigger(module_id="m-root"))),
+    ):
+        if trigger is not None:
+            await registry.stub.Invalidate(trigger)
+        error = await fails(registry.stub.ResolveRoute(resolve), Code.FAILED_PRECONDITION, reason="MODULE_NOT_SERVABLE")
+        details = error_details(error)
+        assert details is not None and details.domain == ERROR_DOMAIN
+        assert (details.metadata["module"], details.metadata["state"]) == ("m-root", state)
+        assert f"module m-root is {state}" in (error.details() or "")
 
 
 async def test_rollback_points_the_route_at_an_earlier_version(

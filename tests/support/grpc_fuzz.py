@@ -13,7 +13,7 @@ The pieces, each usable alone:
 - `fuzz_cases(service, seeds)` gives one strategy of `FuzzCase` per method of a service descriptor.
 - `GrpcFuzzer` calls a method on a channel by descriptor (unary: awaited; server-streaming: at most a
   few messages read within a short window, then cancelled) and returns an `Outcome` (status code,
-  details, trailing `ErrorInfo`, what the server logged at ERROR meanwhile). Optional call metadata
+  details, the `google.rpc.ErrorInfo` of its status details, what the server logged at ERROR meanwhile). Optional call metadata
   (for example `("authorization", "Bearer …")`) goes with every call.
 - `Invariants` checks an outcome: never INTERNAL/UNKNOWN (nor UNAVAILABLE, nor a hang past the
   deadline), status details bounded (a 1 MB id must not be echoed back), errors carry an ErrorInfo,
@@ -70,8 +70,7 @@ from hypothesis import strategies as st
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cag.grpc.errors import ERROR_INFO_KEY
-from cag.v1 import common_pb2
+from cag.grpc.errors import ErrorDetails, decode_error_details
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -644,7 +643,7 @@ class Outcome:
     method: str
     code: grpc.StatusCode
     details: str = ""
-    error_info: common_pb2.ErrorInfo | None = None
+    error_info: ErrorDetails | None = None  # the google.rpc.ErrorInfo of grpc-status-details-bin
     responses: int = 0  # messages received
     still_open: bool = False  # a stream that was still running when the fuzzer cancelled it
     server_errors: tuple[str, ...] = ()  # what the server process logged at ERROR during the call
@@ -707,7 +706,6 @@ class GrpcFuzzer:
         timeout_s: float = 15.0,
         stream_window_s: float = 0.3,
         max_stream_messages: int = 3,
-        error_info_key: str = ERROR_INFO_KEY,
     ) -> None:
         """metadata: sent with every call (credentials, for example ("authorization", "Bearer …")).
         timeout_s: deadline of every call; a unary call that reaches it counts as a hang.
@@ -720,7 +718,6 @@ class GrpcFuzzer:
         self.timeout_s = timeout_s
         self.stream_window_s = stream_window_s
         self.max_stream_messages = max_stream_messages
-        self.error_info_key = error_info_key
         self.methods = {m.name: m for m in service.methods}
         self._callables = {m.name: self._callable(m) for m in service.methods}
 
@@ -775,11 +772,7 @@ class GrpcFuzzer:
         return Outcome(method, Code.OK, responses=received, still_open=True)
 
     def _failed(self, method: str, code: grpc.StatusCode, details: str | None, trailing: Any) -> Outcome:
-        info = None
-        for key, value in trailing or ():
-            if key == self.error_info_key and isinstance(value, bytes):
-                info = common_pb2.ErrorInfo.FromString(value)
-        return Outcome(method, code, details or "", info)
+        return Outcome(method, code, details or "", decode_error_details(trailing))
 
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lack it

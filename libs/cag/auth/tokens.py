@@ -37,6 +37,8 @@ HOW_TO_GET_ONE = "get a new one with `cag auth token` (or set CAG_TOKEN)"
 class KeyFileError(CagError):
     """The signing key file is missing, unreadable, too open or too short (a configuration error)."""
 
+    reason = "SIGNING_KEY_UNUSABLE"
+
 
 def load_key(path: Path) -> bytes:
     """The signing key in `path`: hex text of at least MIN_KEY_BYTES bytes, readable by its owner only."""

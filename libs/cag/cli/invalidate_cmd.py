@@ -41,6 +41,7 @@ class EventBusUnavailableError(CagError):
     """NATS could not be reached, or JetStream did not acknowledge the event."""
 
     status = Status.UNAVAILABLE
+    reason = "EVENT_BUS_UNAVAILABLE"
 
 
 def register(sub: Any) -> None:

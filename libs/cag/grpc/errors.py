@@ -1,27 +1,40 @@
 """The one place domain errors become gRPC statuses (the mapping is documented in cag/v1/common.proto).
 
-A `CagError` fails the call with the status its `status` names, its message, and an `ErrorInfo`
-under the binary trailing metadata key `cag-error-bin`. Anything else is a bug: the client gets
-INTERNAL with a generic message and the traceback goes to the log.
+A `CagError` fails the call with the status its `status` names and its message, plus the standard rich
+error model: a `google.rpc.Status` (same code and message) whose details hold a `google.rpc.ErrorInfo`
+(the class's `reason`, domain ERROR_DOMAIN, metadata "field", "expected", "actual", "module", "state"
+where the error has them) and, for INVALID_ARGUMENT naming a field, a `google.rpc.BadRequest`. It travels
+as binary trailing metadata `grpc-status-details-bin`, which gRPC libraries of every language decode
+(grpcio-status here). Anything else is a bug: the client gets INTERNAL with a generic message, reason
+INTERNAL, and the traceback goes to the log.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # .pyi, no py.typed
+from grpc_status import rpc_status
 
 import grpc
-from cag.errors import CagError
-from cag.v1 import common_pb2
+from cag.errors import CagError, Status
 
-ERROR_INFO_KEY = "cag-error-bin"
+ERROR_DOMAIN = "cag.dev"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # grpc_status's GRPC_DETAILS_METADATA_KEY
+INTERNAL_REASON = "INTERNAL"
 INTERNAL_MESSAGE = "internal error; the server logged the details"
-# Attributes some errors carry (ModuleMismatchError) that clients may want without parsing messages.
-_DETAIL_ATTRIBUTES = ("expected", "actual", "module")
-_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# Attributes some errors carry (ModuleMismatchError, ModuleNotServableError) that clients may want without
+# parsing messages.
+DETAIL_ATTRIBUTES = ("field", "expected", "actual", "module", "state")
+# A message or metadata value that echoes a hostile request must not push the trailing metadata (which
+# carries the message twice: grpc-message and the Status) past gRPC's 8 KiB soft limit, or the client gets
+# RESOURCE_EXHAUSTED instead of the error. Services keep messages far shorter (the fuzzer holds them to 1 KiB).
+MAX_MESSAGE_CHARS = 2048
+MAX_DETAIL_CHARS = 256
 
 _log = logging.getLogger(__name__)
 
@@ -33,45 +46,80 @@ else:  # the runtime classes are not generic
     _Context = grpc.aio.ServicerContext
 
 
-def error_reason(error: CagError) -> str:
-    """UPPER_SNAKE class name without "Error".
+class ErrorDetails(NamedTuple):
+    """What a failed call says about itself beyond code and message (its google.rpc.ErrorInfo)."""
 
-    ModuleMismatchError → MODULE_MISMATCH; KVModuleNotFoundError → KV_MODULE_NOT_FOUND.
-    """
-    return _WORD_BOUNDARY.sub("_", type(error).__name__.removesuffix("Error")).upper()
-
-
-def error_info(error: CagError) -> common_pb2.ErrorInfo:
-    field = getattr(error, "field", "")
-    details = {name: getattr(error, name, None) for name in _DETAIL_ATTRIBUTES}
-    return common_pb2.ErrorInfo(
-        reason=error_reason(error),
-        field=field if isinstance(field, str) else "",
-        metadata={name: value for name, value in details.items() if isinstance(value, str) and value},
-    )
+    reason: str  # the error class's stable reason, for example "MODULE_NOT_SERVABLE"; "INTERNAL" for bugs
+    field: str  # the offending request or module field; "" when none
+    metadata: Mapping[str, str]  # every ErrorInfo metadata entry ("field", "expected", "actual", "module", ...)
+    domain: str = ERROR_DOMAIN
 
 
-def decode_error_info(trailing_metadata: Iterable[Any] | None) -> common_pb2.ErrorInfo | None:
-    """The ErrorInfo a failed call carried, if any.
+def error_metadata(error: CagError) -> dict[str, str]:
+    """The error's detail attributes that are set, as ErrorInfo metadata (values cut to MAX_DETAIL_CHARS)."""
+    values = {name: getattr(error, name, None) for name in DETAIL_ATTRIBUTES}
+    return {
+        name: _bounded(value, MAX_DETAIL_CHARS) for name, value in values.items() if isinstance(value, str) and value
+    }
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def status_of(error: CagError) -> status_pb2.Status:
+    """The google.rpc.Status a call failed by `error` carries."""
+    code = grpc.StatusCode[error.status.name]
+    message, metadata = _bounded(str(error), MAX_MESSAGE_CHARS), error_metadata(error)
+    status = _status(code, message, error.reason, metadata)
+    if error.status is Status.INVALID_ARGUMENT and "field" in metadata:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=metadata["field"], description=message)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return status
+
+
+def _status(code: grpc.StatusCode, message: str, reason: str, metadata: Mapping[str, str]) -> status_pb2.Status:
+    status = status_pb2.Status(code=code_pb2.Code.Value(code.name), message=message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
+    return status
+
+
+def decode_error_details(trailing_metadata: Iterable[Any] | None) -> ErrorDetails | None:
+    """The ErrorInfo of a failed call's `grpc-status-details-bin`, if it carries one.
 
     trailing_metadata: `error.trailing_metadata()` of a failed call, (key, value) pairs (aio or sync).
     """
     for key, value in trailing_metadata or ():
-        if key == ERROR_INFO_KEY and isinstance(value, bytes):
-            return common_pb2.ErrorInfo.FromString(value)
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            try:
+                status = status_pb2.Status.FromString(value)
+            except DecodeError:  # not from a server of ours: no details rather than a crash in error handling
+                return None
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    metadata = dict(info.metadata)
+                    return ErrorDetails(info.reason, metadata.get("field", ""), metadata, info.domain)
     return None
+
+
+def error_details(error: grpc.RpcError) -> ErrorDetails | None:
+    """(reason, field, metadata) of a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`); None when
+    the status carries no ErrorInfo (gRPC's own statuses: UNAVAILABLE from a dead channel, DEADLINE_EXCEEDED)."""
+    trailing = getattr(error, "trailing_metadata", None)
+    return decode_error_details(trailing() if callable(trailing) else None)
 
 
 async def abort_with(context: _Context, error: Exception, method: str) -> NoReturn:
     """Fail the call for `error` (never returns: `context.abort` raises)."""
     if isinstance(error, CagError):
-        info = error_info(error)
-        code, message = grpc.StatusCode[error.status.name], str(error)
+        status = status_of(error)
     else:
         _log.error("unhandled error in %s", method, exc_info=error)
-        info = common_pb2.ErrorInfo(reason="INTERNAL")
-        code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
-    await context.abort(code, message, trailing_metadata=((ERROR_INFO_KEY, info.SerializeToString()),))
+        status = _status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, INTERNAL_REASON, {})
+    # The aio context's abort_with_status does just this; the grpc stubs lack it.
+    rich = rpc_status.to_status(status)
+    await context.abort(rich.code, rich.details, trailing_metadata=rich.trailing_metadata)
 
 
 def _guard_call(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:

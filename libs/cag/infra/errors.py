@@ -9,3 +9,4 @@ class InfraError(CagError):
     """An embedded server failed to start, become healthy or stop; the message names its log file."""
 
     status = Status.UNAVAILABLE
+    reason = "INFRA_UNAVAILABLE"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from cag.errors import KVTensorMismatchError
 from cag.kvmodule.atomic import atomic_writer
 from cag.kvmodule.checksum import tensors_checksum
 from cag.kvmodule.metadata import SAFETENSORS_DTYPES, ModuleMetadata
@@ -76,6 +77,17 @@ class WrittenModule:
     header_sha256: str  # the header's checksum: the registry record holds it with tensor_checksum
 
 
+def _check_tensors(metadata: ModuleMetadata, k: torch.Tensor, v: torch.Tensor, tokens: int) -> None:
+    """KVTensorMismatchError unless k and v are alike, hold `tokens` rows and are in the module's dtype."""
+    if v.shape != k.shape:
+        raise KVTensorMismatchError("v.shape", f"k's {tuple(k.shape)}", str(tuple(v.shape)))
+    if k.dim() != 4 or k.shape[1] != tokens:
+        raise KVTensorMismatchError("k.shape", f"[layers, {tokens} tokens, kv_heads, head_dim]", str(tuple(k.shape)))
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != metadata.torch_dtype:
+            raise KVTensorMismatchError(f"{name}.dtype", str(metadata.torch_dtype), str(t.dtype))
+
+
 def write_module(
     path: Path, metadata: ModuleMetadata, k: torch.Tensor, v: torch.Tensor, token_ids: Sequence[int]
 ) -> WrittenModule:
@@ -83,8 +95,7 @@ def write_module(
 
     k, v: [layers, tokens, kv_heads, head_dim] in the module's dtype; token_ids: [tokens].
     """
-    if k.shape != v.shape or k.shape[1] != len(token_ids) or k.dtype != metadata.torch_dtype:
-        raise ValueError(f"K {tuple(k.shape)}/{k.dtype} and V {tuple(v.shape)} do not match {len(token_ids)} tokens")
+    _check_tensors(metadata, k, v, len(token_ids))
     tensors = list(_module_tensors(k, v, token_ids))
     index: dict[str, object] = {}
     offset = 0

@@ -17,15 +17,28 @@ Conventions for all cag.v1 protos:
 
 Errors (one mapping, applied by one server interceptor per service):
 - Every domain error (cag.errors.CagError) carries a `status` whose name is the gRPC status code
-  the call fails with: InvalidInputError and its subclasses (SourceError, LayoutError, QueryError,
-  ContextWindowExceededError) -> INVALID_ARGUMENT; UnknownModelError, UnknownLayoutError,
-  KVModuleNotFoundError -> NOT_FOUND; ModuleMismatchError, GoldenTestsFailedError, ChainError
-  -> FAILED_PRECONDITION; ModuleCorruptedError -> DATA_LOSS; and so on for ALREADY_EXISTS,
-  ABORTED, UNAVAILABLE.
+  the call fails with: InvalidInputError and its subclasses -> INVALID_ARGUMENT; UnknownModelError,
+  UnknownLayoutError, UnknownEngineError, KVModuleNotFoundError, a missing registry record ->
+  NOT_FOUND; ModuleMismatchError, ChainError, GoldenTestsFailedError, ModuleNotServableError (a
+  stale or invalidated chain: the router takes the fallback path) -> FAILED_PRECONDITION;
+  ModuleCorruptedError -> DATA_LOSS; KVCacheFullError -> RESOURCE_EXHAUSTED; missing or bad
+  credentials -> UNAUTHENTICATED; another tenant's data or an admin operation -> PERMISSION_DENIED;
+  infrastructure that cannot be reached -> UNAVAILABLE; a lost publish race -> ABORTED; a module
+  registered twice -> ALREADY_EXISTS.
 - The status message is the error's message. Any other exception becomes INTERNAL with a generic
   message (details go to the log and the trace, never to the client).
-- Servers also attach an ErrorInfo (below), serialized, as binary trailing metadata under the key
-  "cag-error-bin", so clients can branch on `reason` instead of parsing messages.
+- Every failed call carries the standard rich error model: a google.rpc.Status (same code and
+  message) as binary trailing metadata "grpc-status-details-bin" (what grpcio-status, and gRPC
+  libraries of other languages, read), whose details hold a google.rpc.ErrorInfo:
+  - reason: the error class's stable UPPER_SNAKE reason, declared on each class (never derived
+    from its name), for example "INVALID_FIELD", "MODULE_MISMATCH", "MODULE_CORRUPTED",
+    "MODULE_NOT_SERVABLE", "KV_CACHE_FULL", "UNKNOWN_ENGINE", "UNAUTHENTICATED",
+    "PERMISSION_DENIED"; "INTERNAL" for the generic INTERNAL. Clients branch on it.
+  - domain: "cag.dev".
+  - metadata: "field" (the offending request or module field), "expected", "actual", "module",
+    "state", where the error has them.
+  INVALID_ARGUMENT naming a field also carries a google.rpc.BadRequest with that field violation.
+  Python clients: cag.grpc.errors.error_details(rpc_error) -> (reason, field, metadata).
 """
 
 from collections import abc as _abc
@@ -680,7 +693,9 @@ Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
 
 @_typing.final
 class ErrorInfo(_message.Message):
-    """Machine-readable error detail, sent serialized as binary trailing metadata "cag-error-bin"."""
+    """An error kept in a record (compiler.proto's JobError), in the form of the google.rpc.ErrorInfo a failed
+    call carries (see "Errors" above). Never sent as metadata of its own: calls use grpc-status-details-bin.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -708,11 +723,11 @@ class ErrorInfo(_message.Message):
     FIELD_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """UPPER_SNAKE_CASE name of the domain error without "Error" (for example "MODULE_MISMATCH",
-    "MODULE_CORRUPTED", "ACL_DENIED"). Stable: clients may branch on it.
-    """
+    """The error class's stable reason (for example "MODULE_MISMATCH"), as google.rpc.ErrorInfo.reason."""
     field: _builtins.str
-    """The offending request or module field, when there is one (for example "tokenizer_revision")."""
+    """The offending request or module field, when there is one (for example "tokenizer_revision");
+    google.rpc.ErrorInfo carries it as metadata["field"].
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Further structured facts (for example {"expected": "...", "actual": "...", "module": "..."})."""

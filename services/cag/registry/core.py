@@ -15,7 +15,14 @@ import random
 import uuid
 
 from cag.auth import Caller, Scope
-from cag.errors import CagError, ChainError, InvalidFieldError, ModuleMismatchError, Status
+from cag.errors import (
+    CagError,
+    ChainError,
+    InvalidFieldError,
+    ModuleMismatchError,
+    ModuleNotServableError,
+    Status,
+)
 from cag.identifiers import check_module_id, check_name
 from cag.kvmodule import PUBLIC_TENANT, AclScope, GoldenStatus, ModuleMetadata
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
@@ -31,6 +38,7 @@ PUBLISH_BACKOFF_S = 0.005
 
 class PublishRefusedError(CagError):
     status = Status.FAILED_PRECONDITION
+    reason = "PUBLISH_REFUSED"
 
 
 def canonical_layout_hash(layout: str) -> str:
@@ -137,9 +145,11 @@ class RegistryCore:
         unservable = [r for r in resolution.chain if r.state is not ModuleState.PUBLISHED]
         if unservable:
             bad = unservable[0]
-            raise PublishRefusedError(
+            raise ModuleNotServableError(
                 f"route {tenant_id}/{route} v{resolution.version}: module {bad.module_id} is {bad.state.value}"
-                f" ({bad.state_reason}); serve from fallback until it is rebuilt"
+                f" ({bad.state_reason}); serve from fallback until it is rebuilt",
+                module=bad.module_id,
+                state=bad.state.value,
             )
         leaf = resolution.chain[-1].metadata
         foreign = [r.module_id for r in resolution.chain[:-1] if not visible_within(r.metadata, leaf)]

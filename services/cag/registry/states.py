@@ -38,6 +38,7 @@ LIVE: frozenset[ModuleState] = frozenset({S.BUILDING, S.VALIDATING, S.PUBLISHED,
 
 class IllegalTransitionError(CagError):
     status = Status.FAILED_PRECONDITION
+    reason = "ILLEGAL_TRANSITION"
 
 
 def check_transition(module_id: str, current: ModuleState, target: ModuleState) -> None:

@@ -24,16 +24,19 @@ MAX_PAGE_SIZE = 1000
 
 class RegistryNotFoundError(CagError):
     status = Status.NOT_FOUND
+    reason = "REGISTRY_NOT_FOUND"
 
 
 class ConcurrentPublishError(CagError):
     """Another publish took the same route version first; the loser changes nothing."""
 
     status = Status.ABORTED
+    reason = "CONCURRENT_PUBLISH"
 
 
 class AlreadyRegisteredError(CagError):
     status = Status.ALREADY_EXISTS
+    reason = "ALREADY_REGISTERED"
 
 
 @dataclass(frozen=True, kw_only=True)
