@@ -18,7 +18,7 @@ from typing import Any
 
 from cag.cli.registry_client import RegistryClient, run_with_rpc_errors, state_name
 from cag.engine import SamplingParams
-from cag.errors import CagError, InvalidInputError
+from cag.errors import InvalidInputError, ModuleNotServableError
 from cag.kvmodule import ModuleFile
 from cag.session import Answer, ChainContext, answer_from_modules
 from cag.settings import CagSettings
@@ -72,9 +72,11 @@ class RegistryCheck:
         """Refuse a module whose record is not published or does not pin exactly this file."""
         if record.state != common_pb2.MODULE_STATE_PUBLISHED:
             reason = f" ({record.state_reason})" if record.state_reason else ""
-            raise CagError(
+            raise ModuleNotServableError(
                 f"module {record.module_id} is {state_name(record.state)} in the registry at {self.client.address}"
-                f"{reason}: only published modules are served"
+                f"{reason}: only published modules are served",
+                module=record.module_id,
+                state=state_name(record.state),
             )
         module.check_record(
             tensor_checksum=record.tensor_checksum,
