@@ -10,6 +10,7 @@ import pytest
 
 from cag.errors import InvalidInputError
 from cag.kvmodule import AclScope
+from cag.registry.audit import EVERY_TENANT, Attribution, AuditAction, AuditEntry, AuditQuery, encode_audit_token
 from cag.registry.records import ModuleRecord, RouteDecision
 from cag.registry.states import IllegalTransitionError, ModuleState
 from cag.registry.store import (
@@ -124,6 +125,8 @@ async def test_concurrent_publishes_of_one_route_version_have_one_winner(store: 
     assert isinstance(losers[0], ConcurrentPublishError)
     loser_id = "billing-y" if winners[0].module_id == "billing-x" else "billing-x"
     assert (await store.get(loser_id)).state is ModuleState.VALIDATING  # the loser changed nothing
+    [audited] = (await store.list_audit(AuditQuery()))[0]  # ...and left no audit entry
+    assert audited.module_ids == (winners[0].module_id,)
     assert [r.module_id for r in (await store.resolve_route("acme", "billing")).chain] == [winners[0].module_id]
 
 
@@ -202,5 +205,96 @@ async def test_change_feed_carries_event_ids_and_shows_a_tenant_its_own_and_publ
         await store.publish(meta.module_id)
     feed = await store.changes_since(0, tenant_id="acme")
     assert [c.module_id for c in feed] == ["billing-acme", "faq-public"]
-    assert all(c.event_id and c.reason == "published" for c in feed)
+    assert all(c.event_id and c.reason == "published by system" for c in feed)
     assert len({c.event_id for c in await store.changes_since(0)}) == 3
+
+
+def record(module_id: str, **changes: object) -> ModuleRecord:
+    return ModuleRecord(metadata=make_metadata(module_id, **changes), source_uri="b", state=ModuleState.VALIDATING)
+
+
+async def audit_trail(store: RegistryStore, tenant_id: str | None = None) -> list[AuditEntry]:
+    return (await store.list_audit(AuditQuery(tenant_id=tenant_id)))[0]
+
+
+async def test_publish_rollback_and_invalidate_are_audited_with_who_what_why_and_event_id(
+    store: RegistryStore,
+) -> None:
+    for name in ("billing-a", "billing-b"):
+        await store.register(record(name))
+        await store.publish(name, by=Attribution(actor="user:alice"))
+    await store.rollback("acme", "billing", 1, by=Attribution(actor="user:bob", reason="bad answers in v2"))
+    withdrawn = await store.invalidate(
+        ModuleWithdrawn(module_id="billing-b"), event_id="evt-w", by=Attribution(actor="user:carol", reason="leak")
+    )
+    trail = await audit_trail(store, "acme")
+
+    assert [(e.action, e.actor, e.reason, e.version, e.module_ids) for e in trail] == [
+        (AuditAction.INVALIDATE, "user:carol", "leak", None, ("billing-b",)),
+        (AuditAction.ROLLBACK, "user:bob", "bad answers in v2", 1, ("billing-a",)),
+        (AuditAction.PUBLISH, "user:alice", "", 2, ("billing-b",)),
+        (AuditAction.PUBLISH, "user:alice", "", 1, ("billing-a",)),
+    ]
+    assert [e.sequence for e in trail] == sorted((e.sequence for e in trail), reverse=True)
+    assert all(e.tenant_id == "acme" and e.recorded_at.tzinfo is not None for e in trail)
+    assert [e.route for e in trail] == ["", "billing", "billing", "billing"]
+    assert trail[0].event_id == "evt-w" and trail[0].trigger.startswith("module: ")
+    # Publish and Rollback are audited under the id of the event that announced them.
+    feed = {c.event_id: c for c in await store.changes_since(0)}
+    assert [feed[e.event_id].module_id for e in trail[1:]] == ["billing-a", "billing-b", "billing-a"]
+    assert feed[trail[1].event_id].reason == "rollback to version 1 — by user:bob: bad answers in v2"
+    assert feed[trail[2].event_id].reason == "published by user:alice"
+    assert [r.state_reason for r in withdrawn] == [f"{trail[0].trigger} — by user:carol: leak"]
+
+
+async def test_only_changes_are_audited_and_global_ones_only_without_a_tenant(store: RegistryStore) -> None:
+    await store.register(record("billing-a"))
+    await store.publish("billing-a")
+    await store.publish("billing-a")  # already published: no change, no entry
+    trigger = ModelRevised(model_name="smollm2", model_revision="rev-b")
+    await store.invalidate(trigger, event_id="evt-m")
+    await store.invalidate(trigger, event_id="evt-m")  # a redelivery
+    await store.invalidate(ModelRevised(model_name="none", model_revision="x"), event_id="evt-none")
+
+    everything = await audit_trail(store)
+    assert [(e.event_id, e.tenant_id, e.module_ids) for e in everything[:2]] == [
+        ("evt-none", EVERY_TENANT, ()),  # asked for and recorded, though it changed nothing
+        ("evt-m", EVERY_TENANT, ("billing-a",)),
+    ]
+    assert len(everything) == 3
+    assert [e.action for e in await audit_trail(store, "acme")] == [AuditAction.PUBLISH]
+    assert await audit_trail(store, "globex") == []
+
+
+async def test_audit_pages_newest_first(store: RegistryStore) -> None:
+    await store.register(record("billing-a"))
+    await store.publish("billing-a")
+    for i in range(4):
+        await store.rollback("acme", "billing", 1, by=Attribution(actor="user:ops", reason=f"r{i}"))
+    reasons, token = [], ""
+    while True:
+        page, token = await store.list_audit(AuditQuery(tenant_id="acme", page_size=2, page_token=token))
+        assert len(page) <= 2
+        reasons += [e.reason for e in page]
+        if not token:
+            break
+    assert reasons == ["r3", "r2", "r1", "r0", ""]
+    with pytest.raises(InvalidInputError):
+        await store.list_audit(AuditQuery(page_token="not-a-token"))
+    with pytest.raises(InvalidInputError):
+        await store.list_audit(AuditQuery(page_token=encode_audit_token(0)))
+    with pytest.raises(InvalidInputError):
+        AuditQuery(page_size=0)
+
+
+async def test_a_quarantined_registration_is_kept_and_never_publishable(store: RegistryStore) -> None:
+    kept = dataclasses.replace(record("billing-f"), state=ModuleState.QUARANTINED, state_reason="golden tests failed")
+    stored = await store.register(kept)
+    assert (stored.state, stored.state_reason, stored.version) == (ModuleState.QUARANTINED, "golden tests failed", None)
+    assert await store.get("billing-f") == stored
+    with pytest.raises(IllegalTransitionError):
+        await store.publish("billing-f")
+    # Any other registry-owned state in a registration is ignored.
+    claimed = dataclasses.replace(record("billing-g"), state=ModuleState.PUBLISHED, state_reason="trust me", version=7)
+    assert ((s := await store.register(claimed)).state, s.state_reason, s.version) == (ModuleState.VALIDATING, "", None)
+    assert await audit_trail(store) == []

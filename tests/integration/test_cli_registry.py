@@ -189,15 +189,15 @@ async def test_keep_failed_publish_is_refused_by_the_registry(cli: Cli, tmp_path
     assert "error (FAILED_PRECONDITION): " in err
     assert "golden tests failed" in err
     assert "published" not in out
-    # Registered (so it can be inspected), never published.
-    code, out, _ = await cli("modules", "list", "--state", "validating", "--registry", cli.registry)
+    # Registered QUARANTINED (so it can be inspected), never published.
+    code, out, _ = await cli("modules", "list", "--state", "quarantined", "--registry", cli.registry)
     assert code == 0
     assert "failed" in out
     # ...and never served by a query that checks the registry.
     [module] = (tmp_path / "out").glob("*.safetensors")
     code, out, err = await cli("query", "--module", str(module), "--query", "hi", "--registry", cli.registry)
     assert code == 4
-    assert "is validating in the registry" in err and "only published modules are served" in err
+    assert "is quarantined in the registry" in err and "only published modules are served" in err
     assert out == ""
 
 

@@ -20,7 +20,9 @@ from tests.infra_fixtures import FreshDatabase
 from tests.registry_population import generate_population
 
 REGISTRY_TABLES = set(Base.metadata.tables)
-POPULATED_TABLES = ("modules", "layouts", "sources", "model_revisions", "routes", "outbox", "processed_events")
+POPULATED_TABLES = (
+    "modules", "layouts", "sources", "model_revisions", "routes", "outbox", "processed_events", "audit_log",
+)  # fmt: skip
 
 
 @pytest.fixture

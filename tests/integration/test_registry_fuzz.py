@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.kvmodule import AclScope, ModuleMetadata
+from cag.registry.audit import encode_audit_token
 from cag.registry.convert import module_of
 from cag.registry.core import RegistryCore
 from cag.registry.db.engine import connect, session_factory
@@ -54,7 +55,7 @@ from tests.support.grpc_fuzz import (
 )
 
 SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
-METHODS = ("Register", "Publish", "Get", "List", "ResolveRoute", "Invalidate", "Rollback", "Watch")
+METHODS = ("Register", "Publish", "Get", "List", "ResolveRoute", "Invalidate", "Rollback", "Watch", "ListAudit")
 
 LAYOUT = json.dumps({"layout_id": "support.v1", "slots": ["system", "tools", "domain", "query"]})
 
@@ -155,6 +156,10 @@ SEEDS: dict[str, list[Any]] = {
     ],
     "Rollback": [R.RollbackRequest(tenant_id="acme", route="billing", to_version=1, reason="fuzz")],
     "Watch": [R.WatchRequest(since_sequence=0, tenant_id="acme"), R.WatchRequest(since_sequence=2)],
+    "ListAudit": [
+        R.ListAuditRequest(tenant_id="acme", page_size=2, page_token=encode_audit_token(3)),
+        R.ListAuditRequest(tenant_id="public", page_size=1),
+    ],
 }
 CASES = fuzz_cases(SERVICE, SEEDS)
 

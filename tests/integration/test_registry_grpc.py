@@ -152,7 +152,7 @@ async def test_publish_refuses_failed_golden_tests(registry: Client) -> None:
     await registry.register(make_metadata("m-1", golden_status=GoldenStatus.FAILED))
     error = await fails(registry.publish("m-1"), Code.FAILED_PRECONDITION, reason="PUBLISH_REFUSED")
     assert "golden" in (error.details() or "")
-    assert (await registry.get("m-1")).state == common_pb2.MODULE_STATE_VALIDATING
+    assert (await registry.get("m-1")).state == common_pb2.MODULE_STATE_QUARANTINED  # kept, never publishable
 
 
 async def test_publish_never_opens_the_storage_uri(registry: Client, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ SERVICES = {
     "compiler": ("CompilerService", {"Compile", "GetJob"}),
     "registry": (
         "RegistryService",
-        {"Register", "Publish", "Get", "List", "ResolveRoute", "Invalidate", "Rollback", "Watch"},
+        {"Register", "Publish", "Get", "List", "ResolveRoute", "Invalidate", "Rollback", "Watch", "ListAudit"},
     ),
     "cachepool": ("CachePoolService", {"Generate", "Prefetch", "Pin", "Stats"}),
     "fallback": ("FallbackService", {"Generate", "Index", "Candidates", "Review"}),

@@ -12,6 +12,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,25 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AuditAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIT_ACTION_UNSPECIFIED: _AuditAction.ValueType  # 0
+    AUDIT_ACTION_PUBLISH: _AuditAction.ValueType  # 1
+    AUDIT_ACTION_ROLLBACK: _AuditAction.ValueType  # 2
+    AUDIT_ACTION_INVALIDATE: _AuditAction.ValueType  # 3
+
+class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper): ...
+
+AUDIT_ACTION_UNSPECIFIED: AuditAction.ValueType  # 0
+AUDIT_ACTION_PUBLISH: AuditAction.ValueType  # 1
+AUDIT_ACTION_ROLLBACK: AuditAction.ValueType  # 2
+AUDIT_ACTION_INVALIDATE: AuditAction.ValueType  # 3
+Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 @_typing.final
 class RegisterRequest(_message.Message):
@@ -379,8 +399,8 @@ class InvalidateRequest(_message.Message):
     MODULE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """Why (audit: appended, with the authenticated caller's subject, to each changed module's
-    state_reason; at most 1,024 characters).
+    """Why (audit: kept in the audit trail and appended, with the authenticated caller's subject, to each
+    changed module's state_reason; at most 1,024 characters).
     """
     @_builtins.property
     def source(self) -> Global___SourceTrigger: ...
@@ -458,8 +478,8 @@ class RollbackRequest(_message.Message):
     to_version: _builtins.int
     """The published version on (tenant_id, route) to serve (>= 1)."""
     reason: _builtins.str
-    """Why (audit: joins the event's reason with the authenticated caller's subject; at most 1,024
-    characters).
+    """Why (audit: kept in the audit trail and joins the event's reason with the authenticated caller's
+    subject; at most 1,024 characters).
     """
     def __init__(
         self,
@@ -577,3 +597,120 @@ class ModuleChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModuleChange: _TypeAlias = ModuleChange  # noqa: Y015
+
+@_typing.final
+class ListAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Only this tenant's entries; "" = every tenant's, and those of changes that reach every tenant."""
+    page_size: _builtins.int
+    """Paging (see common.proto)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    """One change, recorded in the same transaction as the change itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MODULE_IDS_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Registry-wide, increasing: a later change has a larger sequence."""
+    event_id: _builtins.str
+    """Id of the event announcing the change (Invalidate: the id InvalidateResponse returned)."""
+    action: Global___AuditAction.ValueType
+    actor: _builtins.str
+    """Who: the authenticated caller's subject (for example "user:ops-alice"; "system" for the registry's
+    own jobs and the platform's invalidation events).
+    """
+    reason: _builtins.str
+    """Why, as the caller gave it ("" when none)."""
+    tenant_id: _builtins.str
+    """"" when the change reaches every tenant (a model, tokenizer, layout or TTL invalidation)."""
+    route: _builtins.str
+    """Publish and Rollback: the route; "" for Invalidate."""
+    version: _builtins.int
+    """Publish: the new version; Rollback: the version served again; 0 for Invalidate."""
+    trigger: _builtins.str
+    """Invalidate: the trigger, for example "model: ModelRevised(model_name='smollm2', ...)"; "" otherwise."""
+    @_builtins.property
+    def module_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The modules whose state or route changed (empty when an invalidation changed nothing)."""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+        action: Global___AuditAction.ValueType = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        route: _builtins.str = ...,
+        version: _builtins.int = ...,
+        module_ids: _abc.Iterable[_builtins.str] | None = ...,
+        trigger: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "event_id", b"event_id", "module_ids", b"module_ids", "reason", b"reason", "recorded_at", b"recorded_at", "route", b"route", "sequence", b"sequence", "tenant_id", b"tenant_id", "trigger", b"trigger", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015

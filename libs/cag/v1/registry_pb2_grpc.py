@@ -75,14 +75,20 @@ class RegistryServiceStub:
                 request_serializer=cag_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
                 response_deserializer=cag_dot_v1_dot_registry__pb2.ModuleChange.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/cag.v1.RegistryService/ListAudit',
+                request_serializer=cag_dot_v1_dot_registry__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=cag_dot_v1_dot_registry__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
-        """Records a compiled module in state VALIDATING. Idempotent by module_id: registering the same
-        module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
+        """Records a compiled module in state VALIDATING, or QUARANTINED (kept for inspection, never
+        publishable) when its golden_status is FAILED, as `cag compile --keep-failed` registers it.
+        Idempotent by module_id: registering the same module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
         content (tensor_checksum); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
         source_uri is empty or an id is malformed.
         """
@@ -93,7 +99,8 @@ class RegistryServiceServicer:
     def Publish(self, request, context):
         """Publishes a VALIDATING module: it gets the next version on its (tenant_id, route) and the route
         points at it. Earlier versions stay PUBLISHED (Rollback targets). Idempotent for a PUBLISHED
-        module. FAILED_PRECONDITION when its state forbids it or its file does not verify.
+        module. FAILED_PRECONDITION when its state forbids it or its golden tests did not pass.
+        Recorded in the audit trail (ListAudit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,7 +130,7 @@ class RegistryServiceServicer:
 
     def Invalidate(self, request, context):
         """Applies one invalidation trigger (seed section 15): marks exactly the affected modules and all
-        their descendants, and emits one event.
+        their descendants, and emits one event. Recorded in the audit trail (ListAudit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,7 +138,7 @@ class RegistryServiceServicer:
 
     def Rollback(self, request, context):
         """Points the route at an earlier version again. NOT_FOUND when the route has no such version;
-        FAILED_PRECONDITION when that version is no longer PUBLISHED.
+        FAILED_PRECONDITION when that version is no longer PUBLISHED. Recorded in the audit trail (ListAudit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +147,16 @@ class RegistryServiceServicer:
     def Watch(self, request, context):
         """Every module change after `since_sequence`, then live changes, until the client cancels.
         A consumer that stores the last sequence it applied resumes without gaps or duplicates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit trail of Publish, Rollback and Invalidate (who, what, why, when, event id), newest first,
+        paged. Authorized as List: a tenant's entries need read on that tenant; without tenant_id (every
+        tenant's entries, and those of invalidations that reach every tenant) the caller must be able to read
+        every tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,6 +204,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=cag_dot_v1_dot_registry__pb2.WatchRequest.FromString,
                     response_serializer=cag_dot_v1_dot_registry__pb2.ModuleChange.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=cag_dot_v1_dot_registry__pb2.ListAuditRequest.FromString,
+                    response_serializer=cag_dot_v1_dot_registry__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +427,33 @@ class RegistryService:
             '/cag.v1.RegistryService/Watch',
             cag_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
             cag_dot_v1_dot_registry__pb2.ModuleChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cag.v1.RegistryService/ListAudit',
+            cag_dot_v1_dot_registry__pb2.ListAuditRequest.SerializeToString,
+            cag_dot_v1_dot_registry__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

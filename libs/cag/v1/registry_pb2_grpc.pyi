@@ -36,15 +36,17 @@ class RegistryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RegistryServiceAsyncStub: ...
     Register: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterRequest, _registry_pb2.RegisterResponse]
-    """Records a compiled module in state VALIDATING. Idempotent by module_id: registering the same
-    module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
+    """Records a compiled module in state VALIDATING, or QUARANTINED (kept for inspection, never
+    publishable) when its golden_status is FAILED, as `cag compile --keep-failed` registers it.
+    Idempotent by module_id: registering the same module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
     content (tensor_checksum); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
     source_uri is empty or an id is malformed.
     """
     Publish: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PublishRequest, _registry_pb2.PublishResponse]
     """Publishes a VALIDATING module: it gets the next version on its (tenant_id, route) and the route
     points at it. Earlier versions stay PUBLISHED (Rollback targets). Idempotent for a PUBLISHED
-    module. FAILED_PRECONDITION when its state forbids it or its file does not verify.
+    module. FAILED_PRECONDITION when its state forbids it or its golden tests did not pass.
+    Recorded in the audit trail (ListAudit).
     """
     Get: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModuleRequest, _common_pb2.Module]
     """One module by id; NOT_FOUND when unknown."""
@@ -56,30 +58,38 @@ class RegistryServiceStub:
     """
     Invalidate: _grpc.UnaryUnaryMultiCallable[_registry_pb2.InvalidateRequest, _registry_pb2.InvalidateResponse]
     """Applies one invalidation trigger (seed section 15): marks exactly the affected modules and all
-    their descendants, and emits one event.
+    their descendants, and emits one event. Recorded in the audit trail (ListAudit).
     """
     Rollback: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.RollbackResponse]
     """Points the route at an earlier version again. NOT_FOUND when the route has no such version;
-    FAILED_PRECONDITION when that version is no longer PUBLISHED.
+    FAILED_PRECONDITION when that version is no longer PUBLISHED. Recorded in the audit trail (ListAudit).
     """
     Watch: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchRequest, _registry_pb2.ModuleChange]
     """Every module change after `since_sequence`, then live changes, until the client cancels.
     A consumer that stores the last sequence it applied resumes without gaps or duplicates.
+    """
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAuditRequest, _registry_pb2.ListAuditResponse]
+    """The audit trail of Publish, Rollback and Invalidate (who, what, why, when, event id), newest first,
+    paged. Authorized as List: a tenant's entries need read on that tenant; without tenant_id (every
+    tenant's entries, and those of invalidations that reach every tenant) the caller must be able to read
+    every tenant.
     """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Register: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterRequest, _registry_pb2.RegisterResponse]  # type: ignore[assignment]
-    """Records a compiled module in state VALIDATING. Idempotent by module_id: registering the same
-    module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
+    """Records a compiled module in state VALIDATING, or QUARANTINED (kept for inspection, never
+    publishable) when its golden_status is FAILED, as `cag compile --keep-failed` registers it.
+    Idempotent by module_id: registering the same module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
     content (tensor_checksum); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
     source_uri is empty or an id is malformed.
     """
     Publish: _aio.UnaryUnaryMultiCallable[_registry_pb2.PublishRequest, _registry_pb2.PublishResponse]  # type: ignore[assignment]
     """Publishes a VALIDATING module: it gets the next version on its (tenant_id, route) and the route
     points at it. Earlier versions stay PUBLISHED (Rollback targets). Idempotent for a PUBLISHED
-    module. FAILED_PRECONDITION when its state forbids it or its file does not verify.
+    module. FAILED_PRECONDITION when its state forbids it or its golden tests did not pass.
+    Recorded in the audit trail (ListAudit).
     """
     Get: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModuleRequest, _common_pb2.Module]  # type: ignore[assignment]
     """One module by id; NOT_FOUND when unknown."""
@@ -91,15 +101,21 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     Invalidate: _aio.UnaryUnaryMultiCallable[_registry_pb2.InvalidateRequest, _registry_pb2.InvalidateResponse]  # type: ignore[assignment]
     """Applies one invalidation trigger (seed section 15): marks exactly the affected modules and all
-    their descendants, and emits one event.
+    their descendants, and emits one event. Recorded in the audit trail (ListAudit).
     """
     Rollback: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.RollbackResponse]  # type: ignore[assignment]
     """Points the route at an earlier version again. NOT_FOUND when the route has no such version;
-    FAILED_PRECONDITION when that version is no longer PUBLISHED.
+    FAILED_PRECONDITION when that version is no longer PUBLISHED. Recorded in the audit trail (ListAudit).
     """
     Watch: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchRequest, _registry_pb2.ModuleChange]  # type: ignore[assignment]
     """Every module change after `since_sequence`, then live changes, until the client cancels.
     A consumer that stores the last sequence it applied resumes without gaps or duplicates.
+    """
+    ListAudit: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAuditRequest, _registry_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """The audit trail of Publish, Rollback and Invalidate (who, what, why, when, event id), newest first,
+    paged. Authorized as List: a tenant's entries need read on that tenant; without tenant_id (every
+    tenant's entries, and those of invalidations that reach every tenant) the caller must be able to read
+    every tenant.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -109,8 +125,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.RegisterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.RegisterResponse, _abc.Awaitable[_registry_pb2.RegisterResponse]]:
-        """Records a compiled module in state VALIDATING. Idempotent by module_id: registering the same
-        module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
+        """Records a compiled module in state VALIDATING, or QUARANTINED (kept for inspection, never
+        publishable) when its golden_status is FAILED, as `cag compile --keep-failed` registers it.
+        Idempotent by module_id: registering the same module again returns the stored record. ALREADY_EXISTS when the module_id is known with other
         content (tensor_checksum); NOT_FOUND when its parent is not registered; INVALID_ARGUMENT when
         source_uri is empty or an id is malformed.
         """
@@ -123,7 +140,8 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.PublishResponse, _abc.Awaitable[_registry_pb2.PublishResponse]]:
         """Publishes a VALIDATING module: it gets the next version on its (tenant_id, route) and the route
         points at it. Earlier versions stay PUBLISHED (Rollback targets). Idempotent for a PUBLISHED
-        module. FAILED_PRECONDITION when its state forbids it or its file does not verify.
+        module. FAILED_PRECONDITION when its state forbids it or its golden tests did not pass.
+        Recorded in the audit trail (ListAudit).
         """
 
     @_abc_1.abstractmethod
@@ -159,7 +177,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.InvalidateResponse, _abc.Awaitable[_registry_pb2.InvalidateResponse]]:
         """Applies one invalidation trigger (seed section 15): marks exactly the affected modules and all
-        their descendants, and emits one event.
+        their descendants, and emits one event. Recorded in the audit trail (ListAudit).
         """
 
     @_abc_1.abstractmethod
@@ -169,7 +187,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.RollbackResponse, _abc.Awaitable[_registry_pb2.RollbackResponse]]:
         """Points the route at an earlier version again. NOT_FOUND when the route has no such version;
-        FAILED_PRECONDITION when that version is no longer PUBLISHED.
+        FAILED_PRECONDITION when that version is no longer PUBLISHED. Recorded in the audit trail (ListAudit).
         """
 
     @_abc_1.abstractmethod
@@ -180,6 +198,18 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.ModuleChange], _abc.AsyncIterator[_registry_pb2.ModuleChange]]:
         """Every module change after `since_sequence`, then live changes, until the client cancels.
         A consumer that stores the last sequence it applied resumes without gaps or duplicates.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _registry_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListAuditResponse, _abc.Awaitable[_registry_pb2.ListAuditResponse]]:
+        """The audit trail of Publish, Rollback and Invalidate (who, what, why, when, event id), newest first,
+        paged. Authorized as List: a tenant's entries need read on that tenant; without tenant_id (every
+        tenant's entries, and those of invalidations that reach every tenant) the caller must be able to read
+        every tenant.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -18,6 +18,7 @@ from cag.grpc.timestamps import datetime_of, header_of_timestamp, timestamp_of, 
 from cag.identifiers import MAX_NAME, MAX_URI, check_module_id, check_name, check_text, echo
 from cag.kvmodule import DTYPES, PUBLIC_TENANT, AclScope, GoldenStatus, ModuleMetadata
 from cag.kvmodule.metadata import FORMAT_VERSION
+from cag.registry.audit import MAX_AUDIT_PAGE_SIZE, AuditEntry, AuditQuery
 from cag.registry.records import ModuleChange, ModuleRecord
 from cag.registry.states import ModuleState
 from cag.registry.store import MAX_PAGE_SIZE, ListQuery
@@ -297,6 +298,32 @@ def version_of(field: str, value: int, *, minimum: int) -> int:
 
 def audit_text(field: str, value: str) -> str:
     return check_text(field, value, max_chars=MAX_AUDIT_TEXT)
+
+
+def audit_query_of(request: registry_pb2.ListAuditRequest) -> AuditQuery:
+    """tenant_id "" = every tenant; page_size 0 is the default, larger ones are capped."""
+    if request.page_size < 0:
+        raise InvalidFieldError("page_size", f"must be >= 0, got {request.page_size}")
+    if request.tenant_id:
+        check_name("tenant_id", request.tenant_id)
+    check_text("page_token", request.page_token, max_chars=MAX_PAGE_TOKEN)
+    query = AuditQuery(
+        tenant_id=request.tenant_id or None,
+        page_size=min(request.page_size or DEFAULT_PAGE_SIZE, MAX_AUDIT_PAGE_SIZE),
+        page_token=request.page_token,
+    )
+    _ = query.before  # a malformed page_token fails here, before any store work
+    return query
+
+
+def audit_entry_of(entry: AuditEntry) -> registry_pb2.AuditEntry:
+    return registry_pb2.AuditEntry(
+        sequence=entry.sequence, event_id=entry.event_id,
+        action=registry_pb2.AuditAction.Value(f"AUDIT_ACTION_{entry.action.name}"),
+        actor=entry.actor, reason=entry.reason, tenant_id=entry.tenant_id, route=entry.route,
+        version=entry.version or 0, module_ids=list(entry.module_ids), trigger=entry.trigger,
+        recorded_at=timestamp_of(entry.recorded_at),
+    )  # fmt: skip
 
 
 def change_of(change: ModuleChange) -> registry_pb2.ModuleChange:

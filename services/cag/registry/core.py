@@ -9,6 +9,7 @@ query --registry`) checks the file against this record before using a byte of it
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import random
@@ -25,6 +26,7 @@ from cag.errors import (
 )
 from cag.identifiers import check_module_id, check_name
 from cag.kvmodule import PUBLIC_TENANT, AclScope, GoldenStatus, ModuleMetadata
+from cag.registry.audit import Attribution, AuditEntry, AuditQuery
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
 from cag.registry.store import ConcurrentPublishError, ListQuery, RegistryStore, RouteResolution
@@ -100,6 +102,11 @@ class RegistryCore:
         if m.parent_id is not None:
             parent = await self.store.get(check_module_id(m.parent_id, "parent_id"))
             _check_chain_link(parent, m)
+        if m.golden_status is GoldenStatus.FAILED:
+            # Compiled with --keep-failed: recorded for inspection, never publishable.
+            failed = sum(not r.get("passed", False) for r in json.loads(m.golden_results or "[]"))
+            reason = f"golden tests failed ({failed} question(s)); kept for inspection"
+            record = dataclasses.replace(record, state=ModuleState.QUARANTINED, state_reason=reason)
         return await self.store.register(record)
 
     async def get(self, caller: Caller, module_id: str) -> ModuleRecord:
@@ -129,7 +136,7 @@ class RegistryCore:
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
                 return await self.store.publish(
-                    module_id, expected_version=expected_version, note=f"published by {caller.subject}"
+                    module_id, expected_version=expected_version, by=Attribution(actor=caller.subject)
                 )
             except ConcurrentPublishError:
                 if expected_version is not None or attempt == PUBLISH_ATTEMPTS - 1:
@@ -163,8 +170,8 @@ class RegistryCore:
         """Apply `trigger` once per event id; `reason` (why, from the caller) joins each module's state reason."""
         await self._authorize_trigger(caller, trigger)
         event = event_id or str(uuid.uuid4())
-        note = f"by {caller.subject}" + (f": {reason}" if reason else "")
-        return event, await self.store.invalidate(trigger, event_id=event, note=note)
+        by = Attribution(actor=caller.subject, reason=reason)
+        return event, await self.store.invalidate(trigger, event_id=event, by=by)
 
     async def _authorize_trigger(self, caller: Caller, trigger: Trigger) -> None:
         """Tenant-scoped triggers need write on that tenant; model, tokenizer and layout revisions reach every
@@ -184,8 +191,18 @@ class RegistryCore:
         check_name("tenant_id", tenant_id)
         check_name("route", route)
         caller.require(Scope.WRITE, tenant_id)
-        note = f"by {caller.subject}" + (f": {reason}" if reason else "")
-        return await self.store.rollback(tenant_id, route, to_version, note=note)
+        by = Attribution(actor=caller.subject, reason=reason)
+        return await self.store.rollback(tenant_id, route, to_version, by=by)
+
+    async def list_audit(self, caller: Caller, query: AuditQuery) -> tuple[list[AuditEntry], str]:
+        """The audit trail, newest first; authorized as `list_modules` is (the entries of changes that reach
+        every tenant are listed only without a tenant, to callers who may read every tenant)."""
+        if query.tenant_id is None:
+            if caller.readable_tenants() is not None:
+                raise InvalidFieldError("tenant_id", f"is required: {caller.subject} may not list every tenant")
+        elif query.tenant_id != PUBLIC_TENANT:
+            caller.require(Scope.READ, check_name("tenant_id", query.tenant_id))
+        return await self.store.list_audit(query)
 
     async def record_route_decision(self, decision: RouteDecision) -> bool:
         return await self.store.record_route_decision(decision)

@@ -8,6 +8,15 @@ from datetime import UTC, datetime
 
 from cag.errors import InvalidFieldError
 from cag.kvmodule import PUBLIC_TENANT
+from cag.registry.audit import (
+    EVERY_TENANT,
+    SYSTEM_ATTRIBUTION,
+    Attribution,
+    AuditAction,
+    AuditEntry,
+    AuditQuery,
+    encode_audit_token,
+)
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import IllegalTransitionError, ModuleState, check_transition
 from cag.registry.store import (
@@ -19,10 +28,12 @@ from cag.registry.store import (
     check_expected_version,
     encode_page_token,
     module_event,
+    registered_as,
     rollback_reason,
     trigger_reason,
+    trigger_tenant,
 )
-from cag.registry.triggers import Trigger, affected_modules
+from cag.registry.triggers import ModuleWithdrawn, Trigger, affected_modules
 
 
 class MemoryStore(RegistryStore):
@@ -32,6 +43,7 @@ class MemoryStore(RegistryStore):
         self.processed: set[tuple[str, str]] = set()
         self.outbox: list[ModuleChange] = []
         self.decisions: dict[str, RouteDecision] = {}
+        self.audit: list[AuditEntry] = []
         self._lock = asyncio.Lock()  # one writer at a time, as a serializable transaction would
 
     def _get(self, module_id: str) -> ModuleRecord:
@@ -40,7 +52,27 @@ class MemoryStore(RegistryStore):
         except KeyError:
             raise RegistryNotFoundError(f"module {module_id} is not registered") from None
 
-    def _set(self, record: ModuleRecord, *, reason: str = "", trigger_event_id: str = "") -> ModuleRecord:
+    def _audit(
+        self,
+        action: AuditAction,
+        by: Attribution,
+        *,
+        event_id: str,
+        tenant_id: str,
+        module_ids: tuple[str, ...],
+        route: str = "",
+        version: int | None = None,
+        trigger: str = "",
+    ) -> None:
+        self.audit.append(
+            AuditEntry(
+                sequence=len(self.audit) + 1, event_id=event_id, action=action, actor=by.actor, reason=by.reason,
+                tenant_id=tenant_id, route=route, version=version, module_ids=module_ids, trigger=trigger,
+                recorded_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+
+    def _set(self, record: ModuleRecord, *, reason: str = "", trigger_event_id: str = "") -> ModuleChange:
         self.modules[record.module_id] = record
         envelope = module_event(record, reason=reason, trigger_event_id=trigger_event_id)
         m = record.metadata
@@ -58,7 +90,7 @@ class MemoryStore(RegistryStore):
                 occurred_at=envelope.occurred_at,
             )
         )
-        return record
+        return self.outbox[-1]
 
     async def register(self, record: ModuleRecord) -> ModuleRecord:
         async with self._lock:
@@ -70,8 +102,9 @@ class MemoryStore(RegistryStore):
             if record.parent_id is not None:
                 self._get(record.parent_id)
             now = datetime.now(UTC)
+            state, reason = registered_as(record)
             stored = dataclasses.replace(
-                record, state=ModuleState.VALIDATING, version=None, registered_at=now, state_changed_at=now
+                record, state=state, state_reason=reason, version=None, registered_at=now, state_changed_at=now
             )
             self.modules[record.module_id] = stored
             return stored
@@ -98,7 +131,7 @@ class MemoryStore(RegistryStore):
         return page, encode_page_token(page[-1].module_id) if len(rows) > query.page_size else ""
 
     async def publish(
-        self, module_id: str, *, expected_version: int | None = None, note: str = "published"
+        self, module_id: str, *, expected_version: int | None = None, by: Attribution = SYSTEM_ATTRIBUTION
     ) -> ModuleRecord:
         async with self._lock:
             record = self._get(module_id)
@@ -117,17 +150,22 @@ class MemoryStore(RegistryStore):
                 record, state=ModuleState.PUBLISHED, version=max(versions) + 1, published_at=now, state_changed_at=now
             )
             self.routes[(m.tenant_id, m.route)] = module_id
-            return self._set(published, reason=note)
+            change = self._set(published, reason=f"published {by.note}")
+            self._audit(
+                AuditAction.PUBLISH, by, event_id=change.event_id, tenant_id=m.tenant_id, route=m.route,
+                version=published.version, module_ids=(module_id,),
+            )  # fmt: skip
+            return published
 
     async def quarantine(self, module_id: str, reason: str) -> ModuleRecord:
         async with self._lock:
             record = self._get(module_id)
             check_transition(module_id, record.state, ModuleState.QUARANTINED)
-            return self._set(
-                dataclasses.replace(
-                    record, state=ModuleState.QUARANTINED, state_reason=reason, state_changed_at=datetime.now(UTC)
-                )
+            quarantined = dataclasses.replace(
+                record, state=ModuleState.QUARANTINED, state_reason=reason, state_changed_at=datetime.now(UTC)
             )
+            self._set(quarantined)
+            return quarantined
 
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
         module_id = self.routes.get((tenant_id, route))
@@ -140,22 +178,35 @@ class MemoryStore(RegistryStore):
         return RouteResolution(tenant_id=tenant_id, route=route, version=chain[-1].version, chain=chain)
 
     async def invalidate(
-        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", note: str = ""
+        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", by: Attribution = SYSTEM_ATTRIBUTION
     ) -> list[ModuleRecord]:
         async with self._lock:
             if (consumer, event_id) in self.processed:
                 return []
             self.processed.add((consumer, event_id))
-            now, reason = datetime.now(UTC), trigger_reason(trigger, note)
+            now, reason = datetime.now(UTC), trigger_reason(trigger, by.note)
             changed = []
             for module_id, state in sorted(affected_modules(self.modules.values(), trigger).items()):
                 record = dataclasses.replace(
                     self.modules[module_id], state=state, state_reason=reason, state_changed_at=now
                 )
-                changed.append(self._set(record, trigger_event_id=event_id))
+                self._set(record, trigger_event_id=event_id)
+                changed.append(record)
+            self._audit(
+                AuditAction.INVALIDATE, by, event_id=event_id, tenant_id=self._trigger_tenant(trigger),
+                module_ids=tuple(r.module_id for r in changed), trigger=trigger_reason(trigger),
+            )  # fmt: skip
             return changed
 
-    async def rollback(self, tenant_id: str, route: str, to_version: int, *, note: str = "") -> ModuleRecord:
+    def _trigger_tenant(self, trigger: Trigger) -> str:
+        tenant = trigger_tenant(trigger)
+        if tenant is None and isinstance(trigger, ModuleWithdrawn) and trigger.module_id in self.modules:
+            tenant = self.modules[trigger.module_id].metadata.tenant_id
+        return EVERY_TENANT if tenant is None else tenant
+
+    async def rollback(
+        self, tenant_id: str, route: str, to_version: int, *, by: Attribution = SYSTEM_ATTRIBUTION
+    ) -> ModuleRecord:
         if to_version < 1:
             raise InvalidFieldError("to_version", f"must be a published version (>= 1), got {to_version}")
         async with self._lock:
@@ -172,7 +223,12 @@ class MemoryStore(RegistryStore):
                     f"module {record.module_id} (version {to_version}) is {record.state.value}; it cannot be served"
                 )
             self.routes[(tenant_id, route)] = record.module_id
-            return self._set(record, reason=rollback_reason(to_version, note))
+            change = self._set(record, reason=rollback_reason(to_version, by.note))
+            self._audit(
+                AuditAction.ROLLBACK, by, event_id=change.event_id, tenant_id=tenant_id, route=route,
+                version=to_version, module_ids=(record.module_id,),
+            )  # fmt: skip
+            return record
 
     async def record_route_decision(self, decision: RouteDecision) -> bool:
         if decision.event_id in self.decisions:
@@ -183,6 +239,16 @@ class MemoryStore(RegistryStore):
     async def route_decisions(self, tenant_id: str, *, limit: int = 100) -> list[RouteDecision]:
         mine = [d for d in reversed(self.decisions.values()) if d.tenant_id == tenant_id]
         return mine[:limit]
+
+    async def list_audit(self, query: AuditQuery) -> tuple[list[AuditEntry], str]:
+        before = query.before
+        rows = [
+            e
+            for e in reversed(self.audit)
+            if (query.tenant_id is None or e.tenant_id == query.tenant_id) and (before is None or e.sequence < before)
+        ]
+        page = rows[: query.page_size]
+        return page, encode_audit_token(page[-1].sequence) if len(rows) > query.page_size else ""
 
     async def changes_since(
         self, sequence: int, *, tenant_id: str | None = None, limit: int = 100

@@ -16,6 +16,8 @@ from typing_extensions import override
 from cag.grpc.auth import current_caller
 from cag.lifecycle import StopSignal
 from cag.registry.convert import (
+    audit_entry_of,
+    audit_query_of,
     audit_text,
     change_of,
     list_query_of,
@@ -87,6 +89,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         reason = audit_text("reason", request.reason)
         record = await self.core.rollback(current_caller(), request.tenant_id, request.route, to_version, reason=reason)
         return registry_pb2.RollbackResponse(module=module_of(record))
+
+    @override
+    async def ListAudit(
+        self, request: registry_pb2.ListAuditRequest, context: Context
+    ) -> registry_pb2.ListAuditResponse:
+        entries, next_token = await self.core.list_audit(current_caller(), audit_query_of(request))
+        return registry_pb2.ListAuditResponse(entries=[audit_entry_of(e) for e in entries], next_page_token=next_token)
 
     @override
     async def Watch(

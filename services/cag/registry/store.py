@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from cag.errors import CagError, InvalidFieldError, Status
 from cag.events.schemas import Envelope, ModuleEventV1, ModuleExpiredV1, ModuleInvalidatedV1, ModulePublishedV1
 from cag.identifiers import MODULE_ID
+from cag.registry.audit import EVERY_TENANT, SYSTEM_ATTRIBUTION, Attribution, AuditEntry, AuditQuery
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
-from cag.registry.triggers import Trigger
+from cag.registry.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
 
 MAX_PAGE_SIZE = 1000
 
@@ -108,6 +109,14 @@ def module_event(record: ModuleRecord, *, reason: str = "", trigger_event_id: st
     )
 
 
+def registered_as(record: ModuleRecord) -> tuple[ModuleState, str]:
+    """The state (and state reason) a registration enters: QUARANTINED when the record asks for it (a module kept
+    for inspection, never servable), else VALIDATING; registry-owned states in a request are ignored."""
+    if record.state is ModuleState.QUARANTINED:
+        return ModuleState.QUARANTINED, record.state_reason
+    return ModuleState.VALIDATING, ""
+
+
 def check_expected_version(module_id: str, expected: int | None, next_version: int) -> None:
     if expected is not None and expected != next_version:
         raise ConcurrentPublishError(
@@ -124,10 +133,22 @@ def trigger_reason(trigger: Trigger, note: str = "") -> str:
     return f"{trigger.kind}: {trigger}" + (f" — {note}" if note else "")
 
 
+def trigger_tenant(trigger: Trigger) -> str | None:
+    """The tenant an invalidation is audited under: the trigger's own, EVERY_TENANT for triggers that reach every
+    tenant, None for ModuleWithdrawn (the store knows its module's tenant)."""
+    match trigger:
+        case SourceChanged() | AclChanged():
+            return trigger.tenant_id
+        case ModuleWithdrawn():
+            return None
+    return EVERY_TENANT
+
+
 class RegistryStore(ABC):
     @abstractmethod
     async def register(self, record: ModuleRecord) -> ModuleRecord:
-        """Insert a module in state VALIDATING; re-registering identical content returns the existing row."""
+        """Insert a module in state VALIDATING (or QUARANTINED, see `registered_as`); re-registering identical
+        content returns the existing row."""
 
     @abstractmethod
     async def get(self, module_id: str) -> ModuleRecord: ...
@@ -138,12 +159,13 @@ class RegistryStore(ABC):
 
     @abstractmethod
     async def publish(
-        self, module_id: str, *, expected_version: int | None = None, note: str = "published"
+        self, module_id: str, *, expected_version: int | None = None, by: Attribution = SYSTEM_ATTRIBUTION
     ) -> ModuleRecord:
-        """VALIDATING → PUBLISHED with the route's next version, made the route's active version.
+        """VALIDATING → PUBLISHED with the route's next version, made the route's active version, and an audit
+        entry for `by` in the same transaction (none when the module was already published).
 
-        With `expected_version`, the publish happens only if that is the route's next version. `note` is the
-        reason its event carries (who published).
+        With `expected_version`, the publish happens only if that is the route's next version. Its event's
+        reason is `published by <actor>`.
         """
 
     @abstractmethod
@@ -154,14 +176,23 @@ class RegistryStore(ABC):
 
     @abstractmethod
     async def invalidate(
-        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", note: str = ""
+        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", by: Attribution = SYSTEM_ATTRIBUTION
     ) -> list[ModuleRecord]:
-        """Apply a trigger once per (consumer, event_id); returns the modules whose state changed. `note` (who
-        and why) is appended to each module's state reason."""
+        """Apply a trigger once per (consumer, event_id); returns the modules whose state changed. Who and why
+        (`by`) are appended to each module's state reason, and the first application is audited under
+        `event_id` (even when it changes nothing; a redelivery adds no entry)."""
 
     @abstractmethod
-    async def rollback(self, tenant_id: str, route: str, to_version: int, *, note: str = "") -> ModuleRecord:
-        """Point the route at a published earlier version; `note` (who and why) goes into its event's reason."""
+    async def rollback(
+        self, tenant_id: str, route: str, to_version: int, *, by: Attribution = SYSTEM_ATTRIBUTION
+    ) -> ModuleRecord:
+        """Point the route at a published earlier version; who and why (`by`) go into its event's reason and
+        into an audit entry written in the same transaction."""
+
+    @abstractmethod
+    async def list_audit(self, query: AuditQuery) -> tuple[list[AuditEntry], str]:
+        """A page of the audit trail, newest first, and the token of the next page ('' at the end). With a
+        tenant, only that tenant's entries (not the EVERY_TENANT ones)."""
 
     @abstractmethod
     async def record_route_decision(self, decision: RouteDecision) -> bool:

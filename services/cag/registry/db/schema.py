@@ -132,6 +132,24 @@ class RouteDecisionRow(Base):
     decided_at: Mapped[datetime]
 
 
+class AuditRow(Base):
+    """Who published, rolled back or invalidated what, why, when, under which event id (cag.registry.audit)."""
+
+    __tablename__ = "audit_log"
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(Text)  # the authenticated caller's subject
+    reason: Mapped[str] = mapped_column(Text, default="")
+    tenant_id: Mapped[str] = mapped_column(String(128))  # "" when the change reaches every tenant
+    route: Mapped[str] = mapped_column(String(128), default="")
+    version: Mapped[int | None] = mapped_column(Integer)
+    module_ids: Mapped[list[Any]]
+    trigger: Mapped[str] = mapped_column(Text, default="")
+    recorded_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    __table_args__ = (Index("ix_audit_log_tenant", "tenant_id", "sequence"), Index("ix_audit_log_event", "event_id"))
+
+
 class OutboxRow(Base):
     """Events written in the same transaction as the state change they announce; a relay publishes them."""
 

@@ -17,8 +17,18 @@ from sqlalchemy.orm import aliased
 from cag.errors import InvalidFieldError
 from cag.events.schemas import Envelope
 from cag.kvmodule import PUBLIC_TENANT
+from cag.registry.audit import (
+    EVERY_TENANT,
+    SYSTEM_ATTRIBUTION,
+    Attribution,
+    AuditAction,
+    AuditEntry,
+    AuditQuery,
+    encode_audit_token,
+)
 from cag.registry.db.convert import record_of, row_values
 from cag.registry.db.schema import (
+    AuditRow,
     LayoutRow,
     ModelRevisionRow,
     ModuleRow,
@@ -40,8 +50,10 @@ from cag.registry.store import (
     check_expected_version,
     encode_page_token,
     module_event,
+    registered_as,
     rollback_reason,
     trigger_reason,
+    trigger_tenant,
 )
 from cag.registry.triggers import (
     AclChanged,
@@ -125,6 +137,26 @@ class PostgresStore(RegistryStore):
         return row
 
     @staticmethod
+    def _audit(
+        session: AsyncSession,
+        action: AuditAction,
+        by: Attribution,
+        *,
+        event_id: str,
+        tenant_id: str,
+        module_ids: Sequence[str],
+        route: str = "",
+        version: int | None = None,
+        trigger: str = "",
+    ) -> None:
+        session.add(
+            AuditRow(
+                event_id=event_id, action=action.value, actor=by.actor, reason=by.reason, tenant_id=tenant_id,
+                route=route, version=version, module_ids=list(module_ids), trigger=trigger,
+            )
+        )  # fmt: skip
+
+    @staticmethod
     def _outbox(session: AsyncSession, envelope: Envelope, module_id: str | None) -> None:
         session.add(
             OutboxRow(
@@ -165,7 +197,8 @@ class PostgresStore(RegistryStore):
                 )
                 .on_conflict_do_nothing()
             )
-            row = ModuleRow(**row_values(record))
+            state, reason = registered_as(record)
+            row = ModuleRow(**row_values(record) | {"state": state.value, "state_reason": reason, "version": None})
             session.add(row)
             await session.flush()
             await session.refresh(row)
@@ -196,7 +229,7 @@ class PostgresStore(RegistryStore):
         return page, encode_page_token(page[-1].module_id) if more else ""
 
     async def publish(
-        self, module_id: str, *, expected_version: int | None = None, note: str = "published"
+        self, module_id: str, *, expected_version: int | None = None, by: Attribution = SYSTEM_ATTRIBUTION
     ) -> ModuleRecord:
         try:
             async with self.sessions.begin() as session:
@@ -216,7 +249,12 @@ class PostgresStore(RegistryStore):
                 await session.flush()
                 await self._activate(session, row)
                 record = (await self._records(session, [row]))[0]
-                self._outbox(session, module_event(record, reason=note), module_id)
+                envelope = module_event(record, reason=f"published {by.note}")
+                self._outbox(session, envelope, module_id)
+                self._audit(
+                    session, AuditAction.PUBLISH, by, event_id=envelope.event_id, tenant_id=row.tenant_id,
+                    route=row.route, version=row.version, module_ids=[module_id],
+                )  # fmt: skip
                 return record
         except IntegrityError as e:
             raise ConcurrentPublishError(
@@ -260,12 +298,12 @@ class PostgresStore(RegistryStore):
         return RouteResolution(tenant_id=tenant_id, route=route, version=leaf.version, chain=records)
 
     async def invalidate(
-        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", note: str = ""
+        self, trigger: Trigger, *, event_id: str, consumer: str = "registry", by: Attribution = SYSTEM_ATTRIBUTION
     ) -> list[ModuleRecord]:
         from_states = [s.value for s in LIVE if trigger.target in ALLOWED[s]]
         hit = select(ModuleRow.module_id).where(trigger_predicate(trigger)).cte("hit", recursive=True)
         hit = hit.union(select(ModuleRow.module_id).join(hit, ModuleRow.parent_id == hit.c.module_id))
-        reason = trigger_reason(trigger, note)
+        reason = trigger_reason(trigger, by.note)
         async with self.sessions.begin() as session:
             first_time = await session.execute(
                 insert(ProcessedEventRow)
@@ -286,9 +324,23 @@ class PostgresStore(RegistryStore):
             records = await self._records(session, rows)
             for record in records:
                 self._outbox(session, module_event(record, trigger_event_id=event_id), record.module_id)
+            self._audit(
+                session, AuditAction.INVALIDATE, by, event_id=event_id,
+                tenant_id=await self._trigger_tenant(session, trigger),
+                module_ids=[r.module_id for r in records], trigger=trigger_reason(trigger),
+            )  # fmt: skip
             return records
 
-    async def rollback(self, tenant_id: str, route: str, to_version: int, *, note: str = "") -> ModuleRecord:
+    @staticmethod
+    async def _trigger_tenant(session: AsyncSession, trigger: Trigger) -> str:
+        tenant = trigger_tenant(trigger)
+        if tenant is None and isinstance(trigger, ModuleWithdrawn):
+            tenant = await session.scalar(select(ModuleRow.tenant_id).where(ModuleRow.module_id == trigger.module_id))
+        return EVERY_TENANT if tenant is None else tenant
+
+    async def rollback(
+        self, tenant_id: str, route: str, to_version: int, *, by: Attribution = SYSTEM_ATTRIBUTION
+    ) -> ModuleRecord:
         if to_version < 1:
             raise InvalidFieldError("to_version", f"must be a published version (>= 1), got {to_version}")
         async with self.sessions.begin() as session:
@@ -305,7 +357,12 @@ class PostgresStore(RegistryStore):
                 raise _not_servable(row)
             await self._activate(session, row)
             record = (await self._records(session, [row]))[0]
-            self._outbox(session, module_event(record, reason=rollback_reason(to_version, note)), row.module_id)
+            envelope = module_event(record, reason=rollback_reason(to_version, by.note))
+            self._outbox(session, envelope, row.module_id)
+            self._audit(
+                session, AuditAction.ROLLBACK, by, event_id=envelope.event_id, tenant_id=tenant_id, route=route,
+                version=to_version, module_ids=[row.module_id],
+            )  # fmt: skip
             return record
 
     async def record_route_decision(self, decision: RouteDecision) -> bool:
@@ -326,6 +383,17 @@ class PostgresStore(RegistryStore):
         async with self.sessions() as session:
             rows = (await session.execute(stmt)).scalars()
             return [_decision(r) for r in rows]
+
+    async def list_audit(self, query: AuditQuery) -> tuple[list[AuditEntry], str]:
+        stmt = select(AuditRow).order_by(AuditRow.sequence.desc()).limit(query.page_size + 1)
+        if query.tenant_id is not None:
+            stmt = stmt.where(AuditRow.tenant_id == query.tenant_id)
+        if query.before is not None:
+            stmt = stmt.where(AuditRow.sequence < query.before)
+        async with self.sessions() as session:
+            rows = list((await session.execute(stmt)).scalars())
+        page = [_audit_entry(r) for r in rows[: query.page_size]]
+        return page, encode_audit_token(page[-1].sequence) if len(rows) > query.page_size else ""
 
     async def changes_since(
         self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
@@ -357,6 +425,14 @@ def _change(row: OutboxRow) -> ModuleChange:
         state=ModuleState(data["state"]),
         occurred_at=datetime.fromisoformat(row.envelope["occurred_at"]),
     )
+
+
+def _audit_entry(row: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        sequence=row.sequence, event_id=row.event_id, action=AuditAction(row.action), actor=row.actor,
+        reason=row.reason, tenant_id=row.tenant_id, route=row.route, version=row.version,
+        module_ids=tuple(row.module_ids), trigger=row.trigger, recorded_at=row.recorded_at,
+    )  # fmt: skip
 
 
 def _decision(row: RouteDecisionRow) -> RouteDecision:
