@@ -166,10 +166,25 @@ async def test_publish_list_show_rollback(cli: Cli, tmp_path: Path) -> None:
     assert "--page-token" in err
 
     code, out, err = await cli(
-        "modules", "rollback", "--tenant", TENANT, "--route", ROUTE, "--to-version", "1", "--registry", cli.registry
-    )
+        "modules", "rollback", "--tenant", TENANT, "--route", ROUTE, "--to-version", "1", "--reason", "v2 regressed",
+        "--registry", cli.registry,
+    )  # fmt: skip
     assert code == 0, err
     assert f"now serves version 1 ({first})" in out
+
+    # Who did what, why: the audit trail, newest first, as the command's authenticated identity.
+    code, out, err = await cli("modules", "audit", "--tenant", TENANT, "--json", "--registry", cli.registry)
+    assert code == 0, err
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert [(e["action"], e["version"], e["module_ids"], e.get("reason")) for e in entries] == [
+        ("AUDIT_ACTION_ROLLBACK", "1", [first], "v2 regressed"),
+        ("AUDIT_ACTION_PUBLISH", "2", [second], None),
+        ("AUDIT_ACTION_PUBLISH", "1", [first], None),
+    ]
+    assert len({e["actor"] for e in entries}) == 1 and entries[0]["actor"]
+    code, out, err = await cli("modules", "audit", "--tenant", TENANT, "--page-size", "1", "--registry", cli.registry)
+    assert code == 0, err
+    assert "rollback" in out and "v2 regressed" in out and "--page-token" in err
 
     with RegistryClient.from_settings(CagSettings(), cli.registry) as client:
         resolved = await asyncio.to_thread(client.resolve_route, TENANT, ROUTE)

@@ -1,4 +1,5 @@
-"""`cag modules list | show | rollback`: read and steer the registry's modules."""
+"""`cag modules list | show | rollback | audit`: read and steer the registry's modules, and read who changed
+them."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ STATES = [s.value for s in ModuleState]
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("modules", help="list, show and roll back modules in the registry")
+    p = sub.add_parser("modules", help="list, show and roll back modules in the registry; read its audit trail")
     which = p.add_subparsers(dest="modules_command", required=True)
 
     ls = which.add_parser("list", help="modules matching every filter, a page at a time")
@@ -56,6 +57,14 @@ def register(sub: Any) -> None:
     rollback.add_argument("--reason", default="", help="why (audit)")
     rollback.add_argument("--registry", help="registry host:port (default: CAG_REGISTRY_ADDRESS)")
     rollback.set_defaults(run=run_rollback)
+
+    audit = which.add_parser("audit", help="who published, rolled back or invalidated what, why and when")
+    audit.add_argument("--tenant", default="", help="only this tenant's entries (default: every tenant's)")
+    audit.add_argument("--page-size", type=int, default=0, help="entries per page (0: the registry's default)")
+    audit.add_argument("--page-token", default="", help="continue from a previous page")
+    audit.add_argument("--json", action="store_true", help="print the entries as JSON lines (proto field names)")
+    audit.add_argument("--registry", help="registry host:port (default: CAG_REGISTRY_ADDRESS)")
+    audit.set_defaults(run=run_audit)
 
 
 def run_list(args: argparse.Namespace, settings: CagSettings) -> int:
@@ -165,3 +174,45 @@ def run_rollback(args: argparse.Namespace, settings: CagSettings) -> int:
         return 0
 
     return run_with_rpc_errors(call)
+
+
+def run_audit(args: argparse.Namespace, settings: CagSettings) -> int:
+    if args.page_size < 0:
+        print(f"error (INVALID_ARGUMENT): --page-size must be >= 0, got {args.page_size}", file=sys.stderr)
+        return 2
+    request = registry_pb2.ListAuditRequest(tenant_id=args.tenant, page_size=args.page_size, page_token=args.page_token)
+
+    def call() -> int:
+        with RegistryClient.from_settings(settings, args.registry) as client:
+            response = client.list_audit(request)
+        if args.json:
+            for entry in response.entries:
+                print(json.dumps(MessageToDict(entry, preserving_proto_field_name=True), ensure_ascii=False))
+        else:
+            Console(width=200).print(audit_table(response.entries))
+        if response.next_page_token:
+            print(f"older entries: --page-token {response.next_page_token}", file=sys.stderr)
+        return 0
+
+    return run_with_rpc_errors(call)
+
+
+def audit_table(entries: Iterable[registry_pb2.AuditEntry]) -> Table:
+    table = Table(title="audit trail (newest first)")
+    for column in ("#", "when", "action", "actor", "tenant", "what", "modules", "why", "event id"):
+        table.add_column(column, justify="right" if column == "#" else "left")
+    for e in entries:
+        # Publish and Rollback name a route version; Invalidate names its trigger.
+        what = e.trigger or f"{e.route} v{e.version}"
+        table.add_row(
+            str(e.sequence),
+            e.recorded_at.ToJsonString(),
+            registry_pb2.AuditAction.Name(e.action).removeprefix("AUDIT_ACTION_").lower(),
+            e.actor,
+            e.tenant_id or "(every tenant)",
+            what,
+            ", ".join(e.module_ids) or "-",
+            e.reason or "-",
+            e.event_id,
+        )
+    return table

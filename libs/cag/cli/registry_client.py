@@ -129,6 +129,10 @@ class RegistryClient:
         request = registry_pb2.RollbackRequest(tenant_id=tenant_id, route=route, to_version=to_version, reason=reason)
         return self._stub.Rollback(request, timeout=self.timeout_s, metadata=self._metadata).module
 
+    def list_audit(self, request: registry_pb2.ListAuditRequest) -> registry_pb2.ListAuditResponse:
+        """One page of the audit trail, newest first."""
+        return self._stub.ListAudit(request, timeout=self.timeout_s, metadata=self._metadata)
+
 
 def rpc_exit_code(code: grpc.StatusCode) -> int:
     """The CLI's exit code for a gRPC status: the domain mapping where the names agree, else 1."""
