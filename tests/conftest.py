@@ -1,4 +1,10 @@
-"""Session fixtures shared by every test tier."""
+"""Session fixtures shared by every test tier.
+
+The test session hosts engines: like every such process it is tuned (cag.engine_runtime) before torch loads,
+hence the imports after the tuning.
+"""
+
+# ruff: noqa: E402
 
 from __future__ import annotations
 
@@ -6,22 +12,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-import torch
-
-from cag.compiler.pipeline import CompileResult, compile_module
-from cag.compiler.request import AclSpec, CompileRequest
-from cag.engine import Engine, load_engine
-from cag.models import SMOLLM2, TINY, ModelFiles, resolve_model
-from tests.infra_fixtures import fresh_database, infra  # noqa: F401  (real Postgres and NATS)
-
-torch.set_num_threads(1)
+from cag.engine_runtime import tune_engine_runtime
+from cag.settings import CagSettings
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 # The CLI under test reads its settings from the environment, like a user's shell.
 os.environ.setdefault("CAG_HOME", str(REPO / ".cag"))
 os.environ.setdefault("CAG_NUM_THREADS", "1")
+tune_engine_runtime(CagSettings().num_threads, os.environ)
+
+import pytest
+
+from cag.compiler.pipeline import CompileResult, compile_module
+from cag.compiler.request import AclSpec, CompileRequest
+from cag.engine import Engine, load_engine
+from cag.models import SMOLLM2, TINY, ModelFiles, resolve_model
+from tests.infra_fixtures import fresh_database, infra  # noqa: F401  (real Postgres and NATS)
 
 
 @pytest.fixture(scope="session")

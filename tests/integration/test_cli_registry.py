@@ -26,7 +26,7 @@ from cag.infra.ports import free_port
 from cag.models import TINY
 from cag.registry.app import RegistryApp
 from cag.registry.settings import RegistrySettings
-from cag.settings import CagSettings
+from cag.settings import CagSettings, InfraSettings
 from tests.conftest import LAYOUT
 from tests.infra_fixtures import FreshDatabase, Infra
 from tests.unit.test_kvmodule import rewrite_header, set_metadata
@@ -88,10 +88,10 @@ async def registry(infra: Infra, fresh_database: FreshDatabase, auth_key_file: P
     address = f"127.0.0.1:{free_port()}"
     app = RegistryApp(
         RegistrySettings(
-            database_url=fresh_database.database_url,
-            nats_url=infra.nats_url,
+            infra=InfraSettings(
+                database_url=fresh_database.database_url, nats_url=infra.nats_url, auth_key_file=auth_key_file
+            ),
             address=address,
-            auth_key_file=auth_key_file,
         )
     )
     await app.start()

@@ -28,7 +28,7 @@ from cag.grpc.auth import Auth, authenticated_channel, current_caller
 from cag.grpc.errors import error_details
 from cag.grpc.server import build_server
 from cag.infra.ports import free_port
-from cag.settings import CagSettings
+from cag.settings import CagSettings, InfraSettings
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 SERVICE = "cag.v1.RegistryService"
@@ -195,9 +195,11 @@ async def test_registry_client_presents_the_commands_credentials(tmp_path: Path)
     key_file.chmod(0o600)
     async with serve() as address:
         given = RegistryClient.from_settings(
-            CagSettings(token=token_for("service:ci"), auth_key_file=key_file), address
+            CagSettings(token=token_for("service:ci"), infra=InfraSettings(auth_key_file=key_file)), address
         )
-        minted = RegistryClient.from_settings(CagSettings(token=None, auth_key_file=key_file), address)
+        minted = RegistryClient.from_settings(
+            CagSettings(token=None, infra=InfraSettings(auth_key_file=key_file)), address
+        )
         anonymous = RegistryClient(address)
         with given, minted, anonymous:
             assert (await asyncio.to_thread(given.get, "m")).module_id == "service:ci"

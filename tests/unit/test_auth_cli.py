@@ -14,7 +14,7 @@ from cag.auth.credentials import MINTED_TTL_S, resolve_token
 from cag.auth.tokens import KeyFileError, issue_token, verify_token
 from cag.cli.main import main
 from cag.errors import UnauthenticatedError
-from cag.settings import CagSettings
+from cag.settings import CagSettings, InfraSettings
 
 KEY = secrets.token_bytes(32)
 
@@ -108,7 +108,7 @@ def test_a_key_file_others_can_read_is_refused(key_file: Path) -> None:
 
 
 def test_no_credentials_says_what_to_set(tmp_path: Path) -> None:
-    settings = CagSettings(token=None, auth_key_file=tmp_path / "absent.key")
+    settings = CagSettings(token=None, infra=InfraSettings(auth_key_file=tmp_path / "absent.key"))
     with pytest.raises(UnauthenticatedError, match="set CAG_TOKEN.*or CAG_AUTH_KEY_FILE"):
         resolve_token(settings)
 

@@ -6,18 +6,20 @@ import argparse
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cag.cli.invalidate_cmd import ops_nats_url, shown
 from cag.cli.main import main
-from cag.cli.registry_cmd import resolve_endpoints
+from cag.cli.registry_cmd import resolve_infra
 from cag.errors import InvalidInputError
 from cag.infra.nats_auth import IDENTITIES, permissions_for, render_config
 from cag.infra.secret_files import ensure_auth_key, write_secret
 from cag.infra.stack import InfraState, NatsState, PostgresState, local_service_urls
-from cag.settings import CagSettings
+from cag.registry.settings import RegistrySettings
+from cag.settings import CagSettings, InfraSettings
 
 DB = "postgresql+asyncpg://postgres:pg-secret@127.0.0.1:5999/cag"
 
@@ -44,14 +46,36 @@ def test_local_service_urls_give_the_identity_its_own_nats_url(tmp_path: Path) -
     assert local_service_urls(tmp_path / "nothing-here", "ops") is None
 
 
-def test_registry_serve_uses_the_recorded_servers_with_the_registry_identity(tmp_path: Path) -> None:
+INFRA_ENV = ("CAG_DATABASE_URL", "CAG_NATS_URL", "CAG_REGISTRY_DATABASE_URL", "CAG_REGISTRY_NATS_URL")
+
+
+Resolve = Callable[[Path, dict[str, str]], InfraSettings]
+
+
+@pytest.fixture
+def resolve_endpoints(monkeypatch: pytest.MonkeyPatch) -> Resolve:
+    """`cag registry serve`'s infra with exactly `env` (of the infra variables) set."""
+
+    def resolve(run_dir: Path, env: dict[str, str]) -> InfraSettings:
+        for name in INFRA_ENV:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return resolve_infra(run_dir, RegistrySettings.infra_from_env())
+
+    return resolve
+
+
+def test_registry_serve_uses_the_recorded_servers_with_the_registry_identity(
+    tmp_path: Path, resolve_endpoints: Resolve
+) -> None:
     _write_state(tmp_path)
     endpoints = resolve_endpoints(tmp_path, {})
     assert endpoints.nats_url == "nats://registry:registry-secret@127.0.0.1:4999"
     assert endpoints.database_url == DB
 
 
-def test_environment_wins_over_the_recorded_servers(tmp_path: Path) -> None:
+def test_environment_wins_over_the_recorded_servers(tmp_path: Path, resolve_endpoints: Resolve) -> None:
     _write_state(tmp_path)
     env = {"CAG_NATS_URL": "nats://elsewhere:4222", "CAG_REGISTRY_DATABASE_URL": "postgresql://db/x",
            "CAG_DATABASE_URL": "postgresql://loses/y"}  # fmt: skip
@@ -59,12 +83,12 @@ def test_environment_wins_over_the_recorded_servers(tmp_path: Path) -> None:
     assert endpoints.nats_url == "nats://elsewhere:4222"
     assert endpoints.database_url == "postgresql://db/x"
     # Only the database from the environment: NATS still comes from the state.
-    assert resolve_endpoints(tmp_path, {"CAG_DATABASE_URL": "postgresql://db/x"}).nats_url.startswith(
+    assert str(resolve_endpoints(tmp_path, {"CAG_DATABASE_URL": "postgresql://db/x"}).nats_url).startswith(
         "nats://registry:"
     )
 
 
-def test_without_environment_or_state_the_error_says_what_to_set(tmp_path: Path) -> None:
+def test_without_environment_or_state_the_error_says_what_to_set(tmp_path: Path, resolve_endpoints: Resolve) -> None:
     with pytest.raises(InvalidInputError) as raised:
         resolve_endpoints(tmp_path, {})
     message = str(raised.value)
@@ -86,7 +110,9 @@ def test_cag_registry_serve_without_anything_prints_one_line_and_exits_2(
     assert "CAG_DATABASE_URL" in line and "cag infra up" in line and str(tmp_path / "run") in line
 
 
-def test_state_from_before_credentials_still_loads_but_has_no_nats_urls(tmp_path: Path) -> None:
+def test_state_from_before_credentials_still_loads_but_has_no_nats_urls(
+    tmp_path: Path, resolve_endpoints: Resolve
+) -> None:
     _write_state(tmp_path)
     raw = json.loads((tmp_path / "state.json").read_text())
     del raw["nats"]["urls"], raw["nats"]["credentials_file"], raw["postgres"]["password_file"]

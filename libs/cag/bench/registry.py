@@ -56,7 +56,7 @@ from cag.infra.processes import children_of, pid_alive
 from cag.infra.stack import InfraStack
 from cag.kvmodule.metadata import FORMAT_VERSION
 from cag.registry.db import migrate
-from cag.settings import CagSettings
+from cag.settings import CagSettings, InfraSettings
 from cag.v1 import registry_pb2, registry_pb2_grpc
 
 DEFAULT_OUT = Path("benchmarks/results/registry.json")
@@ -402,10 +402,8 @@ async def running_registry(database_url: str, nats_url: str) -> AsyncIterator[tu
         key_file = Path(key_dir) / "auth.key"
         key_file.touch(mode=0o600)
         key_file.write_text(key.hex())
-        settings = RegistrySettings.model_validate(
-            {"CAG_REGISTRY_DATABASE_URL": database_url, "CAG_REGISTRY_NATS_URL": nats_url, "address": address,
-             "CAG_REGISTRY_AUTH_KEY_FILE": str(key_file)}
-        )  # fmt: skip
+        infra = InfraSettings(database_url=database_url, nats_url=nats_url, auth_key_file=key_file)
+        settings = RegistrySettings(infra=infra, address=address)
         token = issue_token(key, "service:bench-router", [Scope.READ], [ALL_TENANTS], 24 * 3600)
         app = RegistryApp(settings)
         try:
@@ -652,16 +650,20 @@ def register(sub: Any) -> None:
                    help=f"clients of the concurrent ResolveRoute run (default {CONCURRENT_CLIENTS})")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of a table")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON report goes (default {DEFAULT_OUT})")
-    p.add_argument("--database-url", default=os.environ.get("CAG_DATABASE_URL"),
+    p.add_argument("--database-url",
                    help="a Postgres server to use (default CAG_DATABASE_URL; embedded when unset)")  # fmt: skip
-    p.add_argument("--nats-url", default=os.environ.get("CAG_NATS_URL"),
+    p.add_argument("--nats-url",
                    help="a NATS server to use (default CAG_NATS_URL; embedded when unset)")  # fmt: skip
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
     config = BenchConfig(modules=args.modules, calls=args.calls, events=args.events, concurrency=args.concurrency)
-    endpoints = Endpoints(database_url=args.database_url, nats_url=args.nats_url)
+    given = settings.infra_given  # CagSettings defaults the NATS URL; the benchmark embeds one instead
+    endpoints = Endpoints(
+        database_url=args.database_url or settings.infra.database_url,
+        nats_url=args.nats_url or (settings.infra.nats_url if "nats_url" in given else None),
+    )
     stderr = Console(stderr=True)
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr) as progress:

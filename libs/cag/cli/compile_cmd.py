@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,11 +48,11 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _created_at(explicit: str | None) -> str | None:
+def _created_at(explicit: str | None, settings: CagSettings) -> str | None:
     if explicit:
         return explicit
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    return datetime.fromtimestamp(int(epoch), UTC).isoformat() if epoch else None
+    epoch = settings.source_date_epoch
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch is not None else None
 
 
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
         parents=tuple(args.parent),
         dtype=args.dtype,
         route=args.route,
-        created_at=_created_at(args.created_at),
+        created_at=_created_at(args.created_at, settings),
         ttl_days=args.ttl_days,
         keep_failed=args.keep_failed,
     )

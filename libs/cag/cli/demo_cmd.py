@@ -37,7 +37,7 @@ from cag.registry.records import ModuleRecord
 from cag.registry.settings import RegistrySettings
 from cag.registry.states import ModuleState
 from cag.session import Answer, ChainContext, answer_from_modules, answer_with_full_prefill
-from cag.settings import CagSettings
+from cag.settings import CagSettings, InfraSettings
 from cag.v1 import registry_pb2, registry_pb2_grpc
 
 TENANT = "acme"
@@ -84,12 +84,10 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
 async def _demo(args: argparse.Namespace, settings: CagSettings, state: InfraState, console: Console) -> int:
     address = f"127.0.0.1:{free_port()}"
     key_file = Path(state.auth_key_file)
-    registry_settings = RegistrySettings(
-        database_url=state.database_url,
-        nats_url=state.nats_url_for("registry"),
-        address=address,
-        auth_key_file=key_file,
+    infra = InfraSettings(
+        database_url=state.database_url, nats_url=state.nats_url_for("registry"), auth_key_file=key_file
     )
+    registry_settings = RegistrySettings(infra=infra, address=address)
     app = RegistryApp(registry_settings)
     await app.start()
     console.print(f"[dim]• registry serving on {address}[/dim]")

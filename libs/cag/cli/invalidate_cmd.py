@@ -114,7 +114,7 @@ def ops_nats_url(args: argparse.Namespace, settings: CagSettings) -> str:
     """--nats, else CAG_NATS_URL, else the ops identity of the servers `cag infra up` started here."""
     if args.nats:
         return str(args.nats)
-    if "nats_url" not in settings.model_fields_set:
+    if "nats_url" not in settings.infra_given:
         recorded = local_service_urls(settings.run_dir, OPS)
         if recorded is not None and recorded.nats_url:
             return recorded.nats_url

@@ -8,6 +8,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
+from cag.engine_runtime import tune_engine_runtime
 from cag.errors import CagError, Status
 from cag.settings import CagSettings
 
@@ -48,17 +51,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # OpenMP threads spin for a long time after each kernel by default; while a restore streams a
-    # module in the background that spinning starves the reader thread on a small machine and makes
-    # time to first token bimodal. A short spin keeps kernels fast and the reader fed. Read by the
-    # OpenMP runtime when torch loads, hence before any command is imported; the user's value wins.
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    try:
+        settings = CagSettings()  # the environment is read here, once, and passed down
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        print(
+            f"error ({Status.INVALID_ARGUMENT.value}): invalid settings in the environment: {problems}", file=sys.stderr
+        )
+        return EXIT_CODES[Status.INVALID_ARGUMENT]
+    # Commands that compute host an engine: tuned before any command (and so torch) is imported.
+    tune_engine_runtime(settings.num_threads, os.environ)
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((w for w in words if not w.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(words)
-    settings = CagSettings()
-    if settings.num_threads and "torch" in sys.modules:  # imported by the commands that compute
-        sys.modules["torch"].set_num_threads(settings.num_threads)
     run: Command = args.run
     try:
         return run(args, settings)

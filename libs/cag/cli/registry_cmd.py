@@ -12,18 +12,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cag.errors import InvalidInputError
-from cag.settings import CagSettings
+from cag.settings import CagSettings, InfraSettings
 
 IDENTITY = "registry"
-DATABASE_VARS = ("CAG_REGISTRY_DATABASE_URL", "CAG_DATABASE_URL")
-NATS_VARS = ("CAG_REGISTRY_NATS_URL", "CAG_NATS_URL")
-AUTH_KEY_VARS = ("CAG_REGISTRY_AUTH_KEY_FILE", "CAG_AUTH_KEY_FILE")
+DATABASE_VAR = "CAG_DATABASE_URL"  # or CAG_REGISTRY_DATABASE_URL (cag.registry.settings)
+NATS_VAR = "CAG_NATS_URL"  # or CAG_REGISTRY_NATS_URL
 
 
 def register(sub: Any) -> None:
@@ -36,61 +33,38 @@ def register(sub: Any) -> None:
     serve.set_defaults(run=run_serve)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Endpoints:
-    database_url: str
-    nats_url: str
-    auth_key_file: str | None = None  # None: the environment's, or the default of the settings
+def resolve_infra(run_dir: Path, given: InfraSettings) -> InfraSettings:
+    """The registry's infra: what the environment gave, the rest from what `cag infra up` recorded in `run_dir`.
 
-
-def _from_env(names: tuple[str, ...], environ: dict[str, str]) -> str | None:
-    """The first of `names` set (non-empty) in `environ`; case-insensitive, as pydantic-settings reads it."""
-    folded = {key.upper(): value for key, value in environ.items()}
-    return next((folded[name] for name in names if folded.get(name)), None)
-
-
-def resolve_endpoints(run_dir: Path, environ: dict[str, str]) -> Endpoints:
-    """The registry's URLs: the environment's when set, else those `cag infra up` recorded in `run_dir`.
-
-    `InvalidInputError` (one line: what to set) when neither gives both.
+    `InvalidInputError` (one line: what to set) when neither gives the database and NATS URLs.
     """
     from cag.infra.stack import local_service_urls
 
-    database_url = _from_env(DATABASE_VARS, environ)
-    nats_url = _from_env(NATS_VARS, environ)
-    auth_key_file = _from_env(AUTH_KEY_VARS, environ)
     # The state is read only when needed: a complete environment works whatever the run directory holds.
-    recorded = local_service_urls(run_dir, IDENTITY) if database_url is None or nats_url is None else None
-    if recorded is not None:
-        database_url = database_url or recorded.database_url
-        nats_url = nats_url or recorded.nats_url
-        auth_key_file = auth_key_file or recorded.auth_key_file
-    missing = [names[-1] for names, url in ((DATABASE_VARS, database_url), (NATS_VARS, nats_url)) if url is None]
-    if database_url is None or nats_url is None:
+    recorded = local_service_urls(run_dir, IDENTITY) if given.database_url is None or given.nats_url is None else None
+    database_url = given.database_url or (recorded.database_url if recorded else None)
+    nats_url = given.nats_url or (recorded.nats_url if recorded else None)
+    recorded_key = recorded.auth_key_file if recorded and recorded.auth_key_file else None
+    auth_key_file = given.auth_key_file or (Path(recorded_key) if recorded_key else run_dir / "auth.key")
+    missing = [var for var, url in ((DATABASE_VAR, database_url), (NATS_VAR, nats_url)) if url is None]
+    if missing:
         raise InvalidInputError(
             f"no {' or '.join(missing)} set and none recorded by `cag infra up` in {run_dir}: "
             f"set {' and '.join(missing)}, or start the embedded ones with `cag infra up`"
         )
-    return Endpoints(database_url=database_url, nats_url=nats_url, auth_key_file=auth_key_file)
+    return InfraSettings(database_url=database_url, nats_url=nats_url, auth_key_file=auth_key_file)
 
 
 def run_serve(args: argparse.Namespace, settings: CagSettings) -> int:
-    endpoints = resolve_endpoints(settings.run_dir, dict(os.environ))
-
     from pydantic import ValidationError
 
     from cag.registry.app import serve
     from cag.registry.settings import RegistrySettings
 
+    infra = resolve_infra(settings.run_dir, RegistrySettings.infra_from_env())
     overrides = {"address": args.address} if args.address else {}
-    auth_key_file = Path(endpoints.auth_key_file) if endpoints.auth_key_file else settings.auth_key_file
     try:
-        registry_settings = RegistrySettings(
-            database_url=endpoints.database_url,
-            nats_url=endpoints.nats_url,
-            auth_key_file=auth_key_file or settings.run_dir / "auth.key",
-            **overrides,
-        )  # the rest comes from the environment
+        registry_settings = RegistrySettings(infra=infra, **overrides)  # the rest comes from the environment
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
         raise InvalidInputError(f"invalid registry settings: {problems}") from None

@@ -1,28 +1,28 @@
-"""Registry settings (env prefix CAG_REGISTRY_; the shared CAG_DATABASE_URL / CAG_NATS_URL work too)."""
+"""Registry settings (env prefix CAG_REGISTRY_; infra from CAG_REGISTRY_<NAME>, else the shared CAG_<NAME>)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import ClassVar
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
+from cag.settings import CagBaseSettings
 
 
-class RegistrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CAG_REGISTRY_", populate_by_name=True)
+class RegistrySettings(CagBaseSettings):
+    """Validated when built: without a database, NATS or the signing key the registry does not start."""
 
-    database_url: str = Field(validation_alias=AliasChoices("CAG_REGISTRY_DATABASE_URL", "CAG_DATABASE_URL"))
-    nats_url: str = Field(validation_alias=AliasChoices("CAG_REGISTRY_NATS_URL", "CAG_NATS_URL"))
+    model_config = SettingsConfigDict(env_prefix="CAG_REGISTRY_")
+    # The key signs service tokens (`cag infra up` writes <run_dir>/auth.key): every RPC but the health check
+    # needs a token it signed.
+    required_infra: ClassVar[tuple[str, ...]] = ("database_url", "nats_url", "auth_key_file")
+
     address: str = "127.0.0.1:50051"
     ttl_interval_s: float = 30.0
     outbox_poll_s: float = 0.02
     watch_poll_s: float = 0.1
     pool_size: int = 10
-    # The key that signs service tokens (`cag infra up` writes <run_dir>/auth.key); every RPC but the health
-    # check needs a token it signed.
-    auth_key_file: Path = Field(validation_alias=AliasChoices("CAG_REGISTRY_AUTH_KEY_FILE", "CAG_AUTH_KEY_FILE"))
     # Server reflection lists every method to anyone who can connect: for development only.
     reflection: bool = False
     # On SIGTERM: how long in-flight RPCs get to finish before they are cancelled.
