@@ -8,7 +8,8 @@ import json
 import random
 from dataclasses import dataclass
 
-from cag.kvmodule import AclScope, GoldenStatus, ModuleMetadata
+from cag.acl import AclScope
+from cag.metadata import GoldenStatus, ModuleMetadata
 from cag.registry.records import ModuleRecord
 from cag.registry.states import ModuleState
 

@@ -20,7 +20,7 @@ from cag.auth.tokens import issue_token
 from cag.grpc.errors import error_details
 from cag.grpc.server import build_server
 from cag.infra.ports import free_port
-from cag.kvmodule import ModuleMetadata
+from cag.metadata import ModuleMetadata
 from cag.registry.convert import module_of
 from cag.registry.core import RegistryCore
 from cag.registry.records import ModuleRecord

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from cag.acl import AclScope
 from cag.errors import InvalidInputError
-from cag.kvmodule import AclScope
 from cag.registry.audit import EVERY_TENANT, Attribution, AuditAction, AuditEntry, AuditQuery, encode_audit_token
 from cag.registry.records import ModuleRecord, RouteDecision
 from cag.registry.states import IllegalTransitionError, ModuleState

@@ -7,7 +7,7 @@ import json
 import grpc
 
 from cag.auth import ALL_TENANTS, Scope
-from cag.kvmodule import GoldenStatus
+from cag.metadata import GoldenStatus
 from cag.v1 import common_pb2, registry_pb2
 from tests.registry_population import make_metadata
 from tests.registry_server import Client, RegistryServer, fails

@@ -28,8 +28,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cag.acl import AclScope
 from cag.auth import ALL_TENANTS, Scope
-from cag.kvmodule import AclScope, ModuleMetadata
+from cag.metadata import ModuleMetadata
 from cag.registry.audit import encode_audit_token
 from cag.registry.convert import module_of
 from cag.registry.core import RegistryCore

@@ -15,10 +15,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from cag.acl import AclScope
 from cag.auth import Caller, Scope
 from cag.grpc.errors import ERROR_DOMAIN, INTERNAL_MESSAGE, error_details
-from cag.kvmodule import AclScope, GoldenStatus, ModuleFile, ModuleMetadata
-from cag.kvmodule.metadata import FORMAT_VERSION
+from cag.kvmodule import ModuleFile
+from cag.metadata import FORMAT_VERSION, GoldenStatus, ModuleMetadata
 from cag.registry.core import RegistryCore
 from cag.registry.db.store import PostgresStore
 from cag.registry.records import ModuleChange, ModuleRecord

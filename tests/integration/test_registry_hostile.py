@@ -13,8 +13,8 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cag.acl import PUBLIC_TENANT, AclScope
 from cag.auth import ALL_TENANTS, Scope
-from cag.kvmodule import PUBLIC_TENANT, AclScope
 from cag.registry.db.store import PostgresStore
 from cag.registry.records import ModuleRecord
 from cag.registry.store import MAX_PAGE_SIZE, ListQuery

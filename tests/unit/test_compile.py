@@ -26,7 +26,8 @@ from cag.errors import (
     UnknownLayoutError,
     UnknownModelError,
 )
-from cag.kvmodule import GoldenStatus, ModuleFile
+from cag.kvmodule import ModuleFile
+from cag.metadata import GoldenStatus
 from cag.models import TINY
 from tests.conftest import KNOWLEDGE, LAYOUT, compile_example
 

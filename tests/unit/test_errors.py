@@ -21,6 +21,7 @@ import cag
 from cag.errors import CagError, KVTensorMismatchError, ModuleMismatchError, Status
 from cag.grpc.errors import ERROR_DOMAIN, INTERNAL_REASON, error_metadata, status_of
 from cag.kvmodule import ModuleFile, write_module
+from cag.kvmodule.metadata import torch_dtype
 
 # google.rpc.ErrorInfo.reason: UPPER_SNAKE, at most 63 characters (AIP-193).
 REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,61}[A-Z0-9]$")
@@ -160,7 +161,7 @@ def test_write_module_refuses_bad_tensors_with_a_typed_error(
     """Bad tensors are KVTensorMismatchError (FAILED_PRECONDITION, KV_TENSOR_MISMATCH), not ValueError/INTERNAL,
     and nothing is written."""
     metadata = ModuleFile.open(tiny_chain[0]).metadata
-    k, v = torch.zeros(k_shape, dtype=metadata.torch_dtype), torch.zeros(v_shape, dtype=metadata.torch_dtype)
+    k, v = torch.zeros(k_shape, dtype=torch_dtype(metadata)), torch.zeros(v_shape, dtype=torch_dtype(metadata))
     with pytest.raises(KVTensorMismatchError) as caught:
         write_module(tmp_path / "m.safetensors", metadata, k, v, list(range(tokens)))
     assert caught.value.field == field
@@ -169,8 +170,8 @@ def test_write_module_refuses_bad_tensors_with_a_typed_error(
 
 def test_write_module_refuses_tensors_in_another_dtype(tiny_chain: tuple[Path, Path], tmp_path: Path) -> None:
     metadata = ModuleFile.open(tiny_chain[0]).metadata
-    other = torch.float16 if metadata.torch_dtype != torch.float16 else torch.float32
+    other = torch.float16 if torch_dtype(metadata) != torch.float16 else torch.float32
     k = v = torch.zeros(2, 3, 1, 4, dtype=other)
     with pytest.raises(KVTensorMismatchError) as caught:
         write_module(tmp_path / "m.safetensors", metadata, k, v, [1, 2, 3])
-    assert (caught.value.field, caught.value.expected) == ("k.dtype", str(metadata.torch_dtype))
+    assert (caught.value.field, caught.value.expected) == ("k.dtype", str(torch_dtype(metadata)))

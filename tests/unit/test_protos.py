@@ -12,8 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cag.acl import AclScope
 from cag.errors import Status
-from cag.kvmodule.metadata import FORMAT_VERSION, AclScope, GoldenStatus, ModuleMetadata
+from cag.metadata import FORMAT_VERSION, GoldenStatus, ModuleMetadata
 from cag.v1 import common_pb2
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,8 +21,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescr
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cag.acl import AclScope
 from cag.auth.caller import SYSTEM
-from cag.kvmodule import AclScope
 from cag.lifecycle import StopSignal
 from cag.registry import servicer as registry_servicer
 from cag.registry.audit import AuditQuery, encode_audit_token

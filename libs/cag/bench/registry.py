@@ -54,7 +54,7 @@ from cag.infra.database import DatabaseUrls, create_database, drop_database
 from cag.infra.ports import free_port
 from cag.infra.processes import children_of, pid_alive
 from cag.infra.stack import InfraStack
-from cag.kvmodule.metadata import FORMAT_VERSION
+from cag.metadata import FORMAT_VERSION
 from cag.registry.db import migrate
 from cag.settings import CagSettings, InfraSettings
 from cag.v1 import registry_pb2, registry_pb2_grpc

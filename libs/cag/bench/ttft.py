@@ -29,12 +29,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cag.acl import AclScope
 from cag.bench import pagecache
 from cag.bench.output import emit_report
 from cag.canonical.checksum import chain_hash
 from cag.engine import Engine, KVCache, SamplingParams, load_engine
-from cag.kvmodule import AclScope, GoldenStatus, KVSource, ModuleFile, ModuleMetadata, write_module
-from cag.kvmodule.metadata import DtypeName
+from cag.kvmodule import KVSource, ModuleFile, write_module
+from cag.metadata import DtypeName, GoldenStatus, ModuleMetadata
 from cag.models import SMOLLM2, ModelFiles, resolve_model
 from cag.settings import CagSettings
 

@@ -15,7 +15,7 @@ from cag.cli.progress import RichCompileObserver
 from cag.cli.registry_client import RegistryClient, module_message, run_with_rpc_errors
 from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
-from cag.kvmodule import DTYPES
+from cag.metadata import DTYPE_NAMES
 from cag.settings import CagSettings
 
 
@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
     p.add_argument("--acl", required=True, help="public | tenant:<t>[:<route>] | workspace:<t>:<w> | user:<t>:<u>")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--parent", action="append", default=[], type=Path, help="parent module file (repeat for a chain)")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_NAMES))
     p.add_argument("--route", help="route name (default: from --acl or the source directory name)")
     p.add_argument("--created-at", help="ISO date of the module (default: SOURCE_DATE_EPOCH or newest 'updated')")
     p.add_argument("--ttl-days", type=int, help="module expires this many days after created_at")

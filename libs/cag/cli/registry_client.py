@@ -17,7 +17,7 @@ import grpc
 
 from cag.auth.credentials import bearer_metadata, resolve_token
 from cag.errors import Status
-from cag.kvmodule import ModuleMetadata
+from cag.metadata import ModuleMetadata
 from cag.registry.convert import module_of
 from cag.registry.records import ModuleRecord
 from cag.registry.states import ModuleState

@@ -15,13 +15,13 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from cag.acl import AclScope
 from cag.errors import InvalidFieldError
 from cag.identifiers import MAX_EVENT_ID, MAX_MODULE_ID, MAX_NAME, MAX_URI
 from cag.identifiers import check_event_id as _check_event_id
 from cag.identifiers import check_module_id as _check_module_id
 from cag.identifiers import check_name as _check_name
 from cag.identifiers import check_text as _check_text
-from cag.kvmodule import AclScope
 
 STREAM = "cag"
 STREAM_SUBJECTS = ["cag.>"]

@@ -8,7 +8,7 @@ from typing import Protocol, TypeVar
 
 from cag.engine.cache import KVCache
 from cag.errors import ChainError, ModuleMismatchError
-from cag.kvmodule.metadata import ModuleMetadata
+from cag.metadata import ModuleMetadata
 
 
 class KVSource(Protocol):

@@ -14,7 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from blake3 import blake3
 
-ALGORITHM = "blake3"
+from cag.metadata import CHECKSUM_ALGORITHM as ALGORITHM
+
 # The hash releases the GIL on large buffers: two workers hash two tensors truly in parallel.
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kv-checksum")
 

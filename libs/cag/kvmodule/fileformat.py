@@ -24,7 +24,8 @@ import torch
 from cag.errors import KVTensorMismatchError
 from cag.kvmodule.atomic import atomic_writer
 from cag.kvmodule.checksum import tensors_checksum
-from cag.kvmodule.metadata import SAFETENSORS_DTYPES, ModuleMetadata
+from cag.kvmodule.metadata import SAFETENSORS_DTYPES, torch_dtype
+from cag.metadata import ModuleMetadata
 
 HEADER_HASH_KEY = "header_sha256"
 _ALIGN = 8
@@ -84,8 +85,8 @@ def _check_tensors(metadata: ModuleMetadata, k: torch.Tensor, v: torch.Tensor, t
     if k.dim() != 4 or k.shape[1] != tokens:
         raise KVTensorMismatchError("k.shape", f"[layers, {tokens} tokens, kv_heads, head_dim]", str(tuple(k.shape)))
     for name, t in (("k", k), ("v", v)):
-        if t.dtype != metadata.torch_dtype:
-            raise KVTensorMismatchError(f"{name}.dtype", str(metadata.torch_dtype), str(t.dtype))
+        if t.dtype != torch_dtype(metadata):
+            raise KVTensorMismatchError(f"{name}.dtype", str(torch_dtype(metadata)), str(t.dtype))
 
 
 def write_module(

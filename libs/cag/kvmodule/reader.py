@@ -26,7 +26,8 @@ from cag.errors import CagError, InvalidInputError, KVModuleNotFoundError, Modul
 from cag.identifiers import echo
 from cag.kvmodule import checksum
 from cag.kvmodule.fileformat import HEADER_HASH_KEY, TensorEntry, header_digest, layer_tensor_names, tensor_bytes
-from cag.kvmodule.metadata import SAFETENSORS_DTYPES, ModuleMetadata
+from cag.kvmodule.metadata import SAFETENSORS_DTYPES, torch_dtype
+from cag.metadata import ModuleMetadata
 
 _MAX_HEADER = 64 << 20
 LayerCallback = Callable[[int], None]
@@ -159,7 +160,7 @@ class ModuleFile:
             raise ModuleCorruptedError(f"{self.path}: unexpected tensors {names[:4]}...")
         t = self.token_count
         kv = self.entries[0]
-        want_dtype = SAFETENSORS_DTYPES[self.metadata.torch_dtype]
+        want_dtype = SAFETENSORS_DTYPES[torch_dtype(self.metadata)]
         for e in self.entries[:-1]:
             # [tokens, kv_heads, head_dim]; slicing, not indexing, so a 0-d shape is refused, not an IndexError.
             if len(e.shape) != 3 or e.shape[:1] != (t,) or e.shape != kv.shape or e.dtype != want_dtype:
@@ -198,7 +199,7 @@ class ModuleFile:
         mapped = self._mapped()
         view = memoryview(mapped)[self.data_offset :]
         self._check_digest(self._mapped_checksum(view))
-        dtype = self.metadata.torch_dtype
+        dtype = torch_dtype(self.metadata)
         kv = self.entries[0].shape
         flat = torch.frombuffer(view[: self.entries[-1].start], dtype=dtype)
         # Data order is k.0, v.0, k.1, v.1, ...: one [layers, 2, tokens, kv_heads, head_dim] tensor.

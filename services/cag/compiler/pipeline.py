@@ -19,9 +19,10 @@ from cag.compiler.golden import GoldenResult, results_json, run_golden
 from cag.compiler.request import CompileRequest, expires_at, resolve_created_at
 from cag.engine import Engine, load_engine
 from cag.errors import CagError, ContextWindowExceededError, GoldenTestsFailedError
-from cag.kvmodule import GoldenStatus, ModuleFile, ModuleMetadata, order_chain, write_module
+from cag.kvmodule import ModuleFile, order_chain, write_module
 from cag.kvmodule.atomic import check_writable_dir
 from cag.layout import PromptLayout, layout_hash, layout_json, load_layout
+from cag.metadata import GoldenStatus, ModuleMetadata
 from cag.models import ModelFiles, resolve_model, resolve_tokenizer
 
 PREFILL_CHUNK = 256

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cag.acl import PUBLIC_TENANT, AclScope
 from cag.errors import InvalidFieldError, InvalidInputError
 from cag.identifiers import check_name
-from cag.kvmodule import DTYPES, PUBLIC_TENANT, AclScope
+from cag.metadata import DTYPE_NAMES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +66,8 @@ class CompileRequest:
     golden_max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise InvalidInputError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise InvalidInputError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPE_NAMES)}")
         if self.ttl_days is not None and self.ttl_days < 1:
             raise InvalidInputError("--ttl-days must be at least 1")
         self._check_route()

@@ -13,11 +13,11 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cag.acl import PUBLIC_TENANT, AclScope
 from cag.errors import InvalidFieldError
 from cag.grpc.timestamps import datetime_of, header_of_timestamp, timestamp_of, timestamp_of_header
 from cag.identifiers import MAX_NAME, MAX_URI, check_module_id, check_name, check_text, echo
-from cag.kvmodule import DTYPES, PUBLIC_TENANT, AclScope, GoldenStatus, ModuleMetadata
-from cag.kvmodule.metadata import FORMAT_VERSION
+from cag.metadata import DTYPE_NAMES, FORMAT_VERSION, GoldenStatus, ModuleMetadata
 from cag.registry.audit import MAX_AUDIT_PAGE_SIZE, AuditEntry, AuditQuery
 from cag.registry.records import ModuleChange, ModuleRecord
 from cag.registry.states import ModuleState
@@ -188,8 +188,8 @@ def _check_module(module: common_pb2.Module) -> None:
         _check_hex_digest(name, getattr(module, name))
     if not TENSOR_CHECKSUM.fullmatch(module.tensor_checksum):
         raise InvalidFieldError("tensor_checksum", f"{echo(module.tensor_checksum)} is not 'blake3:<64 hex digits>'")
-    if module.dtype not in DTYPES:
-        raise InvalidFieldError("dtype", f"{echo(module.dtype)} is not one of {sorted(DTYPES)}")
+    if module.dtype not in DTYPE_NAMES:
+        raise InvalidFieldError("dtype", f"{echo(module.dtype)} is not one of {sorted(DTYPE_NAMES)}")
     if module.format_version != FORMAT_VERSION:
         raise InvalidFieldError("format_version", f"{echo(module.format_version)} is not supported ({FORMAT_VERSION})")
     if not 0 <= module.token_count <= MAX_TOKEN_COUNT:

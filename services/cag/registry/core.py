@@ -15,6 +15,7 @@ import json
 import random
 import uuid
 
+from cag.acl import PUBLIC_TENANT, visible_within
 from cag.auth import Caller, Scope
 from cag.errors import (
     CagError,
@@ -25,7 +26,7 @@ from cag.errors import (
     Status,
 )
 from cag.identifiers import check_module_id, check_name
-from cag.kvmodule import PUBLIC_TENANT, AclScope, GoldenStatus, ModuleMetadata
+from cag.metadata import GoldenStatus, ModuleMetadata
 from cag.registry.audit import Attribution, AuditEntry, AuditQuery
 from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
 from cag.registry.states import ModuleState
@@ -49,18 +50,6 @@ def canonical_layout_hash(layout: str) -> str:
     return hashlib.sha256(
         json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     ).hexdigest()
-
-
-def visible_within(parent: ModuleMetadata, child: ModuleMetadata) -> bool:
-    """Whether everyone who may load `child` may also load `parent`: a chain never widens a module's audience
-    to another tenant's (or another workspace's, another user's) knowledge."""
-    if parent.acl_scope is AclScope.PUBLIC:
-        return True
-    if parent.tenant_id != child.tenant_id or child.acl_scope is AclScope.PUBLIC:
-        return False
-    if parent.acl_scope is AclScope.TENANT:
-        return True
-    return (parent.acl_scope, parent.acl_principal) == (child.acl_scope, child.acl_principal)
 
 
 def _check_chain_link(parent: ModuleRecord, child: ModuleMetadata) -> None:

@@ -10,6 +10,7 @@ import logging
 
 from faststream.nats import NatsBroker
 
+from cag.acl import AclScope
 from cag.auth.caller import SYSTEM
 from cag.events.consumer import PULL_SUB as PULL_SUB  # the pull settings, reported by `cag bench registry`
 from cag.events.consumer import EventConsumer, Redelivery, subscribe
@@ -25,7 +26,6 @@ from cag.events.schemas import (
     TokenizerRetiredV1,
     UnknownSchemaError,
 )
-from cag.kvmodule import AclScope
 from cag.registry.core import RegistryCore
 from cag.registry.records import RouteDecision
 from cag.registry.triggers import AclChanged, LayoutChanged, ModelRevised, SourceChanged, TokenizerRetired, Trigger

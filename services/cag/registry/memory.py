@@ -6,8 +6,8 @@ import asyncio
 import dataclasses
 from datetime import UTC, datetime
 
+from cag.acl import PUBLIC_TENANT
 from cag.errors import InvalidFieldError
-from cag.kvmodule import PUBLIC_TENANT
 from cag.registry.audit import (
     EVERY_TENANT,
     SYSTEM_ATTRIBUTION,

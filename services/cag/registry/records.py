@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from cag.kvmodule import ModuleMetadata
+from cag.metadata import ModuleMetadata
 from cag.registry.states import ModuleState
 
 

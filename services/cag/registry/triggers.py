@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from cag.acl import AclScope
 from cag.errors import InvalidFieldError
-from cag.kvmodule import AclScope
 from cag.registry.records import ModuleRecord
 from cag.registry.states import ALLOWED, LIVE, ModuleState
 

@@ -7,7 +7,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from cag.kvmodule import AclScope, GoldenStatus, ModuleMetadata
+from cag.acl import AclScope
+from cag.metadata import GoldenStatus, ModuleMetadata
 from cag.registry.db.schema import ModuleRow
 from cag.registry.records import ModuleRecord
 from cag.registry.states import ModuleState

@@ -14,9 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
+from cag.acl import PUBLIC_TENANT
 from cag.errors import InvalidFieldError
 from cag.events.schemas import Envelope
-from cag.kvmodule import PUBLIC_TENANT
 from cag.registry.audit import (
     EVERY_TENANT,
     SYSTEM_ATTRIBUTION,
