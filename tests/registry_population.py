@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from cag.acl import AclScope
 from cag.metadata import GoldenStatus, ModuleMetadata
-from cag.registry.records import ModuleRecord
-from cag.registry.states import ModuleState
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.states import ModuleState
 
 TENANTS = ("acme", "globex", "initech")
 MODELS = (("smollm2", "rev-a"), ("smollm2", "rev-b"), ("tinyllama", "rev-x"))

@@ -23,9 +23,9 @@ from cag.infra.ports import free_port
 from cag.metadata import ModuleMetadata
 from cag.registry.convert import module_of
 from cag.registry.core import RegistryCore
-from cag.registry.records import ModuleRecord
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.states import ModuleState
 from cag.registry.servicer import SERVICE_NAME, RegistryServicer
-from cag.registry.states import ModuleState
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 TOKEN_TTL_S = 3600.0

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from cag.registry.core.memory import MemoryStore
+from cag.registry.core.store import RegistryStore
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
-from cag.registry.memory import MemoryStore
-from cag.registry.store import RegistryStore
 
 
 @pytest.fixture(params=["memory", "postgres"])

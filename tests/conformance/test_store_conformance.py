@@ -10,16 +10,16 @@ import pytest
 
 from cag.acl import AclScope
 from cag.errors import InvalidInputError
-from cag.registry.audit import EVERY_TENANT, Attribution, AuditAction, AuditEntry, AuditQuery, encode_audit_token
-from cag.registry.records import ModuleRecord, RouteDecision
-from cag.registry.states import IllegalTransitionError, ModuleState
-from cag.registry.store import (
+from cag.registry.core.audit import EVERY_TENANT, Attribution, AuditAction, AuditEntry, AuditQuery, encode_audit_token
+from cag.registry.core.records import ModuleRecord, RouteDecision
+from cag.registry.core.states import IllegalTransitionError, ModuleState
+from cag.registry.core.store import (
     ConcurrentPublishError,
     ListQuery,
     RegistryNotFoundError,
     RegistryStore,
 )
-from cag.registry.triggers import (
+from cag.registry.core.triggers import (
     AclChanged,
     LayoutChanged,
     ModelRevised,

@@ -31,11 +31,11 @@ from cag.events.consumer import EventConsumer, Redelivery, start_broker, subscri
 from cag.events.schemas import STREAM, Envelope, ModelRevisedV1, Payload, RouteDecidedV1
 from cag.lifecycle import bounded
 from cag.registry.core import RegistryCore
+from cag.registry.core.triggers import ModelRevised
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.schema import Base
 from cag.registry.db.store import PostgresStore
 from cag.registry.handlers import invalidation_consumer, route_audit_consumer
-from cag.registry.triggers import ModelRevised
 from tests.conformance.test_store_conformance import load
 from tests.infra_fixtures import FreshDatabase, Infra
 from tests.registry_population import generate_population

@@ -11,11 +11,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, pool, text
 
+from cag.registry.core.triggers import ModelRevised, SourceChanged
 from cag.registry.db import migrate
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.schema import Base
 from cag.registry.db.store import PostgresStore
-from cag.registry.triggers import ModelRevised, SourceChanged
 from tests.infra_fixtures import FreshDatabase
 from tests.registry_population import generate_population
 

@@ -22,11 +22,11 @@ from cag.events.consumer import Redelivery, start_broker
 from cag.events.schemas import MAX_BODY_BYTES, Envelope, ModelRevisedV1, RouteDecidedV1, SourceChangedV1
 from cag.lifecycle import StopSignal, bounded
 from cag.registry.core import RegistryCore
+from cag.registry.core.triggers import ModelRevised, SourceChanged, TokenizerRetired, affected_modules
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
 from cag.registry.handlers import CONSUMER, subscribe_invalidations, subscribe_route_decisions
 from cag.registry.outbox import OutboxRelay
-from cag.registry.triggers import ModelRevised, SourceChanged, TokenizerRetired, affected_modules
 from tests.conformance.test_store_conformance import load, states
 from tests.infra_fixtures import FreshDatabase, Infra
 from tests.registry_population import generate_population

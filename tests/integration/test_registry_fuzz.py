@@ -31,16 +31,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cag.acl import AclScope
 from cag.auth import ALL_TENANTS, Scope
 from cag.metadata import ModuleMetadata
-from cag.registry.audit import encode_audit_token
 from cag.registry.convert import module_of
 from cag.registry.core import RegistryCore
+from cag.registry.core.audit import encode_audit_token
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.states import ModuleState
+from cag.registry.core.store import encode_page_token
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.schema import Base
 from cag.registry.db.store import PostgresStore
-from cag.registry.records import ModuleRecord
 from cag.registry.servicer import SERVICE_NAME
-from cag.registry.states import ModuleState
-from cag.registry.store import encode_page_token
 from cag.v1 import common_pb2, registry_pb2
 from tests.infra_fixtures import FreshDatabase
 from tests.registry_population import make_metadata

@@ -21,8 +21,8 @@ from cag.grpc.errors import ERROR_DOMAIN, INTERNAL_MESSAGE, error_details
 from cag.kvmodule import ModuleFile
 from cag.metadata import FORMAT_VERSION, GoldenStatus, ModuleMetadata
 from cag.registry.core import RegistryCore
+from cag.registry.core.records import ModuleChange, ModuleRecord
 from cag.registry.db.store import PostgresStore
-from cag.registry.records import ModuleChange, ModuleRecord
 from cag.registry.servicer import SERVICE_NAME
 from cag.v1 import common_pb2, registry_pb2
 from tests.registry_population import make_metadata

@@ -15,9 +15,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cag.acl import PUBLIC_TENANT, AclScope
 from cag.auth import ALL_TENANTS, Scope
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.store import MAX_PAGE_SIZE, ListQuery
 from cag.registry.db.store import PostgresStore
-from cag.registry.records import ModuleRecord
-from cag.registry.store import MAX_PAGE_SIZE, ListQuery
 from cag.v1 import common_pb2, registry_pb2
 from tests.registry_population import make_metadata
 from tests.registry_server import Client, RegistryServer, fails, message_of

@@ -25,12 +25,12 @@ from cag.acl import AclScope
 from cag.auth.caller import SYSTEM
 from cag.lifecycle import StopSignal
 from cag.registry import servicer as registry_servicer
-from cag.registry.audit import AuditQuery, encode_audit_token
 from cag.registry.convert import module_of
 from cag.registry.core import RegistryCore
-from cag.registry.records import ModuleRecord
-from cag.registry.states import ModuleState
-from cag.registry.store import ListQuery, RouteResolution, encode_page_token
+from cag.registry.core.audit import AuditQuery, encode_audit_token
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.states import ModuleState
+from cag.registry.core.store import ListQuery, RouteResolution, encode_page_token
 from cag.v1 import cachepool_pb2, common_pb2, compiler_pb2, fallback_pb2, registry_pb2, router_pb2
 from tests.registry_population import make_metadata
 

@@ -33,9 +33,9 @@ from cag.infra.stack import InfraStack, InfraState
 from cag.models import SMOLLM2, resolve_model
 from cag.registry.app import RegistryApp
 from cag.registry.convert import module_of
-from cag.registry.records import ModuleRecord
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.states import ModuleState
 from cag.registry.settings import RegistrySettings
-from cag.registry.states import ModuleState
 from cag.session import Answer, ChainContext, answer_from_modules, answer_with_full_prefill
 from cag.settings import CagSettings, InfraSettings
 from cag.v1 import registry_pb2, registry_pb2_grpc

@@ -21,7 +21,7 @@ from cag.cli.registry_client import (
     state_name,
     state_value,
 )
-from cag.registry.states import ModuleState
+from cag.registry.core.states import ModuleState
 from cag.settings import CagSettings
 from cag.v1 import common_pb2, registry_pb2
 

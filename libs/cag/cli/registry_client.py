@@ -19,8 +19,8 @@ from cag.auth.credentials import bearer_metadata, resolve_token
 from cag.errors import Status
 from cag.metadata import ModuleMetadata
 from cag.registry.convert import module_of
-from cag.registry.records import ModuleRecord
-from cag.registry.states import ModuleState
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.states import ModuleState
 from cag.settings import CagSettings
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 

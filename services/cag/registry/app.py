@@ -11,21 +11,23 @@ from functools import partial
 
 import grpc
 from faststream.nats import NatsBroker
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.auth.tokens import load_key
+from cag.errors import CagError
 from cag.events.bus import make_broker, publish_event
 from cag.events.consumer import start_broker
 from cag.grpc.server import build_server
 from cag.lifecycle import StopSignal, bounded
 from cag.registry.core import RegistryCore
+from cag.registry.core.ttl import run_ttl_job
 from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
 from cag.registry.handlers import subscribe_invalidations, subscribe_route_decisions
 from cag.registry.outbox import OutboxRelay
 from cag.registry.servicer import RegistryServicer
 from cag.registry.settings import RegistrySettings
-from cag.registry.ttl import run_ttl_job
 from cag.v1 import registry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -102,3 +104,19 @@ async def serve(settings: RegistrySettings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("registry stopped")
+
+
+def main() -> int:
+    """Entry point of `python -m cag.registry` (a container's command): settings from the environment only."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = RegistrySettings()
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        log.error("cannot start the registry: %s", problems)
+        return 2
+    except CagError as e:
+        log.error("cannot start the registry: %s", e)
+        return 2
+    asyncio.run(serve(settings))
+    return 0

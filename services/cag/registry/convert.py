@@ -18,11 +18,11 @@ from cag.errors import InvalidFieldError
 from cag.grpc.timestamps import datetime_of, header_of_timestamp, timestamp_of, timestamp_of_header
 from cag.identifiers import MAX_NAME, MAX_URI, check_module_id, check_name, check_text, echo
 from cag.metadata import DTYPE_NAMES, FORMAT_VERSION, GoldenStatus, ModuleMetadata
-from cag.registry.audit import MAX_AUDIT_PAGE_SIZE, AuditEntry, AuditQuery
-from cag.registry.records import ModuleChange, ModuleRecord
-from cag.registry.states import ModuleState
-from cag.registry.store import MAX_PAGE_SIZE, ListQuery
-from cag.registry.triggers import (
+from cag.registry.core.audit import MAX_AUDIT_PAGE_SIZE, AuditEntry, AuditQuery
+from cag.registry.core.records import ModuleChange, ModuleRecord
+from cag.registry.core.states import ModuleState
+from cag.registry.core.store import MAX_PAGE_SIZE, ListQuery
+from cag.registry.core.triggers import (
     AclChanged,
     LayoutChanged,
     ModelRevised,

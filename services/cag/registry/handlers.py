@@ -27,8 +27,8 @@ from cag.events.schemas import (
     UnknownSchemaError,
 )
 from cag.registry.core import RegistryCore
-from cag.registry.records import RouteDecision
-from cag.registry.triggers import AclChanged, LayoutChanged, ModelRevised, SourceChanged, TokenizerRetired, Trigger
+from cag.registry.core.records import RouteDecision
+from cag.registry.core.triggers import AclChanged, LayoutChanged, ModelRevised, SourceChanged, TokenizerRetired, Trigger
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry-invalidations"

@@ -9,9 +9,9 @@ from typing import Any
 
 from cag.acl import AclScope
 from cag.metadata import GoldenStatus, ModuleMetadata
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.states import ModuleState
 from cag.registry.db.schema import ModuleRow
-from cag.registry.records import ModuleRecord
-from cag.registry.states import ModuleState
 
 _FROM_ROW_EXCLUDED = {"layout", "golden_results", "created_at", "expires_at", "acl_scope", "golden_status"}
 

@@ -133,7 +133,7 @@ class RouteDecisionRow(Base):
 
 
 class AuditRow(Base):
-    """Who published, rolled back or invalidated what, why, when, under which event id (cag.registry.audit)."""
+    """Who published, rolled back or invalidated what, why, when, under which event id (cag.registry.core.audit)."""
 
     __tablename__ = "audit_log"
     sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import aliased
 from cag.acl import PUBLIC_TENANT
 from cag.errors import InvalidFieldError
 from cag.events.schemas import Envelope
-from cag.registry.audit import (
+from cag.registry.core.audit import (
     EVERY_TENANT,
     SYSTEM_ATTRIBUTION,
     Attribution,
@@ -26,21 +26,9 @@ from cag.registry.audit import (
     AuditQuery,
     encode_audit_token,
 )
-from cag.registry.db.convert import record_of, row_values
-from cag.registry.db.schema import (
-    AuditRow,
-    LayoutRow,
-    ModelRevisionRow,
-    ModuleRow,
-    OutboxRow,
-    ProcessedEventRow,
-    RouteDecisionRow,
-    RouteRow,
-    SourceRow,
-)
-from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
-from cag.registry.states import ALLOWED, LIVE, IllegalTransitionError, ModuleState, check_transition
-from cag.registry.store import (
+from cag.registry.core.records import ModuleChange, ModuleRecord, RouteDecision
+from cag.registry.core.states import ALLOWED, LIVE, IllegalTransitionError, ModuleState, check_transition
+from cag.registry.core.store import (
     AlreadyRegisteredError,
     ConcurrentPublishError,
     ListQuery,
@@ -55,7 +43,7 @@ from cag.registry.store import (
     trigger_reason,
     trigger_tenant,
 )
-from cag.registry.triggers import (
+from cag.registry.core.triggers import (
     AclChanged,
     LayoutChanged,
     ModelRevised,
@@ -64,6 +52,18 @@ from cag.registry.triggers import (
     TokenizerRetired,
     Trigger,
     TtlElapsed,
+)
+from cag.registry.db.convert import record_of, row_values
+from cag.registry.db.schema import (
+    AuditRow,
+    LayoutRow,
+    ModelRevisionRow,
+    ModuleRow,
+    OutboxRow,
+    ProcessedEventRow,
+    RouteDecisionRow,
+    RouteRow,
+    SourceRow,
 )
 
 M = ModuleRow

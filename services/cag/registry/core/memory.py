@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from cag.acl import PUBLIC_TENANT
 from cag.errors import InvalidFieldError
-from cag.registry.audit import (
+from cag.registry.core.audit import (
     EVERY_TENANT,
     SYSTEM_ATTRIBUTION,
     Attribution,
@@ -17,9 +17,9 @@ from cag.registry.audit import (
     AuditQuery,
     encode_audit_token,
 )
-from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
-from cag.registry.states import IllegalTransitionError, ModuleState, check_transition
-from cag.registry.store import (
+from cag.registry.core.records import ModuleChange, ModuleRecord, RouteDecision
+from cag.registry.core.states import IllegalTransitionError, ModuleState, check_transition
+from cag.registry.core.store import (
     AlreadyRegisteredError,
     ListQuery,
     RegistryNotFoundError,
@@ -33,7 +33,7 @@ from cag.registry.store import (
     trigger_reason,
     trigger_tenant,
 )
-from cag.registry.triggers import ModuleWithdrawn, Trigger, affected_modules
+from cag.registry.core.triggers import ModuleWithdrawn, Trigger, affected_modules
 
 
 class MemoryStore(RegistryStore):

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from cag.errors import CagError, InvalidFieldError, Status
 from cag.events.schemas import Envelope, ModuleEventV1, ModuleExpiredV1, ModuleInvalidatedV1, ModulePublishedV1
 from cag.identifiers import MODULE_ID
-from cag.registry.audit import EVERY_TENANT, SYSTEM_ATTRIBUTION, Attribution, AuditEntry, AuditQuery
-from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
-from cag.registry.states import ModuleState
-from cag.registry.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
+from cag.registry.core.audit import EVERY_TENANT, SYSTEM_ATTRIBUTION, Attribution, AuditEntry, AuditQuery
+from cag.registry.core.records import ModuleChange, ModuleRecord, RouteDecision
+from cag.registry.core.states import ModuleState
+from cag.registry.core.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
 
 MAX_PAGE_SIZE = 1000
 

@@ -27,11 +27,11 @@ from cag.errors import (
 )
 from cag.identifiers import check_module_id, check_name
 from cag.metadata import GoldenStatus, ModuleMetadata
-from cag.registry.audit import Attribution, AuditEntry, AuditQuery
-from cag.registry.records import ModuleChange, ModuleRecord, RouteDecision
-from cag.registry.states import ModuleState
-from cag.registry.store import ConcurrentPublishError, ListQuery, RegistryStore, RouteResolution
-from cag.registry.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
+from cag.registry.core.audit import Attribution, AuditEntry, AuditQuery
+from cag.registry.core.records import ModuleChange, ModuleRecord, RouteDecision
+from cag.registry.core.states import ModuleState
+from cag.registry.core.store import ConcurrentPublishError, ListQuery, RegistryStore, RouteResolution
+from cag.registry.core.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
 
 # "Publish the next version" retries when another publisher took that version between its read and its
 # write: it must succeed exactly once per call however many publish at once.

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from cag.auth.caller import SYSTEM
 from cag.lifecycle import StopSignal
 from cag.registry.core import RegistryCore
-from cag.registry.records import ModuleRecord
-from cag.registry.triggers import TtlElapsed
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.triggers import TtlElapsed
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cag.metadata import ModuleMetadata
-from cag.registry.states import ModuleState
+from cag.registry.core.states import ModuleState
 
 
 @dataclass(frozen=True, kw_only=True)

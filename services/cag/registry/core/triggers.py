@@ -14,8 +14,8 @@ from datetime import datetime
 
 from cag.acl import AclScope
 from cag.errors import InvalidFieldError
-from cag.registry.records import ModuleRecord
-from cag.registry.states import ALLOWED, LIVE, ModuleState
+from cag.registry.core.records import ModuleRecord
+from cag.registry.core.states import ALLOWED, LIVE, ModuleState
 
 
 @dataclass(frozen=True, kw_only=True)
