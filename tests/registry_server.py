@@ -17,15 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token
-from cag.grpc.errors import error_details
-from cag.grpc.server import build_server
 from cag.infra.ports import free_port
 from cag.metadata import ModuleMetadata
-from cag.registry.convert import module_of
 from cag.registry.core import RegistryCore
-from cag.registry.core.records import ModuleRecord
-from cag.registry.core.states import ModuleState
 from cag.registry.servicer import SERVICE_NAME, RegistryServicer
+from cag.rpc.errors import error_details
+from cag.rpc.modules import module_message
+from cag.rpc.server import build_server
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 TOKEN_TTL_S = 3600.0
@@ -39,14 +37,12 @@ def header_of(module_id: str) -> str:
 def message_of(
     metadata: ModuleMetadata, source_uri: str, header_sha256: str | None = None, storage_uri: str | None = None
 ) -> common_pb2.Module:
-    record = ModuleRecord(
-        metadata=metadata,
+    return module_message(
+        metadata,
         source_uri=source_uri,
         storage_uri=storage_uri or f"file:///modules/{metadata.module_id}.safetensors",
         header_sha256=header_sha256 or header_of(metadata.module_id),
-        state=ModuleState.VALIDATING,
     )
-    return module_of(record)
 
 
 @dataclass

@@ -19,13 +19,13 @@ import nats
 import pytest
 
 from cag.cli.main import main
-from cag.cli.registry_client import RegistryClient
+from cag.cli.registry_client import registry_client
 from cag.events.schemas import STREAM, Envelope, decode
-from cag.grpc.errors import error_details
 from cag.infra.ports import free_port
 from cag.models import TINY
 from cag.registry.app import RegistryApp
 from cag.registry.settings import RegistrySettings
+from cag.rpc.errors import error_details
 from cag.settings import CagSettings, InfraSettings
 from tests.conftest import LAYOUT
 from tests.infra_fixtures import FreshDatabase, Infra
@@ -186,7 +186,7 @@ async def test_publish_list_show_rollback(cli: Cli, tmp_path: Path) -> None:
     assert code == 0, err
     assert "rollback" in out and "v2 regressed" in out and "--page-token" in err
 
-    with RegistryClient.from_settings(CagSettings(), cli.registry) as client:
+    with registry_client(CagSettings(), cli.registry) as client:
         resolved = await asyncio.to_thread(client.resolve_route, TENANT, ROUTE)
     assert (resolved.route_version, resolved.chain[-1].module_id) == (1, first)
 
@@ -269,7 +269,7 @@ async def test_invalidate_model_event_reaches_the_registry(cli: Cli, tmp_path: P
     assert state == "MODULE_STATE_INVALIDATED"
     assert shown["version"] == "1"
     # Its route no longer resolves: MODULE_NOT_SERVABLE (the router's cue for the fallback path), not a module.
-    with RegistryClient.from_settings(CagSettings(), cli.registry) as client, pytest.raises(grpc.RpcError) as refused:
+    with registry_client(CagSettings(), cli.registry) as client, pytest.raises(grpc.RpcError) as refused:
         await asyncio.to_thread(client.resolve_route, TENANT, ROUTE)
     details = error_details(refused.value)
     assert details is not None and details.reason == "MODULE_NOT_SERVABLE"

@@ -23,9 +23,9 @@ from cag.errors import (
     Status,
     UnknownEngineError,
 )
-from cag.grpc.errors import ERROR_DOMAIN, INTERNAL_MESSAGE, MAX_DETAIL_CHARS, MAX_MESSAGE_CHARS, error_details
-from cag.grpc.server import build_server
 from cag.infra.ports import free_port
+from cag.rpc.errors import ERROR_DOMAIN, INTERNAL_MESSAGE, MAX_DETAIL_CHARS, MAX_MESSAGE_CHARS, error_details
+from cag.rpc.server import build_server
 
 Code = grpc.StatusCode
 SERVICE = "cag.test.Errors"

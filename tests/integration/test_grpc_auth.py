@@ -23,11 +23,12 @@ from cag.auth import ALL_TENANTS, Scope
 from cag.auth.caller import SYSTEM
 from cag.auth.credentials import bearer_metadata, local_subject
 from cag.auth.tokens import issue_token
-from cag.cli.registry_client import RegistryClient
-from cag.grpc.auth import Auth, authenticated_channel, current_caller
-from cag.grpc.errors import error_details
-from cag.grpc.server import build_server
+from cag.cli.registry_client import registry_client
 from cag.infra.ports import free_port
+from cag.rpc.auth import Auth, authenticated_channel, current_caller
+from cag.rpc.clients import RegistryClient
+from cag.rpc.errors import error_details
+from cag.rpc.server import build_server
 from cag.settings import CagSettings, InfraSettings
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
@@ -194,12 +195,10 @@ async def test_registry_client_presents_the_commands_credentials(tmp_path: Path)
     key_file.write_text(KEY.hex())
     key_file.chmod(0o600)
     async with serve() as address:
-        given = RegistryClient.from_settings(
+        given = registry_client(
             CagSettings(token=token_for("service:ci"), infra=InfraSettings(auth_key_file=key_file)), address
         )
-        minted = RegistryClient.from_settings(
-            CagSettings(token=None, infra=InfraSettings(auth_key_file=key_file)), address
-        )
+        minted = registry_client(CagSettings(token=None, infra=InfraSettings(auth_key_file=key_file)), address)
         anonymous = RegistryClient(address)
         with given, minted, anonymous:
             assert (await asyncio.to_thread(given.get, "m")).module_id == "service:ci"

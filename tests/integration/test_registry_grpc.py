@@ -17,13 +17,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cag.acl import AclScope
 from cag.auth import Caller, Scope
-from cag.grpc.errors import ERROR_DOMAIN, INTERNAL_MESSAGE, error_details
 from cag.kvmodule import ModuleFile
 from cag.metadata import FORMAT_VERSION, GoldenStatus, ModuleMetadata
 from cag.registry.core import RegistryCore
 from cag.registry.core.records import ModuleChange, ModuleRecord
 from cag.registry.db.store import PostgresStore
 from cag.registry.servicer import SERVICE_NAME
+from cag.rpc.errors import ERROR_DOMAIN, INTERNAL_MESSAGE, error_details
 from cag.v1 import common_pb2, registry_pb2
 from tests.registry_population import make_metadata
 from tests.registry_server import Client, RegistryServer, fails, message_of, serve_registry

@@ -70,7 +70,7 @@ from hypothesis import strategies as st
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cag.grpc.errors import ErrorDetails, decode_error_details
+from cag.rpc.errors import ErrorDetails, decode_error_details
 
 __all__ = [
     "DEFAULT_EXAMPLES",

@@ -19,9 +19,9 @@ from google.rpc import error_details_pb2
 
 import cag
 from cag.errors import CagError, KVTensorMismatchError, ModuleMismatchError, Status
-from cag.grpc.errors import ERROR_DOMAIN, INTERNAL_REASON, error_metadata, status_of
 from cag.kvmodule import ModuleFile, write_module
 from cag.kvmodule.metadata import torch_dtype
+from cag.rpc.errors import ERROR_DOMAIN, INTERNAL_REASON, error_metadata, status_of
 
 # google.rpc.ErrorInfo.reason: UPPER_SNAKE, at most 63 characters (AIP-193).
 REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,61}[A-Z0-9]$")

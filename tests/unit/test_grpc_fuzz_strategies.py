@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
 from cag.errors import InvalidFieldError, InvalidInputError, UnauthenticatedError
-from cag.grpc.server import build_server
 from cag.infra.ports import free_port
+from cag.rpc.server import build_server
 from cag.v1 import cachepool_pb2, common_pb2, compiler_pb2, fallback_pb2, registry_pb2, registry_pb2_grpc, router_pb2
 from tests.support.grpc_fuzz import (
     DetailsTooLong,

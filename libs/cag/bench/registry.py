@@ -49,13 +49,13 @@ from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token
 from cag.bench.output import emit_report
 from cag.events.schemas import Envelope, SourceChangedV1
-from cag.grpc.auth import authenticated_channel
 from cag.infra.database import DatabaseUrls, create_database, drop_database
 from cag.infra.ports import free_port
 from cag.infra.processes import children_of, pid_alive
 from cag.infra.stack import InfraStack
 from cag.metadata import FORMAT_VERSION
 from cag.registry.db import migrate
+from cag.rpc.auth import authenticated_channel
 from cag.settings import CagSettings, InfraSettings
 from cag.v1 import registry_pb2, registry_pb2_grpc
 

@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from cag.cli.progress import RichCompileObserver
-from cag.cli.registry_client import RegistryClient, module_message, run_with_rpc_errors
+from cag.cli.registry_client import registry_client, run_with_rpc_errors
 from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.metadata import DTYPE_NAMES
+from cag.rpc.clients import RegistryClient
+from cag.rpc.modules import module_message
 from cag.settings import CagSettings
 
 
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
         keep_failed=args.keep_failed,
     )
     # Credentials are resolved before the compile: a missing token should not cost a prefill to find out.
-    client = RegistryClient.from_settings(settings, args.registry) if args.publish else None
+    client = registry_client(settings, args.registry) if args.publish else None
     console = Console(stderr=True)
     with contextlib.closing(client) if client else contextlib.nullcontext():
         with RichCompileObserver(console) as observer:
@@ -93,7 +95,10 @@ def publish(result: CompileResult, args: argparse.Namespace, client: RegistryCli
     # Where the file lives is a registry fact, not part of the module's bytes.
     prefix = args.storage_prefix or args.out.resolve().as_uri()
     storage_uri = f"{prefix.rstrip('/')}/{result.path.name}"
-    registered = client.register(module_message(result.metadata, source_uri, result.header_sha256, storage_uri))
+    message = module_message(
+        result.metadata, source_uri=source_uri, storage_uri=storage_uri, header_sha256=result.header_sha256
+    )
+    registered = client.register(message)
     published = client.publish(registered.module_id)
     print(f"published {published.module_id} as version {published.version} of {published.tenant_id}/{published.route}")
     return 0

@@ -27,7 +27,6 @@ from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import Engine, SamplingParams, load_engine
 from cag.errors import InvalidInputError
-from cag.grpc.auth import authenticated_channel
 from cag.infra.ports import free_port
 from cag.infra.stack import InfraStack, InfraState
 from cag.models import SMOLLM2, resolve_model
@@ -36,6 +35,7 @@ from cag.registry.convert import module_of
 from cag.registry.core.records import ModuleRecord
 from cag.registry.core.states import ModuleState
 from cag.registry.settings import RegistrySettings
+from cag.rpc.auth import authenticated_channel
 from cag.session import Answer, ChainContext, answer_from_modules, answer_with_full_prefill
 from cag.settings import CagSettings, InfraSettings
 from cag.v1 import registry_pb2, registry_pb2_grpc

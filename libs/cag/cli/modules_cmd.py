@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cag.cli.registry_client import (
-    RegistryClient,
     acl_name,
     golden_name,
+    registry_client,
     run_with_rpc_errors,
     state_name,
     state_value,
@@ -82,7 +82,7 @@ def run_list(args: argparse.Namespace, settings: CagSettings) -> int:
     )
 
     def call() -> int:
-        with RegistryClient.from_settings(settings, args.registry) as client:
+        with registry_client(settings, args.registry) as client:
             if args.all:
                 modules, next_token = list(client.list_all(request)), ""
             else:
@@ -117,7 +117,7 @@ def list_table(modules: Iterable[common_pb2.Module]) -> Table:
 
 def run_show(args: argparse.Namespace, settings: CagSettings) -> int:
     def call() -> int:
-        with RegistryClient.from_settings(settings, args.registry) as client:
+        with registry_client(settings, args.registry) as client:
             module = client.get(args.module_id)
         if args.json:
             print(json.dumps(module_json(module), indent=2, ensure_ascii=False))
@@ -168,7 +168,7 @@ def show_table(m: common_pb2.Module) -> Table:
 
 def run_rollback(args: argparse.Namespace, settings: CagSettings) -> int:
     def call() -> int:
-        with RegistryClient.from_settings(settings, args.registry) as client:
+        with registry_client(settings, args.registry) as client:
             module = client.rollback(args.tenant, args.route, args.to_version, reason=args.reason)
         print(f"{module.tenant_id}/{module.route} now serves version {module.version} ({module.module_id})")
         return 0
@@ -183,7 +183,7 @@ def run_audit(args: argparse.Namespace, settings: CagSettings) -> int:
     request = registry_pb2.ListAuditRequest(tenant_id=args.tenant, page_size=args.page_size, page_token=args.page_token)
 
     def call() -> int:
-        with RegistryClient.from_settings(settings, args.registry) as client:
+        with registry_client(settings, args.registry) as client:
             response = client.list_audit(request)
         if args.json:
             for entry in response.entries:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cag.cli.registry_client import RegistryClient, run_with_rpc_errors, state_name
+from cag.cli.registry_client import registry_client, run_with_rpc_errors, state_name
 from cag.engine import SamplingParams
 from cag.errors import InvalidInputError, ModuleNotServableError
 from cag.kvmodule import ModuleFile
+from cag.rpc.clients import RegistryClient
 from cag.session import Answer, ChainContext, answer_from_modules
 from cag.settings import CagSettings
 from cag.v1 import common_pb2
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     address = _registry_address(args, settings)
     if address is None:
         return _answer(args, settings, query, None)
-    check = RegistryCheck(RegistryClient.from_settings(settings, address))  # credentials first, like the address
+    check = RegistryCheck(registry_client(settings, address))  # credentials first, like the address
     with contextlib.closing(check.client):
         return run_with_rpc_errors(lambda: _answer(args, settings, query, check))
 

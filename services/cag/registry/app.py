@@ -18,7 +18,6 @@ from cag.auth.tokens import load_key
 from cag.errors import CagError
 from cag.events.bus import make_broker, publish_event
 from cag.events.consumer import start_broker
-from cag.grpc.server import build_server
 from cag.lifecycle import StopSignal, bounded
 from cag.registry.core import RegistryCore
 from cag.registry.core.ttl import run_ttl_job
@@ -28,6 +27,7 @@ from cag.registry.handlers import subscribe_invalidations, subscribe_route_decis
 from cag.registry.outbox import OutboxRelay
 from cag.registry.servicer import RegistryServicer
 from cag.registry.settings import RegistrySettings
+from cag.rpc.server import build_server
 from cag.v1 import registry_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cag.acl import PUBLIC_TENANT, AclScope
 from cag.errors import InvalidFieldError
-from cag.grpc.timestamps import datetime_of, header_of_timestamp, timestamp_of, timestamp_of_header
 from cag.identifiers import MAX_NAME, MAX_URI, check_module_id, check_name, check_text, echo
 from cag.metadata import DTYPE_NAMES, FORMAT_VERSION, GoldenStatus, ModuleMetadata
 from cag.registry.core.audit import MAX_AUDIT_PAGE_SIZE, AuditEntry, AuditQuery
@@ -31,6 +30,8 @@ from cag.registry.core.triggers import (
     TokenizerRetired,
     Trigger,
 )
+from cag.rpc.modules import module_message
+from cag.rpc.timestamps import datetime_of, header_of_timestamp, timestamp_of
 from cag.v1 import common_pb2, registry_pb2
 
 DEFAULT_PAGE_SIZE = 100
@@ -68,14 +69,6 @@ def canonical_json(value: Any) -> str:
 # --- enums: proto NAME_PREFIX_X ↔ Python enum member X ---
 
 
-def acl_scope_proto(scope: AclScope) -> common_pb2.AclScope.ValueType:
-    return common_pb2.AclScope.Value(f"ACL_SCOPE_{scope.name}")
-
-
-def golden_status_proto(status: GoldenStatus) -> common_pb2.GoldenStatus.ValueType:
-    return common_pb2.GoldenStatus.Value(f"GOLDEN_STATUS_{status.name}")
-
-
 def state_proto(state: ModuleState) -> common_pb2.ModuleState.ValueType:
     return common_pb2.ModuleState.Value(f"MODULE_STATE_{state.name}")
 
@@ -106,34 +99,22 @@ def _required_member(enum: Any, prefix: str, value: int, field: str) -> str:
 
 
 def module_of(record: ModuleRecord, *, with_layout: bool = True) -> common_pb2.Module:
-    m = record.metadata
-    return common_pb2.Module(
-        module_id=m.module_id, tenant_id=m.tenant_id, route=m.route, model_name=m.model_name,
-        model_revision=m.model_revision, tokenizer_revision=m.tokenizer_revision,
-        context_checksum=m.context_checksum, source_checksum=m.source_checksum, token_count=m.token_count,
-        dtype=m.dtype, storage_uri=record.storage_uri, acl_principal=m.acl_principal,
-        acl_scope=acl_scope_proto(m.acl_scope),
-        created_at=timestamp_of_header(m.created_at), expires_at=timestamp_of_header(m.expires_at),
-        layout_id=m.layout_id, layout_hash=m.layout_hash, layout=m.layout if with_layout else "",
-        parent_id=m.parent_id or "", parent_chain_hash=m.parent_chain_hash or "", chain_hash=m.chain_hash,
-        engine_fingerprint=m.engine_fingerprint,
-        golden_status=golden_status_proto(m.golden_status),
-        golden_results=[_golden_result(r) for r in json.loads(m.golden_results or "[]")],
-        tensor_checksum=m.tensor_checksum, format_version=m.format_version, header_sha256=record.header_sha256,
-        version=record.version or 0, state=state_proto(record.state),
-        state_reason=record.state_reason, source_uri=record.source_uri,
-        registered_at=timestamp_of(record.registered_at), published_at=timestamp_of(record.published_at),
-        state_changed_at=timestamp_of(record.state_changed_at),
-    )  # fmt: skip
-
-
-def _golden_result(result: dict[str, Any]) -> common_pb2.GoldenResult:
-    return common_pb2.GoldenResult(
-        question=str(result.get("question", "")),
-        expect=[str(e) for e in result.get("expect", [])],
-        answer=str(result.get("answer", "")),
-        passed=bool(result.get("passed", False)),
+    """The record as a cag.v1.Module: the module as compiled, plus the registry's own bookkeeping."""
+    message = module_message(
+        record.metadata,
+        source_uri=record.source_uri,
+        storage_uri=record.storage_uri,
+        header_sha256=record.header_sha256,
+        with_layout=with_layout,
     )
+    message.version = record.version or 0
+    message.state = state_proto(record.state)
+    message.state_reason = record.state_reason
+    for name in ("registered_at", "published_at", "state_changed_at"):
+        instant = timestamp_of(getattr(record, name))
+        if instant is not None:
+            getattr(message, name).CopyFrom(instant)
+    return message
 
 
 def registration_of(module: common_pb2.Module) -> ModuleRecord:

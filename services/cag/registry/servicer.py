@@ -1,8 +1,8 @@
 """The registry's gRPC servicer: each method unpacks the request, calls RegistryCore as the authenticated
 caller, packs the answer.
 
-Errors are not handled here: the shared interceptor (cag.grpc.errors) maps them to statuses, and the auth
-interceptor (cag.grpc.auth) has verified the caller before any method runs.
+Errors are not handled here: the shared interceptor (cag.rpc.errors) maps them to statuses, and the auth
+interceptor (cag.rpc.auth) has verified the caller before any method runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from typing_extensions import override
 
-from cag.grpc.auth import current_caller
 from cag.lifecycle import StopSignal
 from cag.registry.convert import (
     audit_entry_of,
@@ -27,6 +26,7 @@ from cag.registry.convert import (
     version_of,
 )
 from cag.registry.core import RegistryCore
+from cag.rpc.auth import current_caller
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 if TYPE_CHECKING:

@@ -16,11 +16,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # .pyi, no py.typed
 from grpc_status import rpc_status
 
-import grpc
 from cag.errors import CagError, Status
 
 ERROR_DOMAIN = "cag.dev"

@@ -17,11 +17,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
+
 from cag.auth.caller import Caller
 from cag.auth.credentials import AUTHORIZATION, bearer_metadata
 from cag.auth.tokens import check_key, verify_token
 from cag.errors import UnauthenticatedError
-from cag.grpc.errors import HANDLER_FACTORIES, abort_with
+from cag.rpc.errors import HANDLER_FACTORIES, abort_with
 
 # Verifies a bearer token and names its caller, or raises UnauthenticatedError.
 TokenVerifier = Callable[[str], Caller]

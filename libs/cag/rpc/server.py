@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as grpc_reflection
 
-import grpc
-from cag.grpc.auth import Auth, AuthInterceptor
-from cag.grpc.errors import ErrorInterceptor
+from cag.rpc.auth import Auth, AuthInterceptor
+from cag.rpc.errors import ErrorInterceptor
 
 # (generated add_XServicer_to_server, servicer instance)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], object]
@@ -30,7 +30,7 @@ async def build_server(
 
     `service_names` (full names, e.g. "cag.v1.RegistryService") are reported SERVING by the health
     service (as is the overall status "") and, with `reflection`, listed by reflection.
-    `auth` (cag.grpc.auth): the signing key of bearer tokens, or a token verifier — every call but
+    `auth` (cag.rpc.auth): the signing key of bearer tokens, or a token verifier — every call but
     health checks must then authenticate (reflection too) and handlers find the caller with
     `current_caller()`; a fixed Caller runs every call as that caller; None, no authentication at
     all (tests of other things only: `current_caller()` then refuses). The error interceptor runs

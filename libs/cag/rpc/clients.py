@@ -1,0 +1,126 @@
+"""gRPC clients of the platform's services, in one place: a blocking one (the command line, scripts) and an
+asyncio one (services calling services) per service. Each presents its bearer token on every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+
+import grpc
+
+from cag.auth.credentials import bearer_metadata
+from cag.rpc.auth import authenticated_channel
+from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class RegistryClient:
+    """Blocking calls on one insecure channel to `address` (host:port); use as a context manager.
+
+    `token`: the bearer token sent with every call (None: none, and the registry answers UNAUTHENTICATED).
+    """
+
+    def __init__(self, address: str, *, token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._metadata = bearer_metadata(token) if token else ()
+        self._channel = grpc.insecure_channel(address)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def register(self, module: common_pb2.Module) -> common_pb2.Module:
+        request = registry_pb2.RegisterRequest(module=module)
+        return self._stub.Register(request, timeout=self.timeout_s, metadata=self._metadata).module
+
+    def publish(self, module_id: str, *, expected_version: int = 0) -> common_pb2.Module:
+        """Who published is this client's authenticated identity (the registry records its token's subject)."""
+        request = registry_pb2.PublishRequest(module_id=module_id, expected_version=expected_version)
+        return self._stub.Publish(request, timeout=self.timeout_s, metadata=self._metadata).module
+
+    def get(self, module_id: str) -> common_pb2.Module:
+        return self._stub.Get(
+            registry_pb2.GetModuleRequest(module_id=module_id), timeout=self.timeout_s, metadata=self._metadata
+        )
+
+    def list_page(self, request: registry_pb2.ListModulesRequest) -> registry_pb2.ListModulesResponse:
+        return self._stub.List(request, timeout=self.timeout_s, metadata=self._metadata)
+
+    def list_all(self, request: registry_pb2.ListModulesRequest) -> Iterator[common_pb2.Module]:
+        """Every page, following next_page_token from `request.page_token`."""
+        page = registry_pb2.ListModulesRequest()
+        page.CopyFrom(request)
+        while True:
+            response = self.list_page(page)
+            yield from response.modules
+            if not response.next_page_token:
+                return
+            page.page_token = response.next_page_token
+
+    def resolve_route(self, tenant_id: str, route: str) -> registry_pb2.ResolveRouteResponse:
+        request = registry_pb2.ResolveRouteRequest(tenant_id=tenant_id, route=route)
+        return self._stub.ResolveRoute(request, timeout=self.timeout_s, metadata=self._metadata)
+
+    def rollback(self, tenant_id: str, route: str, to_version: int, *, reason: str = "") -> common_pb2.Module:
+        request = registry_pb2.RollbackRequest(tenant_id=tenant_id, route=route, to_version=to_version, reason=reason)
+        return self._stub.Rollback(request, timeout=self.timeout_s, metadata=self._metadata).module
+
+    def list_audit(self, request: registry_pb2.ListAuditRequest) -> registry_pb2.ListAuditResponse:
+        """One page of the audit trail, newest first."""
+        return self._stub.ListAudit(request, timeout=self.timeout_s, metadata=self._metadata)
+
+
+class AsyncRegistryClient:
+    """The registry over grpc.aio, for services: the same calls as RegistryClient, awaited; Watch streams."""
+
+    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = authenticated_channel(address, token)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncRegistryClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)
+
+    async def register(self, module: common_pb2.Module) -> common_pb2.Module:
+        response = await self._stub.Register(registry_pb2.RegisterRequest(module=module), timeout=self.timeout_s)
+        return response.module
+
+    async def publish(self, module_id: str, *, expected_version: int = 0) -> common_pb2.Module:
+        request = registry_pb2.PublishRequest(module_id=module_id, expected_version=expected_version)
+        return (await self._stub.Publish(request, timeout=self.timeout_s)).module
+
+    async def get(self, module_id: str) -> common_pb2.Module:
+        return await self._stub.Get(registry_pb2.GetModuleRequest(module_id=module_id), timeout=self.timeout_s)
+
+    async def resolve_route(self, tenant_id: str, route: str) -> registry_pb2.ResolveRouteResponse:
+        request = registry_pb2.ResolveRouteRequest(tenant_id=tenant_id, route=route)
+        return await self._stub.ResolveRoute(request, timeout=self.timeout_s)
+
+    async def watch(self, *, since_sequence: int = 0, tenant_id: str = "") -> AsyncIterator[registry_pb2.ModuleChange]:
+        """Changes after `since_sequence`, then live ones, until the caller stops iterating."""
+        call = self._stub.Watch(registry_pb2.WatchRequest(since_sequence=since_sequence, tenant_id=tenant_id))
+        try:
+            async for change in call:
+                yield change
+        finally:
+            call.cancel()
