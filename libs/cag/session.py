@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from cag.engine import Engine, KVCache, SamplingParams, load_engine
+from cag.engine import Engine, GenerateRequest, RequestTimings, SamplingParams, load_engine
 from cag.errors import ModuleMismatchError
 from cag.kvmodule import KVSource, ModuleFile, order_chain
 from cag.layout import PromptLayout, layout_hash, parse_layout
@@ -26,18 +26,10 @@ class ChainContext:
     engine: Engine
     prompt: PromptLayout
     modules: list[ModuleFile]
-    scratch: KVCache  # preallocated once, reused by every query of this context
 
     @property
     def module_tokens(self) -> int:
         return sum(m.token_count for m in self.modules)
-
-    def cache_for(self, tokens: int) -> KVCache:
-        """The scratch cache, emptied, when `tokens` fit in it; otherwise a fresh one."""
-        if tokens <= self.scratch.capacity:
-            self.scratch.truncate(0)
-            return self.scratch
-        return self.engine.prefill([], reserve=tokens)
 
     @classmethod
     def open(cls, paths: Sequence[Path], *, models_dir: Path, engine: Engine | None = None) -> ChainContext:
@@ -54,18 +46,14 @@ class ChainContext:
                 expected_by="its embedded layout hashes to",
             )
         model = resolve_model(leaf.model_name, models_dir)
-        engine = engine or load_engine("torch", model, leaf.dtype)
+        if engine is None:
+            # KV memory for this chain, one query and its answer: what a query of this context needs.
+            capacity = sum(m.token_count for m in modules) + layout.max_query_tokens + ANSWER_RESERVE
+            engine = load_engine("torch", model, leaf.dtype, kv_capacity=min(capacity, model.context_window))
         for m in modules:
             engine.identity.check(m.metadata, layout_hash=leaf.layout_hash)
         tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path)
-        capacity = sum(m.token_count for m in modules) + layout.max_query_tokens + ANSWER_RESERVE
-        return cls(
-            model=model,
-            engine=engine,
-            prompt=PromptLayout(layout, tokenizer),
-            modules=modules,
-            scratch=engine.new_cache(min(capacity, engine.context_window)),
-        )
+        return cls(model=model, engine=engine, prompt=PromptLayout(layout, tokenizer), modules=modules)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.prompt.decode(ids)
@@ -73,44 +61,41 @@ class ChainContext:
 
 @dataclass
 class Answer:
-    """A streamed answer: token ids as they arrive and the time to the first one."""
+    """A streamed answer: token ids as they arrive, the time to the first one, the engine's timings."""
 
     tokens: list[int] = field(default_factory=list)
     ttft_s: float = 0.0
     total_s: float = 0.0
+    timings: RequestTimings | None = None  # the engine's own (restore, prefill, decode), as of the last token
 
 
-def stream_answer(
-    engine: Engine, cache: KVCache, suffix: Sequence[int], sampling: SamplingParams, answer: Answer, started: float
-) -> Iterator[int]:
-    """Generate on top of `cache`, recording TTFT from `started` (a perf_counter reading)."""
-    for token in engine.generate(suffix, cache, sampling):
+def stream_answer(engine: Engine, request: GenerateRequest, answer: Answer, started: float) -> Iterator[int]:
+    """Run the request, recording TTFT from `started` (a perf_counter reading, taken before tokenizing)."""
+    for event in engine.generate(request):
         if not answer.tokens:
             answer.ttft_s = time.perf_counter() - started
-        answer.tokens.append(token)
-        yield token
+        answer.tokens.append(event.token_id)
+        answer.timings = event.timings
+        yield event.token_id
     answer.total_s = time.perf_counter() - started
 
 
 def answer_from_modules(
     ctx: ChainContext, chain: Sequence[KVSource], query: str, sampling: SamplingParams, answer: Answer
 ) -> Iterator[int]:
-    """Restore the chain, prefill only the query suffix, decode. TTFT includes the restore."""
+    """Restore the chain (or reuse what the engine holds), prefill only the query suffix, decode.
+
+    TTFT includes the restore.
+    """
     started = time.perf_counter()
-    suffix = ctx.prompt.suffix_tokens(query)
-    # Disk reads overlap the query's forward pass; host-RAM copies are too quick to be worth a thread
-    # (and a second thread of torch kernels would fight the forward pass for the cores).
-    from_disk = all(isinstance(m, ModuleFile) for m in chain)
-    reserve = len(suffix) + sampling.max_new_tokens
-    cache = ctx.engine.restore(chain, reserve=reserve, into=ctx.scratch, overlap=from_disk)
-    yield from stream_answer(ctx.engine, cache, suffix, sampling, answer, started)
+    request = GenerateRequest(chain=chain, suffix=ctx.prompt.suffix_tokens(query), sampling=sampling)
+    yield from stream_answer(ctx.engine, request, answer, started)
 
 
 def answer_with_full_prefill(ctx: ChainContext, query: str, sampling: SamplingParams, answer: Answer) -> Iterator[int]:
     """The baseline: prefill module text and query together, as if no module existed."""
     prefix = [t for m in ctx.modules for t in m.token_ids()]
     started = time.perf_counter()
-    suffix = ctx.prompt.suffix_tokens(query)
-    # An empty cache with room for everything: prefix and query go through in one forward pass.
-    cache = ctx.cache_for(len(prefix) + len(suffix) + sampling.max_new_tokens)
-    yield from stream_answer(ctx.engine, cache, prefix + suffix, sampling, answer, started)
+    # No chain: prefix and query go through in one forward pass.
+    request = GenerateRequest(chain=(), suffix=prefix + ctx.prompt.suffix_tokens(query), sampling=sampling)
+    yield from stream_answer(ctx.engine, request, answer, started)

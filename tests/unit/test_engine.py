@@ -1,16 +1,26 @@
-"""The torch reference engine: agrees with transformers, and restoring modules is exact."""
+"""The torch reference engine: agrees with transformers, restores zero-copy into memory it owns, and
+answers from restored modules exactly like a full prefill (the engine-independent promises are in
+tests/conformance/test_engine_conformance.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cag.engine import Engine, SamplingParams
-from cag.errors import ChainError, ModuleCorruptedError, ModuleMismatchError
+from cag.engine import Engine, GenerateRequest, SamplingParams, load_engine
+from cag.engine.cache import KVCache, PendingRestore
+from cag.engine.torch_engine import SupersededError, TorchEngine
+from cag.errors import (
+    InvalidFieldError,
+    InvalidInputError,
+    KVTensorMismatchError,
+    ModuleCorruptedError,
+    ModuleMismatchError,
+    UnknownEngineError,
+)
 from cag.kvmodule import ModuleFile
 from cag.models import ModelFiles
 from cag.session import Answer, ChainContext, answer_from_modules, answer_with_full_prefill
@@ -18,22 +28,31 @@ from cag.session import Answer, ChainContext, answer_from_modules, answer_with_f
 QUESTIONS = ["How do refunds work?", "  What is the fee?", "\nWho pays for shipping?", "¿Qué pasa?", "<|im_end| odd"]
 
 
-def test_logits_match_transformers(tiny_model: ModelFiles, tiny_engine: Engine) -> None:
+@pytest.fixture
+def engine(tiny_model: ModelFiles) -> TorchEngine:
+    """A fresh engine: these tests look at what it holds."""
+    engine = load_engine("torch", tiny_model, "fp32")
+    assert isinstance(engine, TorchEngine)
+    return engine
+
+
+def test_logits_match_transformers(tiny_model: ModelFiles, engine: TorchEngine) -> None:
     hf = AutoModelForCausalLM.from_pretrained(tiny_model.path, dtype=torch.float32).eval()
     ids = torch.arange(100, 160)
-    cache = tiny_engine.prefill(ids[:40].tolist(), reserve=40)
+    cache = KVCache(engine.kv_shape, 80)
+    engine.model.forward(ids[:40], cache)
     with torch.no_grad():
         reference = hf(ids[None]).logits[0]
-    ours = tiny_engine.model.forward(ids[40:], cache)  # type: ignore[attr-defined]
+    ours = engine.model.forward(ids[40:], cache)
     torch.testing.assert_close(ours, reference[-1], atol=1e-4, rtol=1e-4)
 
 
-def test_chunked_prefill_matches_one_pass(tiny_engine: Engine) -> None:
+def test_chunked_prefill_matches_one_pass(engine: Engine) -> None:
     ids = list(range(200, 500))
-    whole = tiny_engine.prefill(ids)
-    chunked = tiny_engine.prefill(ids, chunk_size=64)
-    torch.testing.assert_close(chunked.k[:, :300], whole.k[:, :300], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(chunked.v[:, :300], whole.v[:, :300], atol=1e-5, rtol=1e-5)
+    whole = engine.prefill_module([], ids)
+    chunked = engine.prefill_module([], ids, chunk_size=64)
+    torch.testing.assert_close(chunked.k, whole.k, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked.v, whole.v, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("question", QUESTIONS)
@@ -49,6 +68,7 @@ def test_restored_chain_answers_exactly_like_a_full_prefill(
     list(answer_with_full_prefill(ctx, question, sampling, full))
     assert len(restored.tokens) > 1
     assert restored.tokens == full.tokens
+    assert restored.timings is not None and restored.timings.reused_tokens + restored.timings.restored_tokens > 0
 
 
 def test_single_root_module_answers_exactly(
@@ -62,37 +82,95 @@ def test_single_root_module_answers_exactly(
     assert restored.tokens == full.tokens
 
 
-def test_restoring_a_chain_is_concatenation(tiny_chain: tuple[Path, Path], tiny_engine: Engine) -> None:
+def test_a_context_of_its_own_sizes_the_engine_to_the_chain(tiny_chain: tuple[Path, Path], models_dir: Path) -> None:
+    ctx = ChainContext.open(list(tiny_chain), models_dir=models_dir)
+    assert ctx.module_tokens < ctx.engine.kv_capacity < ctx.engine.context_window
+    answer = Answer()
+    list(answer_from_modules(ctx, ctx.modules, QUESTIONS[0], SamplingParams(max_new_tokens=8), answer))
+    assert len(answer.tokens) == 8
+
+
+def test_restoring_a_chain_is_concatenation(tiny_chain: tuple[Path, Path], engine: TorchEngine) -> None:
     modules = [ModuleFile.open(p) for p in tiny_chain]
-    cache = tiny_engine.restore(list(reversed(modules)), reserve=0)  # given out of order: sorted by parent links
-    tokens = [t for m in modules for t in m.token_ids()]
-    assert cache.length == len(tokens)
-    reference = tiny_engine.prefill(tokens, chunk_size=256)
-    torch.testing.assert_close(cache.k[:, : len(tokens)], reference.k[:, : len(tokens)], atol=1e-5, rtol=1e-5)
+    prefix = [t for m in modules for t in m.token_ids()]
+    reference = engine.prefill_module([], prefix, chunk_size=256)
+    # Given out of order: sorted by parent links.
+    list(engine.generate(GenerateRequest(chain=modules[::-1], suffix=[1], sampling=SamplingParams(max_new_tokens=1))))
+    assert engine._memory is not None
+    torch.testing.assert_close(engine._memory.k[:, : len(prefix)], reference.k, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(engine._memory.v[:, : len(prefix)], reference.v, atol=1e-5, rtol=1e-5)
 
 
-def test_child_without_its_parent_is_refused(tiny_chain: tuple[Path, Path], tiny_engine: Engine) -> None:
-    with pytest.raises(ChainError, match="parent"):
-        tiny_engine.restore([ModuleFile.open(tiny_chain[1])], reserve=8)
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("model_revision", "0" * 64),
-        ("tokenizer_revision", "1" * 64),
-        ("engine_fingerprint", "llama;layers=99"),
-        ("dtype", "bf16"),
-    ],
-)
-def test_module_built_for_something_else_is_refused_naming_the_field(
-    tiny_chain: tuple[Path, Path], tiny_engine: Engine, field: str, value: str
+def test_restore_reads_straight_into_the_engines_own_buffers(
+    tiny_chain: tuple[Path, Path], engine: TorchEngine
 ) -> None:
     module = ModuleFile.open(tiny_chain[0])
-    other = dataclasses.replace(module, metadata=dataclasses.replace(module.metadata, **{field: value}))
-    with pytest.raises(ModuleMismatchError, match=field) as caught:
-        tiny_engine.restore([other], reserve=8)
-    assert caught.value.field == field
+    request = GenerateRequest(chain=[module], suffix=[5, 6, 7], sampling=SamplingParams(max_new_tokens=2))
+    list(engine.generate(request))
+    memory = engine._memory
+    assert memory is not None and memory.capacity == engine.kv_capacity
+    engine.evict()
+    list(engine.generate(request))
+    assert engine._memory is memory  # allocated once, reused by every request
+    # The file's rows are the buffer's rows: a zero-copy read lands them there.
+    t = module.token_count
+    loaded = module.load()
+    assert torch.equal(memory.k[:, :t], loaded.k)
+    assert torch.equal(memory.v[:, :t], loaded.v)
+
+
+def test_read_rows_into_a_target_yields_the_target_itself(tiny_chain: tuple[Path, Path], engine: Engine) -> None:
+    module = ModuleFile.open(tiny_chain[0])
+    cache = KVCache(engine.kv_shape, module.token_count + 3)
+    target = cache.rows_target(3, module.token_count)
+    for rows in module.read_rows(into=target):
+        k, v = target(rows.layer)
+        assert rows.k.data_ptr() == k.data_ptr() and rows.v.data_ptr() == v.data_ptr()
+    own = list(module.read_rows())
+    assert torch.equal(own[-1].k, cache.k[-1, 3:])
+
+
+def test_read_rows_refuses_a_target_of_another_shape(tiny_chain: tuple[Path, Path], engine: Engine) -> None:
+    module = ModuleFile.open(tiny_chain[0])
+    cache = KVCache(engine.kv_shape, module.token_count + 1)
+    short = cache.rows_target(0, module.token_count - 1)
+    for source in (module, module.load()):
+        with pytest.raises(KVTensorMismatchError, match="k.0 target"):
+            list(source.read_rows(into=short))
+
+
+def test_a_layer_waits_only_for_its_own_rows() -> None:
+    pending = PendingRestore(layers=2, sources=1)
+    pending.layer_loaded(0)
+    pending.wait_layer(0)  # returns although layer 1 has not arrived
+    pending.finish(ModuleCorruptedError("checksum does not verify"))
+    with pytest.raises(ModuleCorruptedError):
+        pending.wait_layer(1)
+    pending.wait_done()  # the error reached one waiter; it is not raised twice
+
+
+def test_a_stream_superseded_by_a_newer_request_cannot_go_on(
+    tiny_chain: tuple[Path, Path], engine: TorchEngine
+) -> None:
+    module = ModuleFile.open(tiny_chain[0])
+    first = engine.generate(GenerateRequest(chain=[module], suffix=[5, 6], sampling=SamplingParams()))
+    next(first)
+    list(engine.generate(GenerateRequest(chain=[], suffix=[9, 9, 9], sampling=SamplingParams(max_new_tokens=2))))
+    with pytest.raises(SupersededError):
+        next(first)
+
+
+def test_a_module_built_for_something_else_is_refused_naming_the_field(
+    tiny_chain: tuple[Path, Path], engine: Engine
+) -> None:
+    import dataclasses
+
+    module = ModuleFile.open(tiny_chain[0])
+    for field, value in [("model_revision", "0" * 64), ("tokenizer_revision", "1" * 64), ("dtype", "bf16")]:
+        other = dataclasses.replace(module, metadata=dataclasses.replace(module.metadata, **{field: value}))
+        with pytest.raises(ModuleMismatchError, match=field) as caught:
+            engine.prefill_module([other], [1])
+        assert caught.value.field == field
 
 
 def test_module_of_another_layout_is_refused(tiny_chain: tuple[Path, Path], tiny_engine: Engine) -> None:
@@ -109,34 +187,34 @@ def test_module_of_another_model_is_refused_by_the_cli_path(
         ChainContext.open([tiny_chain[0]], models_dir=models_dir, engine=smollm2_engine)
 
 
-def test_overlapped_restore_is_exact_and_reuses_the_scratch_cache(
-    tiny_chain: tuple[Path, Path], tiny_engine: Engine
-) -> None:
-    modules = [ModuleFile.open(p) for p in tiny_chain]
-    suffix = list(range(300, 320))
-    sampling = SamplingParams(max_new_tokens=16)
-    serial = list(tiny_engine.generate(suffix, tiny_engine.restore(modules, reserve=40), sampling))
-    scratch = tiny_engine.new_cache(sum(m.token_count for m in modules) + 40)
-    for _ in range(2):  # the second round reuses the buffers the first one filled
-        cache = tiny_engine.restore(modules, reserve=40, into=scratch, overlap=True)
-        assert cache is scratch
-        assert list(tiny_engine.generate(suffix, cache, sampling)) == serial
+def test_unknown_engine_kind_is_a_typed_error(tiny_model: ModelFiles) -> None:
+    with pytest.raises(UnknownEngineError, match="'nope'.*known: torch"):
+        load_engine("nope", tiny_model, "fp32")
 
 
-def test_overlapped_restore_of_a_damaged_module_yields_no_token(
-    tiny_chain: tuple[Path, Path], tiny_engine: Engine, tmp_path: Path
-) -> None:
-    damaged = tmp_path / "m.safetensors"
-    damaged.write_bytes(tiny_chain[0].read_bytes())
-    module = ModuleFile.open(damaged)
-    with damaged.open("r+b") as f:
-        f.seek(module.data_offset + module.data_bytes - 100)  # in the last layer: read after the query started
-        f.write(b"\x00\x01\x02\x03")
-    scratch = tiny_engine.new_cache(module.token_count + 40)
-    cache = tiny_engine.restore([module], reserve=40, into=scratch, overlap=True)
-    tokens: list[int] = []
-    with pytest.raises(ModuleCorruptedError, match="checksum"):
-        tokens.extend(tiny_engine.generate([5, 6, 7], cache, SamplingParams(max_new_tokens=4)))
-    assert tokens == []
-    healthy = tiny_engine.restore([ModuleFile.open(tiny_chain[0])], reserve=40, into=scratch, overlap=True)
-    assert len(list(tiny_engine.generate([5, 6, 7], healthy, SamplingParams(max_new_tokens=4)))) == 4
+def test_kv_capacity_beyond_the_context_window_is_refused(tiny_model: ModelFiles) -> None:
+    with pytest.raises(InvalidFieldError, match="kv_capacity"):
+        load_engine("torch", tiny_model, "fp32", kv_capacity=4097)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_new_tokens", 0),
+        ("temperature", -0.5),
+        ("temperature", float("nan")),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("logprobs", -1),
+        ("stop_sequences", frozenset({()})),
+    ],
+)
+def test_invalid_sampling_params_are_invalid_input(field: str, value: object) -> None:
+    with pytest.raises(InvalidInputError, match=field) as caught:
+        SamplingParams(**{field: value})  # type: ignore[arg-type]
+    assert isinstance(caught.value, InvalidFieldError) and caught.value.field == field
+
+
+def test_a_request_without_suffix_tokens_is_invalid_input() -> None:
+    with pytest.raises(InvalidFieldError, match="suffix"):
+        GenerateRequest(chain=[], suffix=[], sampling=SamplingParams())

@@ -118,7 +118,10 @@ def test_tensor_bit_flip_is_refused_by_every_read_path(module_copy: Path, tiny_e
     with pytest.raises(ModuleCorruptedError, match="checksum"):
         module.load()
     with pytest.raises(ModuleCorruptedError, match="checksum"):
-        tiny_engine.restore([module], reserve=8)
+        list(module.read_rows())
+    tiny_engine.evict()  # the same module, verified, may be resident: then the engine would not read the file
+    with pytest.raises(ModuleCorruptedError, match="checksum"):
+        tiny_engine.prefill_module([module], [1])
 
 
 @pytest.mark.parametrize("keep", [4, 100, -1, -4096])

@@ -33,7 +33,7 @@ from cag.acl import AclScope
 from cag.bench import pagecache
 from cag.bench.output import emit_report
 from cag.canonical.checksum import chain_hash
-from cag.engine import Engine, KVCache, SamplingParams, load_engine
+from cag.engine import Engine, GenerateRequest, SamplingParams, load_engine
 from cag.kvmodule import KVSource, ModuleFile, write_module
 from cag.metadata import DtypeName, GoldenStatus, ModuleMetadata
 from cag.models import SMOLLM2, ModelFiles, resolve_model
@@ -86,7 +86,7 @@ class SizeRow:
     cag_ram: Timing
     cag_file_cold: Timing
     tutorial_cold: Timing
-    restore_cold: Timing  # ModuleFile.write_into into a preallocated cache, checksum included
+    restore_cold: Timing  # ModuleFile.read_rows into preallocated token-major buffers, checksum included
     plain_read_cold: Timing  # open(rb, buffering=0) + readinto a 16 MiB buffer until EOF
     file_bytes: int
     tutorial_file_bytes: int
@@ -265,12 +265,15 @@ def load_workload(config: BenchConfig, models_dir: Path, workdir: Path, tick: Ti
     text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
     hf_model: Any = AutoModelForCausalLM.from_pretrained(str(model.path), dtype=torch.float32)
     hf_model.eval()
+    query = list(tokenizer(QUERY_TEXT, add_special_tokens=False)["input_ids"])
+    # KV memory for the largest module and the query: every path runs in these preallocated buffers.
+    capacity = min(max(config.sizes) + len(query) + RESERVE_SLACK, model.context_window)
     workload = Workload(
         model=model,
-        engine=load_engine("torch", model, DTYPE),
+        engine=load_engine("torch", model, DTYPE, kv_capacity=capacity),
         hf_model=hf_model,
         tokens=module_token_ids(tokenizer, text, max(config.sizes)),
-        query=list(tokenizer(QUERY_TEXT, add_special_tokens=False)["input_ids"]),
+        query=query,
         source_digest=hashlib.sha256(text.encode()).hexdigest(),
         sources=tuple(str(f) for f in files),
         workdir=workdir,
@@ -283,9 +286,12 @@ def load_workload(config: BenchConfig, models_dir: Path, workdir: Path, tick: Ti
 
 
 def warm_up(w: Workload) -> None:
-    """One small untimed pass through each code path, so no first-call cost lands in a timing."""
+    """One small untimed pass through each code path, so no first-call cost lands in a timing.
+
+    It also makes the engine allocate (and touch) its KV memory.
+    """
     prefix = w.tokens[:32]
-    full_prefill_first_token(w.engine, w.engine.new_cache(len(prefix) + len(w.query) + RESERVE_SLACK), prefix, w.query)
+    full_prefill_first_token(w.engine, prefix, w.query)
     with torch.inference_mode():
         w.hf_model(input_ids=torch.tensor([prefix]), logits_to_keep=1)
 
@@ -349,8 +355,8 @@ class Artifacts:
 
 def build_artifacts(w: Workload, prefix: Sequence[int]) -> Artifacts:
     n = len(prefix)
-    cache = w.engine.prefill(prefix)
-    k, v = cache.rows(0, n)
+    rows = w.engine.prefill_module([], prefix)
+    k, v = rows.k, rows.v  # [layers, n, kv_heads, head_dim]
     artifacts = Artifacts(w.workdir / f"module-{n}.safetensors", w.workdir / f"tutorial-{n}.pt")
     write_module(artifacts.module, module_metadata(w, prefix, artifacts.module), k, v, prefix)
     save_tutorial_cache(k, v, artifacts.tutorial)
@@ -360,24 +366,30 @@ def build_artifacts(w: Workload, prefix: Sequence[int]) -> Artifacts:
 # ---------------------------------------------------------------- what is timed
 
 
-# Every engine path writes into the same preallocated cache (`scratch`), as a serving engine would:
-# what is timed is the work of the path, not the page faults of freshly allocated buffers.
+# Every engine path runs in the engine's own KV memory, preallocated and touched once, as a serving
+# engine's is: what is timed is the work of the path, not the page faults of freshly allocated buffers.
 
 
-def full_prefill_first_token(engine: Engine, scratch: KVCache, prefix: Sequence[int], query: Sequence[int]) -> int:
-    scratch.truncate(0)
-    return next(engine.generate([*prefix, *query], scratch, FIRST_TOKEN))
+def full_prefill_first_token(engine: Engine, prefix: Sequence[int], query: Sequence[int]) -> int:
+    request = GenerateRequest(chain=(), suffix=[*prefix, *query], sampling=FIRST_TOKEN)
+    return next(engine.generate(request)).token_id
 
 
-def restored_first_token(engine: Engine, scratch: KVCache, source: KVSource, query: Sequence[int]) -> int:
+def restored_first_token(engine: Engine, source: KVSource, query: Sequence[int]) -> int:
+    # Every repetition restores: the module the previous one left resident is not reused.
+    engine.evict()
     # As the engine serves: rows read from disk overlap the query's forward pass; RAM copies do not.
-    overlap = isinstance(source, ModuleFile)
-    cache = engine.restore([source], reserve=len(query) + RESERVE_SLACK, into=scratch, overlap=overlap)
-    return next(engine.generate(query, cache, FIRST_TOKEN))
+    return next(engine.generate(GenerateRequest(chain=(source,), suffix=query, sampling=FIRST_TOKEN))).token_id
 
 
-def file_first_token(engine: Engine, scratch: KVCache, path: Path, query: Sequence[int]) -> int:
-    return restored_first_token(engine, scratch, ModuleFile.open(path), query)
+def file_first_token(engine: Engine, path: Path, query: Sequence[int]) -> int:
+    return restored_first_token(engine, ModuleFile.open(path), query)
+
+
+def restore_only(module: ModuleFile, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Every row of the module into preallocated k, v [layers, tokens, kv_heads, head_dim], checksum included."""
+    for _ in module.read_rows(into=lambda layer: (k[layer], v[layer])):
+        pass
 
 
 def transformers_full_first_token(hf_model: Any, prompt_ids: torch.Tensor) -> int:
@@ -434,17 +446,19 @@ def repeat(
     return Timing.of(samples), results
 
 
-def measure_ram(w: Workload, scratch: KVCache, path: Path, query: list[int], label: str) -> tuple[Timing, list[int]]:
+def measure_ram(w: Workload, path: Path, query: list[int], label: str) -> tuple[Timing, list[int]]:
     loaded = ModuleFile.open(path).load()  # verified and in host RAM before timing
-    return repeat(w, label, lambda: restored_first_token(w.engine, scratch, loaded, query))
+    return repeat(w, label, lambda: restored_first_token(w.engine, loaded, query))
 
 
 def measure_throughput(w: Workload, path: Path, n: int, seen: list[float]) -> tuple[Timing, Timing]:
     module = ModuleFile.open(path)
-    target = w.engine.new_cache(n)
+    shape = w.engine.kv_shape
+    # Touched, like the engine's own buffers: the page faults of fresh memory are not the restore's.
+    k, v = (torch.zeros(shape.layers, n, shape.kv_heads, shape.head_dim, dtype=shape.dtype) for _ in range(2))
     buffer = bytearray(READ_BUFFER)
     cold = lambda: ensure_cold(path, seen)  # noqa: E731
-    restore, _ = repeat(w, f"{n}: restore only (cold)", lambda: module.write_into(target, 0), cold)
+    restore, _ = repeat(w, f"{n}: restore only (cold)", lambda: restore_only(module, k, v), cold)
     plain, _ = repeat(w, f"{n}: plain read (cold)", lambda: plain_read(path, buffer), cold)
     return restore, plain
 
@@ -453,8 +467,7 @@ def measure_size(w: Workload, n: int) -> SizeRow:
     prefix, query, seen = w.tokens[:n], w.query, list[float]()
     art = build_artifacts(w, prefix)
     w.tick(f"{n}: built module and tutorial cache")
-    scratch = w.engine.new_cache(n + len(query) + RESERVE_SLACK)
-    full, full_tok = repeat(w, f"{n}: full_prefill", lambda: full_prefill_first_token(w.engine, scratch, prefix, query))
+    full, full_tok = repeat(w, f"{n}: full_prefill", lambda: full_prefill_first_token(w.engine, prefix, query))
     prompt_ids = torch.tensor([[*prefix, *query]])
     hf_full, _ = repeat(
         w, f"{n}: full_prefill (transformers)", lambda: transformers_full_first_token(w.hf_model, prompt_ids)
@@ -462,7 +475,7 @@ def measure_size(w: Workload, n: int) -> SizeRow:
     file_cold, file_tok = repeat(
         w,
         f"{n}: cag_file_cold",
-        lambda: file_first_token(w.engine, scratch, art.module, query),
+        lambda: file_first_token(w.engine, art.module, query),
         lambda: ensure_cold(art.module, seen),
     )
     query_ids = torch.tensor([query])
@@ -473,7 +486,7 @@ def measure_size(w: Workload, n: int) -> SizeRow:
         lambda: ensure_cold(art.tutorial, seen),
     )
     restore, plain = measure_throughput(w, art.module, n, seen)
-    ram, ram_tok = measure_ram(w, scratch, art.module, query, f"{n}: cag_ram")
+    ram, ram_tok = measure_ram(w, art.module, query, f"{n}: cag_ram")
     gc.collect()  # the loaded module's mapping is gone: nothing keeps pages of a benchmark file pinned
     first = full_tok[0]
     return SizeRow(

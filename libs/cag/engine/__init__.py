@@ -1,7 +1,27 @@
 """Inference engines behind one protocol; implementations load lazily by name."""
 
-from cag.engine.base import Engine, load_engine
-from cag.engine.cache import KVCache, KVShape
+from cag.engine.base import (
+    Engine,
+    FinishReason,
+    GenerateRequest,
+    ModuleRows,
+    RequestTimings,
+    TokenEvent,
+    engine_kinds,
+    load_engine,
+)
+from cag.engine.cache import KVShape
 from cag.engine.sampling import SamplingParams
 
-__all__ = ["Engine", "KVCache", "KVShape", "SamplingParams", "load_engine"]
+__all__ = [
+    "Engine",
+    "FinishReason",
+    "GenerateRequest",
+    "KVShape",
+    "ModuleRows",
+    "RequestTimings",
+    "SamplingParams",
+    "TokenEvent",
+    "engine_kinds",
+    "load_engine",
+]

@@ -1,21 +1,96 @@
-"""The Engine protocol and the registry of engine implementations (imported lazily by name)."""
+"""The Engine protocol, its request and event types, and the registry of engines (imported lazily by name).
+
+An engine owns its KV memory. A request names the module chain (KV sources), the suffix tokens and
+the sampling; the engine restores the chain where it wants it (or reuses what it already holds),
+prefills the suffix, decodes and streams tokens.
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from cag.engine.cache import KVCache, KVShape
+from cag.engine.cache import KVShape
 from cag.engine.sampling import SamplingParams
+from cag.errors import InvalidFieldError, UnknownEngineError
 
 if TYPE_CHECKING:
+    import torch
+
     from cag.kvmodule.chain import EngineIdentity, KVSource
     from cag.models import ModelFiles
 
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateRequest:
+    """One answer: the chain's K/V (any order, root first after ordering), then `suffix`, then decoding.
+
+    An empty chain is a plain prompt: the suffix is all there is (the full-prefill baseline).
+    """
+
+    chain: Sequence[KVSource]
+    suffix: Sequence[int]
+    sampling: SamplingParams
+
+    def __post_init__(self) -> None:
+        # Frozen in content too: the caller's lists are copied.
+        object.__setattr__(self, "chain", tuple(self.chain))
+        object.__setattr__(self, "suffix", tuple(self.suffix))
+        if not self.suffix:
+            raise InvalidFieldError("suffix", "must hold at least one token: the first answer token follows it")
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end of sequence, a stop token or a stop sequence
+    LENGTH = "length"  # max_new_tokens reached, or the engine's KV memory is full
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestTimings:
+    """Seconds, measured by the engine from the moment the request started running.
+
+    A restore read from disk overlaps the suffix's prefill: then `prefill_s` includes waiting for the
+    rows (and their checksum) the prefill attends over, and `restore_s` runs alongside it.
+    """
+
+    restore_s: float  # putting the chain's rows in place, checksums included (0 when all were resident)
+    prefill_s: float  # the suffix's forward pass, up to the first logits
+    ttft_s: float  # request start to the first token
+    decode_s: float  # first token to this one
+    restored_tokens: int  # chain tokens read from their sources for this request
+    reused_tokens: int  # chain tokens the engine already held
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenEvent:
+    """One generated token; the last event of a stream carries its finish reason."""
+
+    token_id: int
+    index: int  # 0 for the first generated token
+    finish_reason: FinishReason | None
+    timings: RequestTimings  # so far: the last event's are the request's
+    logprobs: tuple[tuple[int, float], ...] = ()  # (token id, log-prob), most likely first; see SamplingParams
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleRows:
+    """A new module's K/V, owned by the caller: k, v are [layers, tokens, kv_heads, head_dim]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def token_count(self) -> int:
+        return int(self.k.shape[1])
+
 
 class Engine(Protocol):
-    """Computes, restores and extends KV caches for one model at one dtype."""
+    """Restores module chains into KV memory it owns and answers requests on top of them, one at a time."""
 
     @property
     def identity(self) -> EngineIdentity: ...
@@ -26,50 +101,57 @@ class Engine(Protocol):
     @property
     def context_window(self) -> int: ...
 
-    def prefill(
+    @property
+    def kv_capacity(self) -> int:
+        """Tokens the engine's KV memory holds; a request needing more raises KVCacheFullError."""
+        ...
+
+    def generate(self, request: GenerateRequest) -> Iterator[TokenEvent]:
+        """Restore (or reuse) the chain, prefill the suffix, decode; yields tokens as they come.
+
+        No token leaves before every restored row is verified: a source that fails its checksum
+        ends the stream with ModuleCorruptedError before the first event. Errors are raised when the
+        stream is first advanced. A new request (or `prefill_module`, `evict`) supersedes a stream
+        left open: advancing it again raises.
+        """
+        ...
+
+    def prefill_module(
         self,
+        chain: Sequence[KVSource],
         tokens: Sequence[int],
-        past: KVCache | None = None,
         *,
-        reserve: int = 0,
         chunk_size: int | None = None,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> KVCache:
-        """Append `tokens` to `past` (or a new cache with room for `reserve` more); returns the cache.
+        on_progress: ProgressCallback | None = None,
+    ) -> ModuleRows:
+        """Compute the K/V of `tokens` on top of `chain` (restored or reused) and return those rows.
 
         With `chunk_size` the tokens go through in chunks and `on_progress` hears each chunk's size.
+        The chain stays resident, so requests on top of it that follow reuse it.
         """
         ...
 
-    def new_cache(self, capacity: int) -> KVCache:
-        """Preallocated, already touched buffers for `capacity` tokens, to be reused across requests."""
-        ...
-
-    def restore(
-        self, chain: Sequence[KVSource], *, reserve: int, into: KVCache | None = None, overlap: bool = False
-    ) -> KVCache:
-        """A cache holding the chain's K/V in order (root first), with room for `reserve` more tokens.
-
-        With `into`, its buffers are reused (its content is replaced) when they are large enough.
-        With `overlap`, rows arrive in the background and the next forward pass consumes them layer
-        by layer as they land; it waits for verification before producing logits.
-        """
-        ...
-
-    def generate(self, suffix: Sequence[int], cache: KVCache, sampling: SamplingParams) -> Iterator[int]:
-        """Prefill `suffix` on top of `cache`, then decode; yields generated token ids as they come."""
+    def evict(self) -> None:
+        """Forget every resident module: the next request restores its whole chain."""
         ...
 
 
 _ENGINES = {"torch": "cag.engine.torch_engine:TorchEngine"}
 
 
-def load_engine(kind: str, model: ModelFiles, dtype: str) -> Engine:
-    """Build an engine by name; implementations are imported only when asked for."""
+def engine_kinds() -> list[str]:
+    return sorted(_ENGINES)
+
+
+def load_engine(kind: str, model: ModelFiles, dtype: str, *, kv_capacity: int | None = None) -> Engine:
+    """Build an engine by name; implementations are imported only when asked for.
+
+    `kv_capacity`: tokens of KV memory the engine owns (default: the model's context window).
+    """
     try:
         module_name, _, cls_name = _ENGINES[kind].partition(":")
     except KeyError:
-        raise ValueError(f"unknown engine {kind!r}; known: {', '.join(sorted(_ENGINES))}") from None
+        raise UnknownEngineError(f"unknown engine {kind!r}; known: {', '.join(engine_kinds())}") from None
     cls = getattr(importlib.import_module(module_name), cls_name)
-    engine: Engine = cls(model, dtype)
+    engine: Engine = cls(model, dtype, kv_capacity=kv_capacity)
     return engine

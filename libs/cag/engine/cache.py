@@ -1,11 +1,15 @@
-"""Preallocated, token-major KV buffers: the engine's cache and the module file share one layout."""
+"""Preallocated, token-major KV buffers: the torch engine's memory and the module file share one layout."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
+
+from cag.errors import KVCacheFullError
+from cag.kvmodule.chain import RowsTarget
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +41,8 @@ class PendingRestore:
         self._done = False
         self._error: BaseException | None = None
         self._changed = threading.Condition()
+        self._started = time.perf_counter()
+        self.seconds = 0.0  # from start to verdict, once finished
 
     def layer_loaded(self, layer: int) -> None:
         with self._changed:
@@ -46,6 +52,7 @@ class PendingRestore:
     def finish(self, error: BaseException | None = None) -> None:
         with self._changed:
             self._done, self._error = True, error
+            self.seconds = time.perf_counter() - self._started
             self._changed.notify_all()
 
     def wait_layer(self, layer: int) -> None:
@@ -98,8 +105,17 @@ class KVCache:
     def reserve(self, tokens: int) -> None:
         """Fail before computing anything if `tokens` more rows do not fit."""
         if self.length + tokens > self.capacity:
-            raise ValueError(f"KV cache full: {self.length} + {tokens} tokens > capacity {self.capacity}")
+            raise KVCacheFullError(f"KV cache full: {self.length} + {tokens} tokens > capacity {self.capacity}")
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V rows [start, stop) of every layer: [layers, stop-start, kv_heads, head_dim] views."""
         return self.k[:, start:stop], self.v[:, start:stop]
+
+    def rows_target(self, start: int, tokens: int) -> RowsTarget:
+        """Where a source writes layer i of a module placed at rows [start, start+tokens)."""
+
+        def layer_rows(layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+            # [tokens, kv_heads, head_dim] each: one layer's row range is contiguous in a token-major buffer.
+            return self.k[layer, start : start + tokens], self.v[layer, start : start + tokens]
+
+        return layer_rows

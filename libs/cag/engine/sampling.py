@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cag.errors import InvalidFieldError
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingParams:
@@ -18,6 +20,8 @@ class SamplingParams:
     stop_token_ids: frozenset[int] = field(default_factory=frozenset)
     # Token sequences that end the answer once generated (e.g. a paragraph break), kept in the output.
     stop_sequences: frozenset[tuple[int, ...]] = field(default_factory=frozenset)
+    # How many of the most likely next tokens each generated token reports with its log-probability.
+    logprobs: int = 0
 
     def ends_answer(self, generated: list[int]) -> bool:
         return generated[-1] in self.stop_token_ids or any(
@@ -26,9 +30,15 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+            raise InvalidFieldError("max_new_tokens", f"must be at least 1, not {self.max_new_tokens}")
+        if not self.temperature >= 0:  # also refuses NaN
+            raise InvalidFieldError("temperature", f"must be >= 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidFieldError("top_p", f"must be in (0, 1], not {self.top_p}")
+        if self.logprobs < 0:
+            raise InvalidFieldError("logprobs", f"must be >= 0, not {self.logprobs}")
+        if any(not s for s in self.stop_sequences):
+            raise InvalidFieldError("stop_sequences", "must not hold an empty sequence")
 
 
 class TokenSampler:
@@ -47,3 +57,11 @@ class TokenSampler:
         sorted_probs = sorted_probs * keep
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=self._generator)
         return int(order[choice].item())
+
+
+def top_logprobs(logits: torch.Tensor, n: int) -> tuple[tuple[int, float], ...]:
+    """The `n` most likely tokens of logits [vocab] as (token id, log-probability), most likely first."""
+    if n == 0:
+        return ()
+    values, ids = torch.log_softmax(logits.float(), dim=-1).topk(n)  # [n], [n]
+    return tuple(zip(ids.tolist(), values.tolist(), strict=True))

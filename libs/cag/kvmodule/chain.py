@@ -1,18 +1,34 @@
-"""Ordering a module chain and checking that it fits an engine, before any byte is restored."""
+"""Where a module's rows come from (`KVSource`), ordering a chain, and checking it fits an engine.
+
+The file format hands out rows; engines decide where they go. Nothing here knows an engine's memory.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
-from cag.engine.cache import KVCache
+import torch
+
 from cag.errors import ChainError, ModuleMismatchError
 from cag.metadata import ModuleMetadata
 
 
+class LayerRows(NamedTuple):
+    """One layer of a module: k, v are [tokens, kv_heads, head_dim]."""
+
+    layer: int
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+# Where layer i's rows go: two writable, contiguous [tokens, kv_heads, head_dim] tensors a source fills.
+RowsTarget = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
 class KVSource(Protocol):
-    """Anything that can put a module's K/V rows into an engine cache (a file, a host-RAM copy)."""
+    """A module's K/V rows, layer by layer (a file on disk, a verified copy in host RAM)."""
 
     @property
     def metadata(self) -> ModuleMetadata: ...
@@ -20,8 +36,19 @@ class KVSource(Protocol):
     @property
     def token_count(self) -> int: ...
 
-    def write_into(self, cache: KVCache, start: int, on_layer: Callable[[int], None] | None = None) -> None:
-        """Fill cache rows [start, start + token_count) of every layer; `on_layer(i)` once layer i is in."""
+    @property
+    def in_memory(self) -> bool:
+        """True when the rows already sit in host memory: reading them is a copy, not I/O."""
+        ...
+
+    def read_rows(self, into: RowsTarget | None = None) -> Iterator[LayerRows]:
+        """Every layer's rows, in layer order; the iteration ends only once every byte is verified.
+
+        With `into`, layer i's rows are written straight into `into(i)` (a disk read lands in the
+        caller's buffers, no copy in between) and those tensors are yielded; without it the source
+        yields tensors of its own. Rows are yielded before the checksum is known: a mismatch raises
+        ModuleCorruptedError from the last step, so a consumer uses no row until the iteration ended.
+        """
         ...
 
 

@@ -2,35 +2,42 @@
 
 `ModuleFile.open` verifies the header checksum and the structure; tensor bytes are
 verified by `verify()` (mmap), by `load()` before a host-RAM copy is handed out, and
-by `write_into()` while it streams a module from disk into engine buffers.
+by `read_rows()` while it streams a module from disk into buffers its caller chose.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
 import os
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TypeGuard
+from typing import BinaryIO, TypeGuard
 
 import torch
 
-from cag.engine.cache import KVCache
-from cag.errors import CagError, InvalidInputError, KVModuleNotFoundError, ModuleCorruptedError, ModuleMismatchError
+from cag.errors import (
+    CagError,
+    InvalidInputError,
+    KVModuleNotFoundError,
+    KVTensorMismatchError,
+    ModuleCorruptedError,
+    ModuleMismatchError,
+)
 from cag.identifiers import echo
 from cag.kvmodule import checksum
+from cag.kvmodule.chain import LayerRows, RowsTarget
 from cag.kvmodule.fileformat import HEADER_HASH_KEY, TensorEntry, header_digest, layer_tensor_names, tensor_bytes
 from cag.kvmodule.metadata import SAFETENSORS_DTYPES, torch_dtype
 from cag.metadata import ModuleMetadata
 
 _MAX_HEADER = 64 << 20
-LayerCallback = Callable[[int], None]
 _ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2, "I32": 4}
 
 
@@ -207,39 +214,58 @@ class ModuleFile:
         ids = torch.frombuffer(view[self.entries[-1].start :], dtype=torch.int32)
         return LoadedModule(metadata=self.metadata, k=kv_all[:, 0], v=kv_all[:, 1], token_ids=ids, _keepalive=mapped)
 
-    def write_into(self, cache: KVCache, start: int, on_layer: LayerCallback | None = None) -> None:
-        """Stream K/V rows from disk straight into cache rows [start, start+tokens), verifying as it goes.
+    @property
+    def in_memory(self) -> bool:
+        return False
 
-        `on_layer(i)` is called as soon as layer i's rows are in place (not yet verified: the
-        checksum is only known at the end, when this returns or raises ModuleCorruptedError).
+    def read_rows(self, into: RowsTarget | None = None) -> Iterator[LayerRows]:
+        """Stream every layer's K/V rows from disk, verifying as it goes (see KVSource.read_rows).
+
+        With `into`, the bytes are read straight into the caller's tensors: a restore copies nothing.
         """
-        t = self.token_count
-        pending = []
+        shape, dtype = self.entries[0].shape, torch_dtype(self.metadata)
+        digests = []
+        with self._sequential_reader() as f:
+            for i in range(self.layers):
+                k, v = (
+                    into(i) if into is not None else (torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype))
+                )
+                for name, rows in ((f"k.{i}", k), (f"v.{i}", v)):
+                    target = tensor_bytes(_check_target(rows, name, shape, dtype))
+                    _read_exactly(f, target, self.path)
+                    digests.append(checksum.submit(target))  # hashed on spare cores while the next layer is read
+                yield LayerRows(i, k, v)
+            ids = bytearray(self.entries[-1].nbytes)
+            _read_exactly(f, memoryview(ids), self.path)
+        digests.append(checksum.submit(memoryview(ids)))
+        self._check_digest(checksum.combine(d.result() for d in digests))
+
+    @contextlib.contextmanager
+    def _sequential_reader(self) -> Iterator[BinaryIO]:
+        """The file, unbuffered, positioned at the data section; the kernel reads ahead for us."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             os.lseek(fd, self.data_offset, os.SEEK_SET)
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                for i in range(self.layers):
-                    for buf in (cache.k[i, start : start + t], cache.v[i, start : start + t]):
-                        target = tensor_bytes(buf)
-                        _read_exactly(f, target, self.path)
-                        pending.append(checksum.submit(target))
-                    if on_layer is not None:
-                        on_layer(i)
-                ids = bytearray(self.entries[-1].nbytes)
-                _read_exactly(f, memoryview(ids), self.path)
+                yield f
         finally:
             os.close(fd)
-        pending.append(checksum.submit(memoryview(ids)))
-        self._check_digest(checksum.combine(p.result() for p in pending))
 
 
-def _read_exactly(f: object, target: memoryview, path: Path) -> None:
-    readinto = f.readinto  # type: ignore[attr-defined]
+def _check_target(rows: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """`rows`, refused unless it has exactly the shape and dtype of one tensor of the module and is
+    contiguous (a read into anything else would land in a temporary copy, or spill past it)."""
+    if tuple(rows.shape) != shape or rows.dtype != dtype or not rows.is_contiguous():
+        actual = f"{tuple(rows.shape)} {rows.dtype}{'' if rows.is_contiguous() else ' (not contiguous)'}"
+        raise KVTensorMismatchError(f"{name} target", f"{shape} {dtype}, contiguous", actual)
+    return rows
+
+
+def _read_exactly(f: BinaryIO, target: memoryview, path: Path) -> None:
     done = 0
     while done < len(target):
-        n = readinto(target[done:])
+        n = f.readinto(target[done:])  # type: ignore[attr-defined]  # a raw FileIO
         if not n:
             raise ModuleCorruptedError(f"{path}: file ended early")
         done += n
@@ -295,10 +321,23 @@ class LoadedModule:
     def token_count(self) -> int:
         return self.metadata.token_count
 
-    def write_into(self, cache: KVCache, start: int, on_layer: LayerCallback | None = None) -> None:
-        t = self.token_count
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def read_rows(self, into: RowsTarget | None = None) -> Iterator[LayerRows]:
+        """Views of the verified rows, or (with `into`) copies of them in the caller's tensors."""
         for i in range(self.k.shape[0]):
-            cache.k[i, start : start + t].copy_(self.k[i])
-            cache.v[i, start : start + t].copy_(self.v[i])
-            if on_layer is not None:
-                on_layer(i)
+            k, v = self.k[i], self.v[i]  # [tokens, kv_heads, head_dim]
+            if into is not None:
+                k, v = _copy_into(into(i), k, v, i)
+            yield LayerRows(i, k, v)
+
+
+def _copy_into(
+    target: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor, layer: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    into_k, into_v = target
+    _check_target(into_k, f"k.{layer}", tuple(k.shape), k.dtype).copy_(k)
+    _check_target(into_v, f"v.{layer}", tuple(v.shape), v.dtype).copy_(v)
+    return into_k, into_v

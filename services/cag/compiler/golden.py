@@ -6,8 +6,12 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+import torch
+
 from cag.canonical import GoldenCase
-from cag.engine import Engine, KVCache, SamplingParams
+from cag.engine import Engine, GenerateRequest, ModuleRows, SamplingParams
+from cag.kvmodule import KVSource, LoadedModule
+from cag.metadata import ModuleMetadata
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,28 +22,34 @@ class GoldenResult:
     passed: bool
 
 
+def draft_module(metadata: ModuleMetadata, rows: ModuleRows, tokens: Sequence[int]) -> LoadedModule:
+    """The module being built, held in host RAM, so golden questions run on it before it is written."""
+    ids = torch.tensor(list(tokens), dtype=torch.int32)  # [tokens]
+    return LoadedModule(metadata=metadata, k=rows.k, v=rows.v, token_ids=ids)
+
+
 def run_golden(
     cases: Sequence[GoldenCase],
     *,
     engine: Engine,
-    cache: KVCache,
+    chain: Sequence[KVSource],
     suffix_tokens: Callable[[str], list[int]],
     decode: Callable[[list[int]], str],
     max_new_tokens: int,
     stop_sequences: frozenset[tuple[int, ...]] = frozenset(),
     on_result: Callable[[GoldenResult], None] | None = None,
 ) -> list[GoldenResult]:
-    """Greedy-answer each question from the module held in `cache`; the cache is left as it was found.
+    """Greedy-answer each question on top of `chain` (the parents, then the module being built).
 
     The answer ends at `max_new_tokens` or at a stop sequence (the compiler passes a paragraph break:
-    golden facts must come in the answer's first paragraph).
+    golden facts must come in the answer's first paragraph). The engine restores the chain for the
+    first question and reuses it for the others.
     """
-    module_end = cache.length
     sampling = SamplingParams(max_new_tokens=max_new_tokens, stop_sequences=stop_sequences)
     results = []
     for case in cases:
-        tokens = list(engine.generate(suffix_tokens(case.question), cache, sampling))
-        cache.truncate(module_end)
+        request = GenerateRequest(chain=chain, suffix=suffix_tokens(case.question), sampling=sampling)
+        tokens = [event.token_id for event in engine.generate(request)]
         answer = decode(tokens).strip()
         result = GoldenResult(question=case.question, expect=case.expect, answer=answer, passed=case.passes(answer))
         results.append(result)

@@ -6,6 +6,7 @@ CLI renders as a progress bar and the compiler service will stream over gRPC.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from transformers import AutoTokenizer
 
 from cag.canonical import chain_hash, context_checksum, load_source, source_checksum
 from cag.canonical.checksum import module_key
-from cag.compiler.golden import GoldenResult, results_json, run_golden
+from cag.compiler.golden import GoldenResult, draft_module, results_json, run_golden
 from cag.compiler.request import CompileRequest, expires_at, resolve_created_at
 from cag.engine import Engine, load_engine
 from cag.errors import CagError, ContextWindowExceededError, GoldenTestsFailedError
@@ -107,27 +108,15 @@ def compile_module(
         engine.identity.check(
             parent.metadata, layout_hash=the_layout_hash, layout_of=f"the layout being compiled ({layout.name})"
         )
-    reserve = len(tokens) + layout.max_query_tokens + request.golden_max_new_tokens
     obs.stage("prefilling")
-    # Restoring the parents verifies their checksums as they are read.
-    cache = engine.restore(parents, reserve=reserve) if parents else engine.prefill([], reserve=reserve)
     obs.prefill_started(len(tokens))
     started = time.perf_counter()
-    engine.prefill(tokens, cache, chunk_size=PREFILL_CHUNK, on_progress=obs.prefill_advanced)
+    # The parents are read from their files, which verifies their checksums as they are read: a damaged
+    # file is refused even when the engine still holds a verified copy of it.
+    engine.evict()
+    rows = engine.prefill_module(parents, tokens, chunk_size=PREFILL_CHUNK, on_progress=obs.prefill_advanced)
     prefill_seconds = time.perf_counter() - started
 
-    obs.stage("running golden questions")
-    golden = run_golden(
-        bundle.golden,
-        engine=engine,
-        cache=cache,
-        suffix_tokens=prompt.suffix_tokens,
-        decode=prompt.decode,
-        max_new_tokens=request.golden_max_new_tokens,
-        stop_sequences=prompt.paragraph_break_sequences(),
-        on_result=obs.golden_result,
-    )
-    status = GoldenStatus.NONE if not golden else GoldenStatus("passed" if all(r.passed for r in golden) else "failed")
     parent_chain = parents[-1].metadata.chain_hash if parents else None
     the_source_checksum = source_checksum(bundle)
     context = context_checksum(
@@ -167,15 +156,27 @@ def compile_module(
         parent_chain_hash=parent_chain,
         chain_hash=chain_hash(parent_chain_hash=parent_chain, context_checksum=context),
         engine_fingerprint=identity.engine_fingerprint,
-        golden_status=status,
-        golden_results=results_json(golden),
+        golden_status=GoldenStatus.NONE,  # until the golden questions below have run
+        golden_results=results_json([]),
     )
+    obs.stage("running golden questions")
+    golden = run_golden(
+        bundle.golden,
+        engine=engine,
+        chain=[*parents, draft_module(metadata, rows, tokens)],
+        suffix_tokens=prompt.suffix_tokens,
+        decode=prompt.decode,
+        max_new_tokens=request.golden_max_new_tokens,
+        stop_sequences=prompt.paragraph_break_sequences(),
+        on_result=obs.golden_result,
+    )
+    status = GoldenStatus.NONE if not golden else GoldenStatus("passed" if all(r.passed for r in golden) else "failed")
+    metadata = dataclasses.replace(metadata, golden_status=status, golden_results=results_json(golden))
     if status is GoldenStatus.FAILED and not request.keep_failed:
         failed = [r for r in golden if not r.passed]
         raise GoldenTestsFailedError(_golden_failure_message(failed, len(golden)))
-    k, v = cache.rows(parent_tokens, parent_tokens + len(tokens))
     try:
-        written = write_module(request.out / filename, metadata, k, v, tokens)
+        written = write_module(request.out / filename, metadata, rows.k, rows.v, tokens)
     except OSError as e:  # checked writable at the start; the disk may still fill up or vanish
         raise CagError(f"cannot write module {request.out / filename}: {e.strerror}") from e
     return CompileResult(
