@@ -34,6 +34,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check libs services tests benchmarks
 	$(BIN)/ruff format --check libs services tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: venv
 	$(BIN)/mypy
