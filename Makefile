@@ -32,8 +32,8 @@ demo: venv
 	$(BIN)/cag demo --examples examples --out out/demo
 
 lint: venv
-	$(BIN)/ruff check libs services tests benchmarks
-	$(BIN)/ruff format --check libs services tests benchmarks
+	$(BIN)/ruff check libs services cli tests benchmarks
+	$(BIN)/ruff format --check libs services cli tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
 typecheck: venv
