@@ -13,8 +13,7 @@ from cag.canonical import Document, SourceBundle, ToolSchema, load_source
 from cag.errors import LayoutError, QueryError, SourceError, UnknownLayoutError
 from cag.layout import Layout, PromptLayout, layout_hash, load_layout
 from cag.models import ModelFiles
-
-from ..conftest import EXAMPLES
+from tests.conftest import EXAMPLES
 
 BASE: dict[str, Any] = {
     "format_version": 1,

@@ -17,7 +17,7 @@ from cag.errors import Status
 from cag.metadata import FORMAT_VERSION, GoldenStatus, ModuleMetadata
 from cag.v1 import common_pb2
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PROTOS = sorted(p.stem for p in (REPO / "protos" / "cag" / "v1").glob("*.proto"))
 
 # The request path of each service (ARCHITECTURE.md, services table).

@@ -249,7 +249,7 @@ async def test_every_request_field_is_read_by_its_handler(method: str, monkeypat
 
 
 def test_ignored_fields_are_the_ones_the_proto_says_are_ignored() -> None:
-    text = (Path(__file__).resolve().parents[2] / "protos" / "cag" / "v1" / "registry.proto").read_text()
+    text = (Path(__file__).resolve().parents[3] / "protos" / "cag" / "v1" / "registry.proto").read_text()
     assert "Registry-owned fields (version, state, state_reason, *_at except created_at/expires_at) are ignored" in (
         " ".join(line.strip().removeprefix("// ") for line in text.splitlines())
     )

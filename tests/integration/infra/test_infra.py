@@ -31,7 +31,7 @@ from tests.infra_fixtures import FreshDatabase, Infra, reachable_tmp_dir
 from tests.registry_population import make_metadata
 from tests.registry_server import message_of, wait_until_serving
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SERVE_TIMEOUT_S = 60.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

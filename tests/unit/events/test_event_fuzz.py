@@ -2,7 +2,7 @@
 
 Pure properties of the shared consumer (parse → validate → handle → verdict), with the registry's own
 handlers over a recording core: many examples, no servers. A long run: `CAG_FUZZ_EXAMPLES=5000`.
-tests/integration/test_event_fuzz.py pushes a bounded sample through real NATS and Postgres.
+tests/integration/events/test_event_fuzz.py pushes a bounded sample through real NATS and Postgres.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from cag.rpc.errors import error_details
 from cag.settings import CagSettings, InfraSettings
 from tests.conftest import LAYOUT
 from tests.infra_fixtures import FreshDatabase, Infra
-from tests.unit.test_kvmodule import rewrite_header, set_metadata
+from tests.unit.kvmodule.test_kvmodule import rewrite_header, set_metadata
 
 TENANT = "acme"
 ROUTE = "widgets"

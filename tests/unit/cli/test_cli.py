@@ -17,7 +17,7 @@ from cag.cli.main import main
 from cag.kvmodule import ModuleFile
 from cag.models import TINY
 from tests.conftest import KNOWLEDGE, LAYOUT
-from tests.unit.test_kvmodule import rewrite_header, set_metadata
+from tests.unit.kvmodule.test_kvmodule import rewrite_header, set_metadata
 
 
 @pytest.fixture
