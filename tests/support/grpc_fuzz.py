@@ -25,7 +25,7 @@ The pieces, each usable alone:
 - `authorization_values()` / `json_values()`: header values and JSON claims for fuzzing credentials
   (a `FuzzCase` may carry its own metadata instead of the fuzzer's).
 
-A service's test (tests/integration/test_registry_fuzz.py is the first) builds its server, its seeds
+A service's test (tests/integration/registry/test_registry_fuzz.py is the first) builds its server, its seeds
 (method name → valid requests) and its snapshot function, then::
 
     CASES = fuzz_cases(SERVICE, SEEDS)          # SERVICE = x_pb2.DESCRIPTOR.services_by_name["X"]
