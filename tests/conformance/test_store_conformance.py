@@ -14,6 +14,7 @@ from cag.registry.core.audit import EVERY_TENANT, Attribution, AuditAction, Audi
 from cag.registry.core.records import ModuleRecord, RouteDecision
 from cag.registry.core.states import IllegalTransitionError, ModuleState
 from cag.registry.core.store import (
+    AlreadyRegisteredError,
     ConcurrentPublishError,
     ListQuery,
     RegistryNotFoundError,
@@ -298,3 +299,17 @@ async def test_a_quarantined_registration_is_kept_and_never_publishable(store: R
     claimed = dataclasses.replace(record("billing-g"), state=ModuleState.PUBLISHED, state_reason="trust me", version=7)
     assert ((s := await store.register(claimed)).state, s.state_reason, s.version) == (ModuleState.VALIDATING, "", None)
     assert await audit_trail(store) == []
+
+
+async def test_registering_an_id_again_repeats_only_the_very_same_file(store: RegistryStore) -> None:
+    first = ModuleRecord(
+        metadata=make_metadata("m-1"), source_uri="s", header_sha256="a" * 64, state=ModuleState.VALIDATING
+    )
+    stored = await store.register(first)
+    assert await store.register(first) == stored
+    resigned = dataclasses.replace(first, header_sha256="b" * 64)  # same tensors, an edited header
+    other_tensors = dataclasses.replace(first, metadata=make_metadata("m-1", tensor_checksum="blake3:" + "f" * 64))
+    for refused in (resigned, other_tensors):
+        with pytest.raises(AlreadyRegisteredError):
+            await store.register(refused)
+    assert (await store.get("m-1")).header_sha256 == "a" * 64

@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Iterable
 
 from cag.canonical.source import SourceBundle
+from cag.metadata import FORMAT_VERSION
 
 
 def _field(name: str, value: str | int | None) -> bytes:
@@ -81,10 +82,12 @@ def context_checksum(
 
 
 def module_key(*, context_checksum: str, tenant_id: str, route: str, acl_scope: str, acl_principal: str) -> str:
-    """sha256 hex of everything that names a module: its inputs, and where and for whom it is served."""
+    """sha256 hex of everything that names a module: its inputs, its file format, and where and for whom it is
+    served (a new file format gives new bytes, so it gives new ids: old and new files never share one)."""
     return _digest(
         [
             ("format", "cag.module-id.v1"),
+            ("file_format", FORMAT_VERSION),
             ("context_checksum", context_checksum),
             ("tenant_id", tenant_id),
             ("route", route),

@@ -27,6 +27,7 @@ from cag.registry.core.store import (
     RouteResolution,
     check_expected_version,
     encode_page_token,
+    file_identity,
     module_event,
     registered_as,
     rollback_reason,
@@ -96,7 +97,7 @@ class MemoryStore(RegistryStore):
         async with self._lock:
             existing = self.modules.get(record.module_id)
             if existing is not None:
-                if existing.metadata.tensor_checksum != record.metadata.tensor_checksum:
+                if file_identity(existing) != file_identity(record):
                     raise AlreadyRegisteredError(f"module {record.module_id} is registered with different content")
                 return existing
             if record.parent_id is not None:

@@ -117,6 +117,12 @@ def registered_as(record: ModuleRecord) -> tuple[ModuleState, str]:
     return ModuleState.VALIDATING, ""
 
 
+def file_identity(record: ModuleRecord) -> tuple[str, str]:
+    """What pins a module's file: its tensors and its header. A registration repeats a stored one only when
+    both match (a re-signed header under a known id is another file, never a silent no-op)."""
+    return record.metadata.tensor_checksum, record.header_sha256
+
+
 def check_expected_version(module_id: str, expected: int | None, next_version: int) -> None:
     if expected is not None and expected != next_version:
         raise ConcurrentPublishError(

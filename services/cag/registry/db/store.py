@@ -37,6 +37,7 @@ from cag.registry.core.store import (
     RouteResolution,
     check_expected_version,
     encode_page_token,
+    file_identity,
     module_event,
     registered_as,
     rollback_reason,
@@ -173,7 +174,7 @@ class PostgresStore(RegistryStore):
         async with self.sessions.begin() as session:
             existing = await session.get(ModuleRow, m.module_id)
             if existing is not None:
-                if existing.tensor_checksum != m.tensor_checksum:
+                if (existing.tensor_checksum, existing.header_sha256) != file_identity(record):
                     raise AlreadyRegisteredError(f"module {m.module_id} is registered with different content")
                 return (await self._records(session, [existing]))[0]
             if m.parent_id is not None:
