@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 # The CLI under test reads its settings from the environment, like a user's shell.
 os.environ.setdefault("CAG_HOME", str(REPO / ".cag"))
-os.environ.setdefault("CAG_NUM_THREADS", "1")
+# One thread in tests, whatever the shell or the Makefile says: the servers under test share the two cores.
+os.environ["CAG_NUM_THREADS"] = "1"
 tune_engine_runtime(CagSettings().num_threads, os.environ)
 
 import pytest
