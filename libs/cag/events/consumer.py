@@ -30,6 +30,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import NotJSMessageError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
@@ -164,20 +165,36 @@ class EventConsumer(Generic[P]):
         return Verdict(Outcome.RETRY, repr(error), delay)
 
 
+def _position(msg: Msg) -> tuple[int, int | None]:
+    """(delivery number, stream sequence) of a message, from its JetStream metadata.
+
+    Every message a JetStream consumer delivers carries that metadata. FastStream's in-memory
+    `TestNatsBroker` hands subscribers plain messages without it (no `$JS.ACK` reply subject): such a
+    message is taken as a first delivery with no stream sequence, so the unit tests drive this same code.
+    """
+    try:
+        metadata = msg.metadata
+    except NotJSMessageError:
+        return 1, None
+    return metadata.num_delivered, metadata.sequence.stream
+
+
 async def settle(broker: NatsBroker, consumer: EventConsumer[P], msg: Msg) -> Verdict:
     """Judge one JetStream message and ack, NAK (with delay) or dead-letter and terminate it."""
-    delivery = msg.metadata.num_delivered
+    delivery, stream_sequence = _position(msg)
     verdict = await consumer.judge(msg.data, subject=msg.subject, delivery=delivery)
     if verdict.outcome is Outcome.APPLIED:
         await msg.ack()
     elif verdict.outcome is Outcome.RETRY:
         await msg.nak(delay=verdict.delay_s)
     else:
-        await _dead_letter(broker, consumer, msg, verdict.error, delivery)
+        await _dead_letter(broker, consumer, msg, verdict.error, delivery, stream_sequence)
     return verdict
 
 
-async def _dead_letter(broker: NatsBroker, consumer: EventConsumer[P], msg: Msg, error: str, delivery: int) -> None:
+async def _dead_letter(
+    broker: NatsBroker, consumer: EventConsumer[P], msg: Msg, error: str, delivery: int, stream_sequence: int | None
+) -> None:
     try:
         await dead_letter(
             broker,
@@ -186,7 +203,7 @@ async def _dead_letter(broker: NatsBroker, consumer: EventConsumer[P], msg: Msg,
             error=error,
             consumer=consumer.name,
             deliveries=delivery,
-            stream_sequence=msg.metadata.sequence.stream,
+            stream_sequence=stream_sequence,
         )
     except (NatsError, TimeoutError, OSError) as e:
         if not consumer.redelivery.is_last(delivery):  # try again later rather than lose it
@@ -194,8 +211,8 @@ async def _dead_letter(broker: NatsBroker, consumer: EventConsumer[P], msg: Msg,
             return
         # JetStream would not deliver it again anyway; the message itself stays in the stream.
         log.error(
-            "%s: could not dead-letter stream message %d (%s) after its last delivery: %r",
-            consumer.name, msg.metadata.sequence.stream, error, e,
+            "%s: could not dead-letter stream message %s (%s) after its last delivery: %r",
+            consumer.name, stream_sequence, error, e,
         )  # fmt: skip
     await msg.term()
 
