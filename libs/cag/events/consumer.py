@@ -221,6 +221,13 @@ async def _dead_letter(
 _SUBSCRIBED: WeakKeyDictionary[NatsBroker, list[tuple[str, EventConsumer[Any]]]] = WeakKeyDictionary()
 
 
+async def raw_body(msg: NatsMessage) -> bytes:
+    """The body as it arrived. FastStream would otherwise parse it by its content-type before any handler
+    runs, and a malformed body declared `application/json` (as docs/events.md recommends) would fail there,
+    unacknowledged and never dead-lettered; `settle` validates every byte itself."""
+    return msg.body
+
+
 def subscribe(broker: NatsBroker, consumer: EventConsumer[P], *, stream: JStream = CAG_STREAM) -> None:
     """A durable pull consumer that settles every message itself (FastStream's ack policy is MANUAL)."""
 
@@ -231,6 +238,7 @@ def subscribe(broker: NatsBroker, consumer: EventConsumer[P], *, stream: JStream
         pull_sub=PULL_SUB,
         config=consumer.redelivery.consumer_config().evolve(deliver_policy=consumer.deliver_policy),
         ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
     )
     async def on_message(msg: NatsMessage) -> None:
         await settle(broker, consumer, msg.raw_message)
