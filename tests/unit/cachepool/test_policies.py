@@ -1,0 +1,75 @@
+"""Eviction policies on hand-built candidates: exact order for the seed's cost-aware score and for LRU."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cag.cachepool.core import POLICIES, Candidate, CostAwarePolicy, LRUPolicy, policy_named
+from cag.cachepool.core.policies import GIB
+from cag.errors import InvalidFieldError
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def candidate(module_id: str, gib: float, *, hits: int = 0, priority: int = 1, used_min: int = 0) -> Candidate:
+    return Candidate(
+        module_id=module_id,
+        bytes=int(gib * GIB),
+        hits_last_15m=hits,
+        route_priority=priority,
+        last_used_at=T0 + timedelta(minutes=used_min),
+        reload_ms_per_gib=1000.0,
+    )
+
+
+# score = size_gib * (size_gib * 1000) / max(1, hits * priority)
+WORKLOAD = [
+    candidate("a", 1, hits=0, priority=1, used_min=4),  # 1 * 1000 / 1    = 1000
+    candidate("b", 2, hits=10, priority=1, used_min=1),  # 2 * 2000 / 10  = 400
+    candidate("c", 1, hits=2, priority=3, used_min=3),  # 1 * 1000 / 6    ≈ 167
+    candidate("d", 0.5, hits=0, priority=1, used_min=2),  # 0.5 * 500 / 1 = 250
+]
+
+
+def test_the_seed_score_and_its_parts() -> None:
+    c = candidate("x", 2, hits=3, priority=2)
+    assert (c.size_gib, c.reload_cost_ms, c.score) == (2.0, 2000.0, 2.0 * 2000.0 / 6)
+    assert candidate("y", 1, hits=0, priority=5).score == 1000.0  # max(1, 0 * 5): unused modules divide by 1
+
+
+def test_cost_aware_orders_by_lowest_score_first() -> None:
+    order = CostAwarePolicy().eviction_order(WORKLOAD, T0)
+    assert [c.module_id for c in order] == ["c", "d", "b", "a"]
+
+
+def test_lru_orders_by_least_recently_used_first() -> None:
+    order = LRUPolicy().eviction_order(WORKLOAD, T0)
+    assert [c.module_id for c in order] == ["b", "d", "c", "a"]
+
+
+def test_the_two_policies_choose_different_victims_for_the_same_need() -> None:
+    need = int(1.2 * GIB)
+    assert CostAwarePolicy().victims(WORKLOAD, need, T0) == ["c", "d"]  # 1 GiB, then 1.5 GiB >= 1.2
+    assert LRUPolicy().victims(WORKLOAD, need, T0) == ["b"]  # 2 GiB at once
+
+
+def test_victims_stop_as_soon_as_enough_is_freed() -> None:
+    assert CostAwarePolicy().victims(WORKLOAD, 0, T0) == []
+    assert CostAwarePolicy().victims(WORKLOAD, GIB, T0) == ["c"]
+    assert CostAwarePolicy().victims(WORKLOAD, GIB + 1, T0) == ["c", "d"]
+    assert CostAwarePolicy().victims(WORKLOAD, 10 * GIB, T0) == ["c", "d", "b", "a"]  # all there is
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_ties_break_by_module_id(name: str) -> None:
+    twins = [candidate(i, 1, hits=1, used_min=0) for i in ("m3", "m1", "m2")]
+    assert policy_named(name).victims(twins, 2 * GIB, T0) == ["m1", "m2"]
+
+
+def test_policies_register_by_name() -> None:
+    assert {name: type(policy_named(name)) for name in POLICIES} == {"cost_aware": CostAwarePolicy, "lru": LRUPolicy}
+    assert all(policy_named(name).name == name for name in POLICIES)
+    with pytest.raises(InvalidFieldError, match="cost_aware, lru"):
+        policy_named("fifo")
