@@ -1,4 +1,4 @@
-"""Eviction policies on hand-built candidates: exact order for the seed's cost-aware score and for LRU."""
+"""Eviction policies on hand-built candidates: exact order for the cost-aware keep value and for LRU."""
 
 from __future__ import annotations
 
@@ -24,24 +24,24 @@ def candidate(module_id: str, gib: float, *, hits: int = 0, priority: int = 1, u
     )
 
 
-# score = size_gib * (size_gib * 1000) / max(1, hits * priority)
+# keep value = (size_gib * 1000) * max(1, hits * priority) / size_gib
 WORKLOAD = [
-    candidate("a", 1, hits=0, priority=1, used_min=4),  # 1 * 1000 / 1    = 1000
-    candidate("b", 2, hits=10, priority=1, used_min=1),  # 2 * 2000 / 10  = 400
-    candidate("c", 1, hits=2, priority=3, used_min=3),  # 1 * 1000 / 6    ≈ 167
-    candidate("d", 0.5, hits=0, priority=1, used_min=2),  # 0.5 * 500 / 1 = 250
+    candidate("a", 1, hits=0, priority=1, used_min=4),  # 1000 * 1  = 1000
+    candidate("b", 2, hits=10, priority=1, used_min=1),  # 1000 * 10 = 10000
+    candidate("c", 1, hits=2, priority=3, used_min=3),  # 1000 * 6  = 6000
+    candidate("d", 0.5, hits=0, priority=1, used_min=2),  # 1000 * 1 = 1000
 ]
 
 
-def test_the_seed_score_and_its_parts() -> None:
+def test_the_keep_value_and_its_parts() -> None:
     c = candidate("x", 2, hits=3, priority=2)
-    assert (c.size_gib, c.reload_cost_ms, c.score) == (2.0, 2000.0, 2.0 * 2000.0 / 6)
-    assert candidate("y", 1, hits=0, priority=5).score == 1000.0  # max(1, 0 * 5): unused modules divide by 1
+    assert (c.size_gib, c.reload_cost_ms, c.keep_value) == (2.0, 2000.0, 2000.0 * 6 / 2.0)
+    assert candidate("y", 1, hits=0, priority=5).keep_value == 1000.0  # max(1, 0 * 5): unused modules count once
 
 
-def test_cost_aware_orders_by_lowest_score_first() -> None:
+def test_cost_aware_orders_by_lowest_keep_value_first() -> None:
     order = CostAwarePolicy().eviction_order(WORKLOAD, T0)
-    assert [c.module_id for c in order] == ["c", "d", "b", "a"]
+    assert [c.module_id for c in order] == ["a", "d", "c", "b"]
 
 
 def test_lru_orders_by_least_recently_used_first() -> None:
@@ -51,15 +51,15 @@ def test_lru_orders_by_least_recently_used_first() -> None:
 
 def test_the_two_policies_choose_different_victims_for_the_same_need() -> None:
     need = int(1.2 * GIB)
-    assert CostAwarePolicy().victims(WORKLOAD, need, T0) == ["c", "d"]  # 1 GiB, then 1.5 GiB >= 1.2
+    assert CostAwarePolicy().victims(WORKLOAD, need, T0) == ["a", "d"]  # 1 GiB, then 1.5 GiB >= 1.2
     assert LRUPolicy().victims(WORKLOAD, need, T0) == ["b"]  # 2 GiB at once
 
 
 def test_victims_stop_as_soon_as_enough_is_freed() -> None:
     assert CostAwarePolicy().victims(WORKLOAD, 0, T0) == []
-    assert CostAwarePolicy().victims(WORKLOAD, GIB, T0) == ["c"]
-    assert CostAwarePolicy().victims(WORKLOAD, GIB + 1, T0) == ["c", "d"]
-    assert CostAwarePolicy().victims(WORKLOAD, 10 * GIB, T0) == ["c", "d", "b", "a"]  # all there is
+    assert CostAwarePolicy().victims(WORKLOAD, GIB, T0) == ["a"]
+    assert CostAwarePolicy().victims(WORKLOAD, GIB + 1, T0) == ["a", "d"]
+    assert CostAwarePolicy().victims(WORKLOAD, 10 * GIB, T0) == ["a", "d", "c", "b"]  # all there is
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

@@ -45,7 +45,7 @@ def evicted(evictions: list[Eviction]) -> list[str]:
 def workload(policy: str) -> Residency:
     """Engine of 4 GiB, full: a (1 GiB, never hit), b (2 GiB, 10 hits, last at 2 min), c (1 GiB, priority 3,
     2 hits, last at 5 min). Reload from the object store: 10 000 ms/GiB.
-    Scores: a 1·10000/1 = 10000, b 2·20000/10 = 4000, c 1·10000/6 ≈ 1667. Recency: a (0), b (2), c (5)."""
+    Keep values: a 10000·1 = 10000, b 10000·11 = 110000, c 10000·6 = 60000. Recency: a (0), b (2), c (5)."""
     p = pool(policy)
     for module in (spec("a", 1), spec("b", 2), spec("c", 1, priority=3)):
         assert p.admit(module, ENGINE, T0) == []
@@ -57,15 +57,15 @@ def workload(policy: str) -> Residency:
     return p
 
 
-def test_cost_aware_evicts_lowest_score_first_exactly() -> None:
+def test_cost_aware_evicts_lowest_keep_value_first_exactly() -> None:
     p = workload("cost_aware")
     evictions = p.admit(spec("e", 2), ENGINE, minutes(6))
     assert evictions == [
+        Eviction(module_id="a", tier=ENGINE, bytes=GIB),
         Eviction(module_id="c", tier=ENGINE, bytes=GIB),
-        Eviction(module_id="b", tier=ENGINE, bytes=2 * GIB),
     ]
-    assert p.resident_tiers("a") == (ENGINE,)
-    assert p.resident_tiers("b") == p.resident_tiers("c") == ()
+    assert p.resident_tiers("b") == (ENGINE,)  # the busiest stays
+    assert p.resident_tiers("a") == p.resident_tiers("c") == ()
 
 
 def test_lru_evicts_least_recently_used_first_exactly() -> None:
@@ -181,10 +181,10 @@ def two_on_disk_and_in_engine() -> Residency:
     return p
 
 
-def test_the_cost_aware_score_counts_only_the_last_15_minutes_of_hits() -> None:
-    """At 13 min: busy 1000/5 = 200, idle 1000/2 = 500. At 16 min busy's hits have aged out: 1000/1 = 1000."""
-    assert evicted(two_on_disk_and_in_engine().admit(spec("x", 1), ENGINE, minutes(13))) == ["busy"]
-    assert evicted(two_on_disk_and_in_engine().admit(spec("x", 1), ENGINE, minutes(16))) == ["idle"]
+def test_the_keep_value_counts_only_the_last_15_minutes_of_hits() -> None:
+    """At 13 min: busy 1000·5 = 5000, idle 1000·2 = 2000. At 16 min busy's hits have aged out: 1000·1 = 1000."""
+    assert evicted(two_on_disk_and_in_engine().admit(spec("x", 1), ENGINE, minutes(13))) == ["idle"]
+    assert evicted(two_on_disk_and_in_engine().admit(spec("x", 1), ENGINE, minutes(16))) == ["busy"]
 
 
 def both_in_engine_one_also_in_ram_one_also_on_disk() -> Residency:

@@ -40,10 +40,10 @@ class Candidate:
         return self.size_gib * self.reload_ms_per_gib
 
     @property
-    def score(self) -> float:
-        """The seed's eviction score, `size_gb * reload_cost_ms / max(1, hits_last_15m * route_priority)` (sizes in
-        GiB): low means cheap to bring back and rarely used, so it leaves first."""
-        return self.size_gib * self.reload_cost_ms / max(1, self.hits_last_15m * self.route_priority)
+    def keep_value(self) -> float:
+        """Reload milliseconds saved per GiB kept: `reload_cost_ms * max(1, hits_last_15m * route_priority) /
+        size_gib`. Low means cheap to bring back and rarely used, so it leaves first."""
+        return self.reload_cost_ms * max(1, self.hits_last_15m * self.route_priority) / self.size_gib
 
 
 class EvictionPolicy(ABC):
@@ -69,16 +69,17 @@ class EvictionPolicy(ABC):
 
 
 class CostAwarePolicy(EvictionPolicy):
-    """Lowest seed score first: small modules that are cheap to reload leave first, large or costly ones stay.
+    """Lowest keep value first: the bytes whose loss costs the fewest reload milliseconds go first.
 
-    Open question (issue 7): hits and route priority divide the score, so taken lowest-first they make a module
-    leave *sooner*, not later; keeping busy modules needs the highest-first order or the inverse score. Kept as
-    specified until the issue decides; tests pin the present order."""
+    The seed's score, `size_gb * reload_cost_ms / max(1, hits_last_15m * route_priority)`, has the right parts
+    but the wrong direction for two of them: taken lowest-first it evicts the busiest modules, taken
+    highest-first the dearest to reload. Its inverse per byte (GreedyDual-Size's rule) keeps both busy and
+    costly modules: value = reload cost x use / size."""
 
     name = "cost_aware"
 
     def eviction_order(self, candidates: Sequence[Candidate], now: datetime) -> list[Candidate]:
-        return sorted(candidates, key=lambda c: (c.score, c.module_id))
+        return sorted(candidates, key=lambda c: (c.keep_value, c.module_id))
 
 
 class LRUPolicy(EvictionPolicy):

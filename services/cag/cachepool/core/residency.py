@@ -94,7 +94,7 @@ class ModuleSpec:
     # Size of the module's KV, bytes (> 0).
     bytes: int
     token_count: int
-    # How much routes rely on the module, >= 1: divides its eviction score.
+    # How much routes rely on the module, >= 1: multiplies its keep value.
     route_priority: int = 1
 
     def __post_init__(self) -> None:
