@@ -13,6 +13,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
+from pydantic import ValidationError
+
 
 class Status(StrEnum):
     """gRPC status codes a domain error may map to (each name is a grpc.StatusCode name)."""
@@ -186,3 +188,16 @@ class InvalidFieldError(InvalidInputError):
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
         super().__init__(f"{field} {problem}")
+
+
+def validation_problems(error: ValidationError, *, root: str = "body") -> str:
+    """A pydantic validation error on one line (a log line, a header, a CLI message): `field: problem; …`.
+
+    The offending input is never quoted (it may be huge, or a secret such as a database URL); `root` names
+    what a problem without a field location is about.
+    """
+    parts = []
+    for e in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in e["loc"]) or root
+        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
-from cag.errors import CagError, InvalidInputError, Status
+from cag.errors import CagError, InvalidInputError, Status, validation_problems
 from cag.events.bus import make_broker, publish_event
 from cag.events.schemas import (
     STREAM,
@@ -27,7 +27,6 @@ from cag.events.schemas import (
     Payload,
     SourceChangedV1,
     TokenizerRetiredV1,
-    problems,
 )
 from cag.identifiers import check_event_id
 from cag.infra.nats_auth import OPS
@@ -97,7 +96,9 @@ def build_envelope(args: argparse.Namespace) -> Envelope:
         payload: Payload = args.payload(args)
         return Envelope.wrap(payload, event_id=args.event_id)
     except ValidationError as e:
-        raise InvalidInputError(f"invalid {args.invalidate_command} event: {problems(e)}") from None
+        raise InvalidInputError(
+            f"invalid {args.invalidate_command} event: {validation_problems(e, root='body')}"
+        ) from None
 
 
 def shown(url: str) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from cag.engine_runtime import tune_engine_runtime
-from cag.errors import CagError, Status
+from cag.errors import CagError, Status, validation_problems
 from cag.settings import CagSettings
 
 EXIT_CODES = {
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = CagSettings()  # the environment is read here, once, and passed down
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        problems = validation_problems(e, root="settings")
         print(
             f"error ({Status.INVALID_ARGUMENT.value}): invalid settings in the environment: {problems}", file=sys.stderr
         )

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cag.errors import InvalidInputError
+from cag.errors import InvalidInputError, validation_problems
 from cag.settings import CagSettings, InfraSettings
 
 IDENTITY = "registry"
@@ -66,8 +66,7 @@ def run_serve(args: argparse.Namespace, settings: CagSettings) -> int:
     try:
         registry_settings = RegistrySettings(infra=infra, **overrides)  # the rest comes from the environment
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise InvalidInputError(f"invalid registry settings: {problems}") from None
+        raise InvalidInputError(f"invalid registry settings: {validation_problems(e, root='settings')}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(registry_settings))

@@ -34,9 +34,9 @@ from nats.errors import NotJSMessageError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from cag.errors import InvalidInputError
+from cag.errors import InvalidInputError, validation_problems
 from cag.events.bus import CAG_STREAM, dead_letter
-from cag.events.schemas import MAX_BODY_BYTES, Envelope, Payload, UnknownSchemaError, decode, problems
+from cag.events.schemas import MAX_BODY_BYTES, Envelope, Payload, UnknownSchemaError, decode
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def parse_event(body: bytes, *, subject: str, accepts: tuple[type[P], ...]) -> t
     try:
         envelope = Envelope.model_validate_json(body)
     except ValidationError as e:
-        raise InvalidEventError(f"not a valid envelope: {problems(e)}") from None
+        raise InvalidEventError(f"not a valid envelope: {validation_problems(e, root='body')}") from None
     # The event id is the consumer's idempotency key: an envelope without one would get a fresh default
     # on every delivery and be applied again on each.
     if "event_id" not in envelope.model_fields_set:
@@ -120,7 +120,9 @@ def parse_event(body: bytes, *, subject: str, accepts: tuple[type[P], ...]) -> t
     except UnknownSchemaError as e:
         raise InvalidEventError(str(e)) from None
     except ValidationError as e:
-        raise InvalidEventError(f"invalid {envelope.subject} v{envelope.version} data: {problems(e)}") from None
+        raise InvalidEventError(
+            f"invalid {envelope.subject} v{envelope.version} data: {validation_problems(e, root='body')}"
+        ) from None
     if not isinstance(payload, accepts):
         raise InvalidEventError(f"{envelope.subject} is not an event this consumer handles")
     return envelope, payload

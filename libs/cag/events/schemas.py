@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from cag.acl import AclScope
 from cag.errors import InvalidFieldError
@@ -199,18 +199,6 @@ class Envelope(BaseModel):
 
 class UnknownSchemaError(ValueError):
     """An event whose (subject, version) this build does not know: it is dead-lettered, not retried."""
-
-
-def problems(error: ValidationError) -> str:
-    """A validation error on one line (for a log line, a header or a CLI message): `field: problem; …`.
-
-    Pydantic quotes at most a short, elided part of an offending value, so a huge value is never echoed.
-    """
-    parts = []
-    for e in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
 
 
 def decode(envelope: Envelope) -> Payload:

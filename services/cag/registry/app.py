@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.auth.tokens import load_key
-from cag.errors import CagError
+from cag.errors import CagError, validation_problems
 from cag.events.bus import make_broker, publish_event
 from cag.events.consumer import start_broker
 from cag.lifecycle import StopSignal, bounded
@@ -112,8 +112,7 @@ def main() -> int:
     try:
         settings = RegistrySettings()
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        log.error("cannot start the registry: %s", problems)
+        log.error("cannot start the registry: %s", validation_problems(e, root="settings"))
         return 2
     except CagError as e:
         log.error("cannot start the registry: %s", e)
