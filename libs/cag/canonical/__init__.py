@@ -7,6 +7,7 @@ from cag.canonical.source import (
     SourceBundle,
     ToolSchema,
     canonical_json,
+    compact_json,
     load_source,
 )
 from cag.canonical.text import FrontMatter, canonical_text, split_front_matter
@@ -20,6 +21,7 @@ __all__ = [
     "canonical_json",
     "canonical_text",
     "chain_hash",
+    "compact_json",
     "context_checksum",
     "load_golden",
     "load_source",

@@ -60,6 +60,12 @@ def canonical_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=None, separators=(", ", ": "))
 
 
+def compact_json(obj: object) -> str:
+    """The one JSON spelling that checksums cover (module headers, layouts, golden results): sorted keys, no
+    spaces, text as is."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def load_source(root: Path, section_order: Sequence[str] = ()) -> SourceBundle:
     """Load `root`: documents (*.md, *.txt), `tools/*.json` and `golden.json`; hidden paths ignored."""
     if not root.exists():

@@ -13,7 +13,6 @@ The writer emits canonical JSON, so identical inputs give byte-identical files.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from cag.canonical import compact_json
 from cag.errors import KVTensorMismatchError
 from cag.kvmodule.atomic import atomic_writer
 from cag.kvmodule.checksum import tensors_checksum
@@ -53,15 +53,11 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return t.contiguous().view(torch.uint8).numpy().data.cast("B")
 
 
-def canonical_json(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def header_digest(header: dict[str, object]) -> str:
     meta = header["__metadata__"]
     assert isinstance(meta, dict)
     unsigned = {**header, "__metadata__": {k: v for k, v in meta.items() if k != HEADER_HASH_KEY}}
-    return hashlib.sha256(canonical_json(unsigned)).hexdigest()
+    return hashlib.sha256(compact_json(unsigned).encode()).hexdigest()
 
 
 def _module_tensors(k: torch.Tensor, v: torch.Tensor, token_ids: Sequence[int]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -109,7 +105,7 @@ def write_module(
     header: dict[str, object] = {"__metadata__": final.to_header(), **index}
     signature = header_digest(header)
     header["__metadata__"] = {**final.to_header(), HEADER_HASH_KEY: signature}
-    encoded = canonical_json(header)
+    encoded = compact_json(header).encode()
     encoded += b" " * (-len(encoded) % _ALIGN)
     with atomic_writer(path) as f:
         f.write(struct.pack("<Q", len(encoded)))

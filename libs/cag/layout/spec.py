@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cag.canonical import compact_json
 from cag.errors import LayoutError, UnknownLayoutError
 
 
@@ -72,7 +73,7 @@ class Layout(BaseModel):
 
 def layout_json(layout: Layout) -> str:
     """The layout's canonical JSON: what its hash covers and what a module embeds."""
-    return json.dumps(layout.model_dump(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return compact_json(layout.model_dump())
 
 
 def layout_hash(layout: Layout) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
-from cag.canonical import GoldenCase
+from cag.canonical import GoldenCase, compact_json
 from cag.engine import Engine, GenerateRequest, ModuleRows, SamplingParams
 from cag.kvmodule import KVSource, LoadedModule
 from cag.metadata import ModuleMetadata
@@ -59,4 +58,4 @@ def run_golden(
 
 
 def results_json(results: Sequence[GoldenResult]) -> str:
-    return json.dumps([asdict(r) for r in results], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return compact_json([asdict(r) for r in results])

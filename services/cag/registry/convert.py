@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cag.acl import PUBLIC_TENANT, AclScope
+from cag.canonical import compact_json
 from cag.errors import InvalidFieldError
 from cag.identifiers import MAX_NAME, MAX_URI, check_module_id, check_name, check_text, echo
 from cag.metadata import DTYPE_NAMES, FORMAT_VERSION, GoldenStatus, ModuleMetadata
@@ -59,11 +60,6 @@ REQUIRED_MODULE_FIELDS = (
     "source_checksum", "dtype", "storage_uri", "layout_id", "layout_hash", "layout", "chain_hash",
     "engine_fingerprint", "tensor_checksum", "format_version", "source_uri", "header_sha256",
 )  # fmt: skip
-
-
-def canonical_json(value: Any) -> str:
-    """The form the Postgres store gives back, so a round trip through either store is exact."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 # --- enums: proto NAME_PREFIX_X ↔ Python enum member X ---
@@ -147,7 +143,7 @@ def metadata_of(module: common_pb2.Module) -> ModuleMetadata:
         golden_status=GoldenStatus[
             _required_member(common_pb2.GoldenStatus, "GOLDEN_STATUS_", module.golden_status, "golden_status")
         ],
-        golden_results=canonical_json([
+        golden_results=compact_json([
             {"question": r.question, "expect": list(r.expect), "answer": r.answer, "passed": r.passed}
             for r in module.golden_results
         ]),

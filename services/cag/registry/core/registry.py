@@ -17,6 +17,7 @@ import uuid
 
 from cag.acl import PUBLIC_TENANT, visible_within
 from cag.auth import Caller, Scope
+from cag.canonical import compact_json
 from cag.errors import (
     CagError,
     ChainError,
@@ -46,10 +47,7 @@ class PublishRefusedError(CagError):
 
 def canonical_layout_hash(layout: str) -> str:
     """sha256 hex of the layout's canonical JSON: what the compiler's `layout_hash` covers."""
-    body = json.loads(layout)
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    ).hexdigest()
+    return hashlib.sha256(compact_json(json.loads(layout)).encode()).hexdigest()
 
 
 def _check_chain_link(parent: ModuleRecord, child: ModuleMetadata) -> None:

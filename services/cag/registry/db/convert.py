@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from cag.acl import AclScope
+from cag.canonical import compact_json
 from cag.metadata import GoldenStatus, ModuleMetadata
 from cag.registry.core.records import ModuleRecord
 from cag.registry.core.states import ModuleState
@@ -41,8 +42,8 @@ def record_of(row: ModuleRow, layout_body: dict[str, Any]) -> ModuleRecord:
     metadata = ModuleMetadata(
         **{name: getattr(row, name) for name in fields},
         created_at=row.created_at or None,
-        layout=json.dumps(layout_body, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-        golden_results=json.dumps(row.golden_results, sort_keys=True, ensure_ascii=False, separators=(",", ":")),
+        layout=compact_json(layout_body),
+        golden_results=compact_json(row.golden_results),
         expires_at=row.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if row.expires_at else None,
         acl_scope=AclScope(row.acl_scope),
         golden_status=GoldenStatus(row.golden_status),
