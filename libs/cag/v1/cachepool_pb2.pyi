@@ -12,7 +12,6 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,36 +23,6 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class _Tier:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _TierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tier.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    TIER_UNSPECIFIED: _Tier.ValueType  # 0
-    TIER_ENGINE: _Tier.ValueType  # 1
-    """Inside the inference engine (GPU memory / vLLM paged KV)."""
-    TIER_HOST_RAM: _Tier.ValueType  # 2
-    """Host RAM."""
-    TIER_LOCAL_DISK: _Tier.ValueType  # 3
-    """Local disk (NVMe)."""
-    TIER_OBJECT_STORE: _Tier.ValueType  # 4
-    """Object store (the module's storage_uri)."""
-
-class Tier(_Tier, metaclass=_TierEnumTypeWrapper):
-    """Residency tiers, fastest first."""
-
-TIER_UNSPECIFIED: Tier.ValueType  # 0
-TIER_ENGINE: Tier.ValueType  # 1
-"""Inside the inference engine (GPU memory / vLLM paged KV)."""
-TIER_HOST_RAM: Tier.ValueType  # 2
-"""Host RAM."""
-TIER_LOCAL_DISK: Tier.ValueType  # 3
-"""Local disk (NVMe)."""
-TIER_OBJECT_STORE: Tier.ValueType  # 4
-"""Object store (the module's storage_uri)."""
-Global___Tier: _TypeAlias = Tier  # noqa: Y015
-
 @_typing.final
 class CachePoolGenerateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -62,13 +31,13 @@ class CachePoolGenerateRequest(_message.Message):
     QUERY_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
-    ROUTE_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    ROUTE_PRIORITY_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """The user's question; rendered into the layout's query suffix."""
     tenant_id: _builtins.str
-    """For scheduling fairness and priority."""
-    route_confidence: _builtins.float
-    """The router's confidence in [0, 1]: feeds promotion between tiers."""
+    """The tenant asking (the router checked its ACL); every module must be public or of this tenant."""
+    route_priority: _builtins.int
+    """The route's priority (from the tenant's route rules; 0 = 1): weighs the module's hits in eviction."""
     @_builtins.property
     def module_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Module chain to restore, root first (as resolved by the registry)."""
@@ -82,11 +51,11 @@ class CachePoolGenerateRequest(_message.Message):
         query: _builtins.str = ...,
         sampling: _common_pb2.SamplingParams | None = ...,
         tenant_id: _builtins.str = ...,
-        route_confidence: _builtins.float = ...,
+        route_priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_ids", b"module_ids", "query", b"query", "route_confidence", b"route_confidence", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_ids", b"module_ids", "query", b"query", "route_priority", b"route_priority", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -98,15 +67,15 @@ class PrefetchRequest(_message.Message):
 
     MODULE_IDS_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
-    tier: Global___Tier.ValueType
-    """Target tier; UNSPECIFIED = TIER_ENGINE."""
+    tier: _common_pb2.Tier.ValueType
+    """Target tier; UNSPECIFIED = TIER_ENGINE. TIER_ORIGIN is refused (INVALID_ARGUMENT)."""
     @_builtins.property
     def module_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         module_ids: _abc.Iterable[_builtins.str] | None = ...,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -182,6 +151,51 @@ class PinResponse(_message.Message):
 Global___PinResponse: _TypeAlias = PinResponse  # noqa: Y015
 
 @_typing.final
+class EvictRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    module_id: _builtins.str
+    tier: _common_pb2.Tier.ValueType
+    """The tier to drop it from; UNSPECIFIED = every cache tier."""
+    def __init__(
+        self,
+        *,
+        module_id: _builtins.str = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_id", b"module_id", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvictRequest: _TypeAlias = EvictRequest  # noqa: Y015
+
+@_typing.final
+class EvictResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def module(self) -> Global___ResidentModule:
+        """Where the module is left (no tiers when it was dropped from every one)."""
+
+    def __init__(
+        self,
+        *,
+        module: Global___ResidentModule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["module", b"module"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module", b"module"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvictResponse: _TypeAlias = EvictResponse  # noqa: Y015
+
+@_typing.final
 class StatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -207,7 +221,8 @@ class TierStats(_message.Message):
     HITS_FIELD_NUMBER: _builtins.int
     MISSES_FIELD_NUMBER: _builtins.int
     RELOAD_MS_PER_GIB_FIELD_NUMBER: _builtins.int
-    tier: Global___Tier.ValueType
+    EVICTIONS_FIELD_NUMBER: _builtins.int
+    tier: _common_pb2.Tier.ValueType
     modules: _builtins.int
     """Modules resident in this tier."""
     bytes: _builtins.int
@@ -220,20 +235,23 @@ class TierStats(_message.Message):
     """Lookups that had to go to a slower tier since the process started."""
     reload_ms_per_gib: _builtins.float
     """Measured mean time to load a module into the engine from this tier, per GiB, milliseconds."""
+    evictions: _builtins.int
+    """Modules dropped from this tier to make room since the process started (not invalidations)."""
     def __init__(
         self,
         *,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
         modules: _builtins.int = ...,
         bytes: _builtins.int = ...,
         capacity_bytes: _builtins.int = ...,
         hits: _builtins.int = ...,
         misses: _builtins.int = ...,
         reload_ms_per_gib: _builtins.float = ...,
+        evictions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "capacity_bytes", b"capacity_bytes", "hits", b"hits", "misses", b"misses", "modules", b"modules", "reload_ms_per_gib", b"reload_ms_per_gib", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "capacity_bytes", b"capacity_bytes", "evictions", b"evictions", "hits", b"hits", "misses", b"misses", "modules", b"modules", "reload_ms_per_gib", b"reload_ms_per_gib", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -259,7 +277,7 @@ class ResidentModule(_message.Message):
     hits_last_15m: _builtins.int
     """Requests served with this module in the last 15 minutes."""
     @_builtins.property
-    def tiers(self) -> _containers.RepeatedScalarFieldContainer[Global___Tier.ValueType]:
+    def tiers(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Tier.ValueType]:
         """Tiers holding the module, fastest first."""
 
     @_builtins.property
@@ -268,7 +286,7 @@ class ResidentModule(_message.Message):
         self,
         *,
         module_id: _builtins.str = ...,
-        tiers: _abc.Iterable[Global___Tier.ValueType] | None = ...,
+        tiers: _abc.Iterable[_common_pb2.Tier.ValueType] | None = ...,
         bytes: _builtins.int = ...,
         token_count: _builtins.int = ...,
         pinned: _builtins.bool = ...,
@@ -289,6 +307,14 @@ class StatsResponse(_message.Message):
 
     TIERS_FIELD_NUMBER: _builtins.int
     MODULES_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    INVALIDATIONS_FIELD_NUMBER: _builtins.int
+    queued: _builtins.int
+    """Generate requests waiting for an engine slot, and running, now."""
+    running: _builtins.int
+    invalidations: _builtins.int
+    """Modules dropped because the registry invalidated, expired or quarantined them, since the process started."""
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierStats]:
         """One entry per tier, fastest first."""
@@ -300,10 +326,13 @@ class StatsResponse(_message.Message):
         *,
         tiers: _abc.Iterable[Global___TierStats] | None = ...,
         modules: _abc.Iterable[Global___ResidentModule] | None = ...,
+        queued: _builtins.int = ...,
+        running: _builtins.int = ...,
+        invalidations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["modules", b"modules", "tiers", b"tiers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidations", b"invalidations", "modules", b"modules", "queued", b"queued", "running", b"running", "tiers", b"tiers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

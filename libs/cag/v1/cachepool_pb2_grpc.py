@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class CachePoolServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Only the router calls it (its service identity); every other caller is PERMISSION_DENIED.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -50,6 +51,11 @@ class CachePoolServiceStub:
                 request_serializer=cag_dot_v1_dot_cachepool__pb2.PinRequest.SerializeToString,
                 response_deserializer=cag_dot_v1_dot_cachepool__pb2.PinResponse.FromString,
                 _registered_method=True)
+        self.Evict = channel.unary_unary(
+                '/cag.v1.CachePoolService/Evict',
+                request_serializer=cag_dot_v1_dot_cachepool__pb2.EvictRequest.SerializeToString,
+                response_deserializer=cag_dot_v1_dot_cachepool__pb2.EvictResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/cag.v1.CachePoolService/Stats',
                 request_serializer=cag_dot_v1_dot_cachepool__pb2.StatsRequest.SerializeToString,
@@ -58,12 +64,16 @@ class CachePoolServiceStub:
 
 
 class CachePoolServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Only the router calls it (its service identity); every other caller is PERMISSION_DENIED.
+    """
 
     def Generate(self, request, context):
         """Answers a query on a module chain: token chunks, then the summary (no RouteDecision).
-        NOT_FOUND when a module is unknown, FAILED_PRECONDITION when it does not fit the engine
-        (model, tokenizer, layout, dtype), DATA_LOSS when it fails verification.
+        NOT_FOUND when a module is unknown to the registry, FAILED_PRECONDITION with reason
+        MODULE_NOT_SERVABLE when a module is not PUBLISHED (stale, invalidated, expired, quarantined),
+        FAILED_PRECONDITION when it does not fit the engine (model, tokenizer, layout, dtype), DATA_LOSS
+        when no tier holds a copy that verifies (the module is quarantined), RESOURCE_EXHAUSTED (with a
+        retry delay) when the request queue is full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +89,13 @@ class CachePoolServiceServicer:
 
     def Pin(self, request, context):
         """Pins a module in its tiers (never evicted) or unpins it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evict(self, request, context):
+        """Drops a module from one tier, or from every tier (TIER_UNSPECIFIED). Pinned modules are dropped too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +126,11 @@ def add_CachePoolServiceServicer_to_server(servicer, server):
                     request_deserializer=cag_dot_v1_dot_cachepool__pb2.PinRequest.FromString,
                     response_serializer=cag_dot_v1_dot_cachepool__pb2.PinResponse.SerializeToString,
             ),
+            'Evict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evict,
+                    request_deserializer=cag_dot_v1_dot_cachepool__pb2.EvictRequest.FromString,
+                    response_serializer=cag_dot_v1_dot_cachepool__pb2.EvictResponse.SerializeToString,
+            ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
                     request_deserializer=cag_dot_v1_dot_cachepool__pb2.StatsRequest.FromString,
@@ -123,7 +145,8 @@ def add_CachePoolServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CachePoolService:
-    """Missing associated documentation comment in .proto file."""
+    """Only the router calls it (its service identity); every other caller is PERMISSION_DENIED.
+    """
 
     @staticmethod
     def Generate(request,
@@ -196,6 +219,33 @@ class CachePoolService:
             '/cag.v1.CachePoolService/Pin',
             cag_dot_v1_dot_cachepool__pb2.PinRequest.SerializeToString,
             cag_dot_v1_dot_cachepool__pb2.PinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cag.v1.CachePoolService/Evict',
+            cag_dot_v1_dot_cachepool__pb2.EvictRequest.SerializeToString,
+            cag_dot_v1_dot_cachepool__pb2.EvictResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,14 +31,19 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class CachePoolServiceStub:
+    """Only the router calls it (its service identity); every other caller is PERMISSION_DENIED."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CachePoolServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_cachepool_pb2.CachePoolGenerateRequest, _common_pb2.GenerateResponse]
     """Answers a query on a module chain: token chunks, then the summary (no RouteDecision).
-    NOT_FOUND when a module is unknown, FAILED_PRECONDITION when it does not fit the engine
-    (model, tokenizer, layout, dtype), DATA_LOSS when it fails verification.
+    NOT_FOUND when a module is unknown to the registry, FAILED_PRECONDITION with reason
+    MODULE_NOT_SERVABLE when a module is not PUBLISHED (stale, invalidated, expired, quarantined),
+    FAILED_PRECONDITION when it does not fit the engine (model, tokenizer, layout, dtype), DATA_LOSS
+    when no tier holds a copy that verifies (the module is quarantined), RESOURCE_EXHAUSTED (with a
+    retry delay) when the request queue is full.
     """
     Prefetch: _grpc.UnaryUnaryMultiCallable[_cachepool_pb2.PrefetchRequest, _cachepool_pb2.PrefetchResponse]
     """Loads modules into `tier` ahead of traffic, from the fastest tier that holds them; returns when
@@ -46,16 +51,23 @@ class CachePoolServiceStub:
     """
     Pin: _grpc.UnaryUnaryMultiCallable[_cachepool_pb2.PinRequest, _cachepool_pb2.PinResponse]
     """Pins a module in its tiers (never evicted) or unpins it."""
+    Evict: _grpc.UnaryUnaryMultiCallable[_cachepool_pb2.EvictRequest, _cachepool_pb2.EvictResponse]
+    """Drops a module from one tier, or from every tier (TIER_UNSPECIFIED). Pinned modules are dropped too."""
     Stats: _grpc.UnaryUnaryMultiCallable[_cachepool_pb2.StatsRequest, _cachepool_pb2.StatsResponse]
     """Residency and hit statistics per tier and per resident module."""
 
 @_typing.type_check_only
 class CachePoolServiceAsyncStub(CachePoolServiceStub):
+    """Only the router calls it (its service identity); every other caller is PERMISSION_DENIED."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_cachepool_pb2.CachePoolGenerateRequest, _common_pb2.GenerateResponse]  # type: ignore[assignment]
     """Answers a query on a module chain: token chunks, then the summary (no RouteDecision).
-    NOT_FOUND when a module is unknown, FAILED_PRECONDITION when it does not fit the engine
-    (model, tokenizer, layout, dtype), DATA_LOSS when it fails verification.
+    NOT_FOUND when a module is unknown to the registry, FAILED_PRECONDITION with reason
+    MODULE_NOT_SERVABLE when a module is not PUBLISHED (stale, invalidated, expired, quarantined),
+    FAILED_PRECONDITION when it does not fit the engine (model, tokenizer, layout, dtype), DATA_LOSS
+    when no tier holds a copy that verifies (the module is quarantined), RESOURCE_EXHAUSTED (with a
+    retry delay) when the request queue is full.
     """
     Prefetch: _aio.UnaryUnaryMultiCallable[_cachepool_pb2.PrefetchRequest, _cachepool_pb2.PrefetchResponse]  # type: ignore[assignment]
     """Loads modules into `tier` ahead of traffic, from the fastest tier that holds them; returns when
@@ -63,10 +75,14 @@ class CachePoolServiceAsyncStub(CachePoolServiceStub):
     """
     Pin: _aio.UnaryUnaryMultiCallable[_cachepool_pb2.PinRequest, _cachepool_pb2.PinResponse]  # type: ignore[assignment]
     """Pins a module in its tiers (never evicted) or unpins it."""
+    Evict: _aio.UnaryUnaryMultiCallable[_cachepool_pb2.EvictRequest, _cachepool_pb2.EvictResponse]  # type: ignore[assignment]
+    """Drops a module from one tier, or from every tier (TIER_UNSPECIFIED). Pinned modules are dropped too."""
     Stats: _aio.UnaryUnaryMultiCallable[_cachepool_pb2.StatsRequest, _cachepool_pb2.StatsResponse]  # type: ignore[assignment]
     """Residency and hit statistics per tier and per resident module."""
 
 class CachePoolServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Only the router calls it (its service identity); every other caller is PERMISSION_DENIED."""
+
     @_abc_1.abstractmethod
     def Generate(
         self,
@@ -74,8 +90,11 @@ class CachePoolServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.GenerateResponse], _abc.AsyncIterator[_common_pb2.GenerateResponse]]:
         """Answers a query on a module chain: token chunks, then the summary (no RouteDecision).
-        NOT_FOUND when a module is unknown, FAILED_PRECONDITION when it does not fit the engine
-        (model, tokenizer, layout, dtype), DATA_LOSS when it fails verification.
+        NOT_FOUND when a module is unknown to the registry, FAILED_PRECONDITION with reason
+        MODULE_NOT_SERVABLE when a module is not PUBLISHED (stale, invalidated, expired, quarantined),
+        FAILED_PRECONDITION when it does not fit the engine (model, tokenizer, layout, dtype), DATA_LOSS
+        when no tier holds a copy that verifies (the module is quarantined), RESOURCE_EXHAUSTED (with a
+        retry delay) when the request queue is full.
         """
 
     @_abc_1.abstractmethod
@@ -95,6 +114,14 @@ class CachePoolServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cachepool_pb2.PinResponse, _abc.Awaitable[_cachepool_pb2.PinResponse]]:
         """Pins a module in its tiers (never evicted) or unpins it."""
+
+    @_abc_1.abstractmethod
+    def Evict(
+        self,
+        request: _cachepool_pb2.EvictRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cachepool_pb2.EvictResponse, _abc.Awaitable[_cachepool_pb2.EvictResponse]]:
+        """Drops a module from one tier, or from every tier (TIER_UNSPECIFIED). Pinned modules are dropped too."""
 
     @_abc_1.abstractmethod
     def Stats(

@@ -164,6 +164,36 @@ MODULE_STATE_RETIRED: ModuleState.ValueType  # 8
 """Withdrawn for good (terminal); never served again."""
 Global___ModuleState: _TypeAlias = ModuleState  # noqa: Y015
 
+class _Tier:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tier.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIER_UNSPECIFIED: _Tier.ValueType  # 0
+    TIER_ENGINE: _Tier.ValueType  # 1
+    """Inside the inference engine (GPU memory / vLLM paged KV / the torch engine's KV memory)."""
+    TIER_HOST_RAM: _Tier.ValueType  # 2
+    """Host RAM (a verified copy of the module's rows)."""
+    TIER_LOCAL_DISK: _Tier.ValueType  # 3
+    """Local disk (a verified copy of the module file in the pool's cache directory)."""
+    TIER_ORIGIN: _Tier.ValueType  # 4
+    """The module's storage_uri (its origin: file:// today, an object store later)."""
+
+class Tier(_Tier, metaclass=_TierEnumTypeWrapper):
+    """Residency tiers of the cache pool, fastest first."""
+
+TIER_UNSPECIFIED: Tier.ValueType  # 0
+TIER_ENGINE: Tier.ValueType  # 1
+"""Inside the inference engine (GPU memory / vLLM paged KV / the torch engine's KV memory)."""
+TIER_HOST_RAM: Tier.ValueType  # 2
+"""Host RAM (a verified copy of the module's rows)."""
+TIER_LOCAL_DISK: Tier.ValueType  # 3
+"""Local disk (a verified copy of the module file in the pool's cache directory)."""
+TIER_ORIGIN: Tier.ValueType  # 4
+"""The module's storage_uri (its origin: file:// today, an object store later)."""
+Global___Tier: _TypeAlias = Tier  # noqa: Y015
+
 class _AnswerPath:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -555,6 +585,12 @@ class GenerateSummary(_message.Message):
     MODULE_IDS_FIELD_NUMBER: _builtins.int
     EVIDENCE_IDS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    MODULES_FIELD_NUMBER: _builtins.int
+    QUEUE_MS_FIELD_NUMBER: _builtins.int
+    RESTORE_MS_FIELD_NUMBER: _builtins.int
+    PREFILL_MS_FIELD_NUMBER: _builtins.int
+    DECODE_MS_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     ttft_ms: _builtins.float
     """Time from the request's arrival at the answering service to the first token, milliseconds."""
     total_ms: _builtins.float
@@ -567,6 +603,16 @@ class GenerateSummary(_message.Message):
     """Prompt tokens restored from cache instead of prefilled (module chain or prefix cache)."""
     path: Global___AnswerPath.ValueType
     finish_reason: Global___FinishReason.ValueType
+    queue_ms: _builtins.float
+    """Time spent waiting for an engine slot (queue) and putting the chain's rows in place (restore,
+    overlapped with the prefill when read from disk), milliseconds.
+    """
+    restore_ms: _builtins.float
+    prefill_ms: _builtins.float
+    """The query suffix's forward pass up to the first logits, and first token to last, milliseconds."""
+    decode_ms: _builtins.float
+    trace_id: _builtins.str
+    """The request's trace (OpenTelemetry, 32 hex digits); "" when tracing is off."""
     @_builtins.property
     def module_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Module chain that answered, root first; empty on the fallback path."""
@@ -574,6 +620,12 @@ class GenerateSummary(_message.Message):
     @_builtins.property
     def evidence_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Evidence chunk ids in prompt order; empty on the module path."""
+
+    @_builtins.property
+    def modules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServedModule]:
+        """Module path: each module of the chain, root first, with its registry version and the tier it was
+        restored from for this request (TIER_ENGINE when it was already resident in the engine).
+        """
 
     def __init__(
         self,
@@ -587,14 +639,49 @@ class GenerateSummary(_message.Message):
         module_ids: _abc.Iterable[_builtins.str] | None = ...,
         evidence_ids: _abc.Iterable[_builtins.str] | None = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
+        modules: _abc.Iterable[Global___ServedModule] | None = ...,
+        queue_ms: _builtins.float = ...,
+        restore_ms: _builtins.float = ...,
+        prefill_ms: _builtins.float = ...,
+        decode_ms: _builtins.float = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "evidence_ids", b"evidence_ids", "finish_reason", b"finish_reason", "module_ids", b"module_ids", "path", b"path", "prefill_tokens", b"prefill_tokens", "tokens", b"tokens", "total_ms", b"total_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "decode_ms", b"decode_ms", "evidence_ids", b"evidence_ids", "finish_reason", b"finish_reason", "module_ids", b"module_ids", "modules", b"modules", "path", b"path", "prefill_ms", b"prefill_ms", "prefill_tokens", b"prefill_tokens", "queue_ms", b"queue_ms", "restore_ms", b"restore_ms", "tokens", b"tokens", "total_ms", b"total_ms", "trace_id", b"trace_id", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateSummary: _TypeAlias = GenerateSummary  # noqa: Y015
+
+@_typing.final
+class ServedModule(_message.Message):
+    """One module of an answered chain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    module_id: _builtins.str
+    version: _builtins.int
+    """Its version on its route (registry)."""
+    tier: Global___Tier.ValueType
+    """Where its rows came from for this request."""
+    def __init__(
+        self,
+        *,
+        module_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        tier: Global___Tier.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_id", b"module_id", "tier", b"tier", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServedModule: _TypeAlias = ServedModule  # noqa: Y015
 
 @_typing.final
 class RouteDecision(_message.Message):

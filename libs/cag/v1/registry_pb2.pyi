@@ -34,6 +34,8 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     AUDIT_ACTION_PUBLISH: _AuditAction.ValueType  # 1
     AUDIT_ACTION_ROLLBACK: _AuditAction.ValueType  # 2
     AUDIT_ACTION_INVALIDATE: _AuditAction.ValueType  # 3
+    AUDIT_ACTION_QUARANTINE: _AuditAction.ValueType  # 4
+    AUDIT_ACTION_PUT_ROUTE_RULES: _AuditAction.ValueType  # 5
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper): ...
 
@@ -41,6 +43,8 @@ AUDIT_ACTION_UNSPECIFIED: AuditAction.ValueType  # 0
 AUDIT_ACTION_PUBLISH: AuditAction.ValueType  # 1
 AUDIT_ACTION_ROLLBACK: AuditAction.ValueType  # 2
 AUDIT_ACTION_INVALIDATE: AuditAction.ValueType  # 3
+AUDIT_ACTION_QUARANTINE: AuditAction.ValueType  # 4
+AUDIT_ACTION_PUT_ROUTE_RULES: AuditAction.ValueType  # 5
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 @_typing.final
@@ -714,3 +718,243 @@ class AuditEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class QuarantineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    module_id: _builtins.str
+    reason: _builtins.str
+    """What failed (for example "tensor checksum mismatch in the local disk tier"); at most 1,024 characters."""
+    def __init__(
+        self,
+        *,
+        module_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_id", b"module_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantineRequest: _TypeAlias = QuarantineRequest  # noqa: Y015
+
+@_typing.final
+class QuarantineResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def module(self) -> _common_pb2.Module: ...
+    def __init__(
+        self,
+        *,
+        module: _common_pb2.Module | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["module", b"module"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module", b"module"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantineResponse: _TypeAlias = QuarantineResponse  # noqa: Y015
+
+@_typing.final
+class RouteRule(_message.Message):
+    """A deterministic rule: the first rule of a tenant's set whose conditions all hold picks its route.
+    A rule has metadata conditions, keywords, or both.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    KEYWORDS_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    """Unique within the set; [a-z0-9][a-z0-9._-]*, at most 64 characters."""
+    route: _builtins.str
+    """The route it picks (a route of the tenant, or of a public module)."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Request metadata that must all be present with these values (keys "intent", "product_area",
+        "workflow_state"; values compared case-insensitively). A rule with metadata decides with basis
+        METADATA.
+        """
+
+    @_builtins.property
+    def keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Words or phrases of which at least one must occur in the query (case-insensitive, on word
+        boundaries). A rule with keywords only decides with basis RULE.
+        """
+
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        route: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        keywords: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keywords", b"keywords", "metadata", b"metadata", "route", b"route", "rule_id", b"rule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteRule: _TypeAlias = RouteRule  # noqa: Y015
+
+@_typing.final
+class RouteInfo(_message.Message):
+    """What a route is about and how much it matters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    route: _builtins.str
+    description: _builtins.str
+    """A sentence or two describing the questions the route answers: the classifier compares the query's
+    embedding to it. "" = the classifier never picks the route.
+    """
+    priority: _builtins.int
+    """Weight of the route's modules in the cache pool's eviction (1 to 100; 0 = 1)."""
+    def __init__(
+        self,
+        *,
+        route: _builtins.str = ...,
+        description: _builtins.str = ...,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "priority", b"priority", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteInfo: _TypeAlias = RouteInfo  # noqa: Y015
+
+@_typing.final
+class RouteRuleSet(_message.Message):
+    """A tenant's routing configuration at one version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    version: _builtins.int
+    """1, 2, ... per tenant; 0 = the tenant has no rules."""
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteRule]:
+        """In order: the first rule that matches wins."""
+
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteInfo]: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset for version 0."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        rules: _abc.Iterable[Global___RouteRule] | None = ...,
+        routes: _abc.Iterable[Global___RouteInfo] | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["routes", b"routes", "rules", b"rules", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteRuleSet: _TypeAlias = RouteRuleSet  # noqa: Y015
+
+@_typing.final
+class PutRouteRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    expected_version: _builtins.int
+    """The version this replaces (optimistic concurrency); 0 = whatever is current."""
+    reason: _builtins.str
+    """Why (audit trail; at most 1,024 characters)."""
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteRule]:
+        """At most 1,000 rules and 1,000 routes; rule ids unique; every rule names a route listed in `routes`."""
+
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteInfo]: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        rules: _abc.Iterable[Global___RouteRule] | None = ...,
+        routes: _abc.Iterable[Global___RouteInfo] | None = ...,
+        expected_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "reason", b"reason", "routes", b"routes", "rules", b"rules", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutRouteRulesRequest: _TypeAlias = PutRouteRulesRequest  # noqa: Y015
+
+@_typing.final
+class GetRouteRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    version: _builtins.int
+    """0 = the newest."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRouteRulesRequest: _TypeAlias = GetRouteRulesRequest  # noqa: Y015

@@ -80,6 +80,21 @@ class RegistryServiceStub:
                 request_serializer=cag_dot_v1_dot_registry__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=cag_dot_v1_dot_registry__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.Quarantine = channel.unary_unary(
+                '/cag.v1.RegistryService/Quarantine',
+                request_serializer=cag_dot_v1_dot_registry__pb2.QuarantineRequest.SerializeToString,
+                response_deserializer=cag_dot_v1_dot_registry__pb2.QuarantineResponse.FromString,
+                _registered_method=True)
+        self.PutRouteRules = channel.unary_unary(
+                '/cag.v1.RegistryService/PutRouteRules',
+                request_serializer=cag_dot_v1_dot_registry__pb2.PutRouteRulesRequest.SerializeToString,
+                response_deserializer=cag_dot_v1_dot_registry__pb2.RouteRuleSet.FromString,
+                _registered_method=True)
+        self.GetRouteRules = channel.unary_unary(
+                '/cag.v1.RegistryService/GetRouteRules',
+                request_serializer=cag_dot_v1_dot_registry__pb2.GetRouteRulesRequest.SerializeToString,
+                response_deserializer=cag_dot_v1_dot_registry__pb2.RouteRuleSet.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -162,6 +177,32 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Quarantine(self, request, context):
+        """Marks a module QUARANTINED (never served again) because a copy of it failed verification where it
+        is served: the cache pool calls it. Emits cag.module.invalidated with the reason; descendants are
+        not touched (their own rows are intact, and they stop being servable as their chain is resolved).
+        Needs the quarantine scope on the module's tenant. Idempotent for a QUARANTINED module.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutRouteRules(self, request, context):
+        """Replaces a tenant's route rules and route descriptions with a new version (1, 2, ...). The router
+        applies the newest version on the cag.routes.updated event. ABORTED when expected_version is set and
+        is not the current version. Needs write on the tenant. Recorded in the audit trail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRouteRules(self, request, context):
+        """A tenant's route rules: the newest version, or `version`. A tenant without rules has version 0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +250,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=cag_dot_v1_dot_registry__pb2.ListAuditRequest.FromString,
                     response_serializer=cag_dot_v1_dot_registry__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'Quarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.Quarantine,
+                    request_deserializer=cag_dot_v1_dot_registry__pb2.QuarantineRequest.FromString,
+                    response_serializer=cag_dot_v1_dot_registry__pb2.QuarantineResponse.SerializeToString,
+            ),
+            'PutRouteRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRouteRules,
+                    request_deserializer=cag_dot_v1_dot_registry__pb2.PutRouteRulesRequest.FromString,
+                    response_serializer=cag_dot_v1_dot_registry__pb2.RouteRuleSet.SerializeToString,
+            ),
+            'GetRouteRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRouteRules,
+                    request_deserializer=cag_dot_v1_dot_registry__pb2.GetRouteRulesRequest.FromString,
+                    response_serializer=cag_dot_v1_dot_registry__pb2.RouteRuleSet.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,6 +510,87 @@ class RegistryService:
             '/cag.v1.RegistryService/ListAudit',
             cag_dot_v1_dot_registry__pb2.ListAuditRequest.SerializeToString,
             cag_dot_v1_dot_registry__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Quarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cag.v1.RegistryService/Quarantine',
+            cag_dot_v1_dot_registry__pb2.QuarantineRequest.SerializeToString,
+            cag_dot_v1_dot_registry__pb2.QuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRouteRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cag.v1.RegistryService/PutRouteRules',
+            cag_dot_v1_dot_registry__pb2.PutRouteRulesRequest.SerializeToString,
+            cag_dot_v1_dot_registry__pb2.RouteRuleSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRouteRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cag.v1.RegistryService/GetRouteRules',
+            cag_dot_v1_dot_registry__pb2.GetRouteRulesRequest.SerializeToString,
+            cag_dot_v1_dot_registry__pb2.RouteRuleSet.FromString,
             options,
             channel_credentials,
             insecure,

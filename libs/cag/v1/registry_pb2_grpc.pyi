@@ -74,6 +74,19 @@ class RegistryServiceStub:
     tenant's entries, and those of invalidations that reach every tenant) the caller must be able to read
     every tenant.
     """
+    Quarantine: _grpc.UnaryUnaryMultiCallable[_registry_pb2.QuarantineRequest, _registry_pb2.QuarantineResponse]
+    """Marks a module QUARANTINED (never served again) because a copy of it failed verification where it
+    is served: the cache pool calls it. Emits cag.module.invalidated with the reason; descendants are
+    not touched (their own rows are intact, and they stop being servable as their chain is resolved).
+    Needs the quarantine scope on the module's tenant. Idempotent for a QUARANTINED module.
+    """
+    PutRouteRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PutRouteRulesRequest, _registry_pb2.RouteRuleSet]
+    """Replaces a tenant's route rules and route descriptions with a new version (1, 2, ...). The router
+    applies the newest version on the cag.routes.updated event. ABORTED when expected_version is set and
+    is not the current version. Needs write on the tenant. Recorded in the audit trail.
+    """
+    GetRouteRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRouteRulesRequest, _registry_pb2.RouteRuleSet]
+    """A tenant's route rules: the newest version, or `version`. A tenant without rules has version 0."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -117,6 +130,19 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     tenant's entries, and those of invalidations that reach every tenant) the caller must be able to read
     every tenant.
     """
+    Quarantine: _aio.UnaryUnaryMultiCallable[_registry_pb2.QuarantineRequest, _registry_pb2.QuarantineResponse]  # type: ignore[assignment]
+    """Marks a module QUARANTINED (never served again) because a copy of it failed verification where it
+    is served: the cache pool calls it. Emits cag.module.invalidated with the reason; descendants are
+    not touched (their own rows are intact, and they stop being servable as their chain is resolved).
+    Needs the quarantine scope on the module's tenant. Idempotent for a QUARANTINED module.
+    """
+    PutRouteRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.PutRouteRulesRequest, _registry_pb2.RouteRuleSet]  # type: ignore[assignment]
+    """Replaces a tenant's route rules and route descriptions with a new version (1, 2, ...). The router
+    applies the newest version on the cag.routes.updated event. ABORTED when expected_version is set and
+    is not the current version. Needs write on the tenant. Recorded in the audit trail.
+    """
+    GetRouteRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRouteRulesRequest, _registry_pb2.RouteRuleSet]  # type: ignore[assignment]
+    """A tenant's route rules: the newest version, or `version`. A tenant without rules has version 0."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -211,5 +237,36 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         tenant's entries, and those of invalidations that reach every tenant) the caller must be able to read
         every tenant.
         """
+
+    @_abc_1.abstractmethod
+    def Quarantine(
+        self,
+        request: _registry_pb2.QuarantineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.QuarantineResponse, _abc.Awaitable[_registry_pb2.QuarantineResponse]]:
+        """Marks a module QUARANTINED (never served again) because a copy of it failed verification where it
+        is served: the cache pool calls it. Emits cag.module.invalidated with the reason; descendants are
+        not touched (their own rows are intact, and they stop being servable as their chain is resolved).
+        Needs the quarantine scope on the module's tenant. Idempotent for a QUARANTINED module.
+        """
+
+    @_abc_1.abstractmethod
+    def PutRouteRules(
+        self,
+        request: _registry_pb2.PutRouteRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RouteRuleSet, _abc.Awaitable[_registry_pb2.RouteRuleSet]]:
+        """Replaces a tenant's route rules and route descriptions with a new version (1, 2, ...). The router
+        applies the newest version on the cag.routes.updated event. ABORTED when expected_version is set and
+        is not the current version. Needs write on the tenant. Recorded in the audit trail.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRouteRules(
+        self,
+        request: _registry_pb2.GetRouteRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RouteRuleSet, _abc.Awaitable[_registry_pb2.RouteRuleSet]]:
+        """A tenant's route rules: the newest version, or `version`. A tenant without rules has version 0."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

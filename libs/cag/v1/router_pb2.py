@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cag.v1 import common_pb2 as cag_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x61g/v1/router.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\"\xda\x01\n\x0fGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x37\n\x08metadata\x18\x04 \x03(\x0b\x32%.cag.v1.GenerateRequest.MetadataEntry\x12(\n\x08sampling\x18\x05 \x01(\x0b\x32\x16.cag.v1.SamplingParams\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x8b\x01\n\rRouterService\x12?\n\x08Generate\x12\x17.cag.v1.GenerateRequest\x1a\x18.cag.v1.GenerateResponse0\x01\x12\x39\n\x07\x45xplain\x12\x17.cag.v1.GenerateRequest\x1a\x15.cag.v1.RouteDecisionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x61g/v1/router.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\"\xd8\x01\n\x0fGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x37\n\x08metadata\x18\x04 \x03(\x0b\x32%.cag.v1.GenerateRequest.MetadataEntry\x12(\n\x08sampling\x18\x05 \x01(\x0b\x32\x16.cag.v1.SamplingParams\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x02\x10\x03R\tprincipal2\x8b\x01\n\rRouterService\x12?\n\x08Generate\x12\x17.cag.v1.GenerateRequest\x1a\x18.cag.v1.GenerateResponse0\x01\x12\x39\n\x07\x45xplain\x12\x17.cag.v1.GenerateRequest\x1a\x15.cag.v1.RouteDecisionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEREQUEST']._serialized_start=53
-  _globals['_GENERATEREQUEST']._serialized_end=271
-  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_start=224
-  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_end=271
-  _globals['_ROUTERSERVICE']._serialized_start=274
-  _globals['_ROUTERSERVICE']._serialized_end=413
+  _globals['_GENERATEREQUEST']._serialized_end=269
+  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_start=205
+  _globals['_GENERATEREQUEST_METADATAENTRY']._serialized_end=252
+  _globals['_ROUTERSERVICE']._serialized_start=272
+  _globals['_ROUTERSERVICE']._serialized_end=411
 # @@protoc_insertion_point(module_scope)

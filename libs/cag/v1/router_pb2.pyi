@@ -24,6 +24,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GenerateRequest(_message.Message):
+    """Who asks comes from the bearer token (tenant, workspace, user, scopes), never from a request field:
+    a field the client fills in could name anyone. UNAUTHENTICATED without a valid token.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -47,21 +51,20 @@ class GenerateRequest(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
-    PRINCIPAL_FIELD_NUMBER: _builtins.int
     QUERY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
-    principal: _builtins.str
-    """The authenticated caller (user id); its workspaces come from the identity provider. Modules of
-    USER / WORKSPACE scope are only served to matching principals.
+    """The tenant to answer for: "" = the token's tenant (when it names exactly one). PERMISSION_DENIED
+    when the token may not read it.
     """
     query: _builtins.str
-    """The user's question, plain text."""
+    """The user's question, plain text (at most the layout's query budget; special-token text refused)."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Explicit routing hints, checked first: "intent", "product_area", "workflow_state".
-        Unknown keys are ignored (and audited).
+        """Explicit routing hints, checked first: "route" names the route outright; "intent", "product_area",
+        "workflow_state" are matched by the tenant's metadata rules. Other keys are refused
+        (INVALID_ARGUMENT), so a misspelt hint is not silently ignored.
         """
 
     @_builtins.property
@@ -70,14 +73,13 @@ class GenerateRequest(_message.Message):
         self,
         *,
         tenant_id: _builtins.str = ...,
-        principal: _builtins.str = ...,
         query: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         sampling: _common_pb2.SamplingParams | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "principal", b"principal", "query", b"query", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "query", b"query", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

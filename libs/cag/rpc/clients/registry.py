@@ -1,6 +1,4 @@
-"""gRPC clients of the platform's services, in one place: a blocking one (the command line, scripts) and an
-asyncio one (services calling services) per service. Each presents its bearer token on every call.
-"""
+"""The registry's clients: blocking (the command line, scripts) and asyncio (services calling the registry)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The router service: authenticates, checks ACLs, decides the route (metadata, rules, classifier, fallback), streams the answer from the cache pool."""

@@ -1,0 +1,1 @@
+"""The router's pure core: route decisions, ACL checks and the route snapshot; no transport, no torch."""
