@@ -105,9 +105,12 @@ class RegistryServer:
 
 
 @asynccontextmanager
-async def serve_registry(core: RegistryCore, *, reflection: bool = True) -> AsyncIterator[RegistryServer]:
-    address = f"127.0.0.1:{free_port()}"
-    key = secrets.token_bytes(32)
+async def serve_registry(
+    core: RegistryCore, *, reflection: bool = True, address: str | None = None, key: bytes | None = None
+) -> AsyncIterator[RegistryServer]:
+    """A registry server on `address` (default: a free loopback port) verifying tokens signed with `key`."""
+    address = address or f"127.0.0.1:{free_port()}"
+    key = key or secrets.token_bytes(32)
     servicer = RegistryServicer(core, poll_interval=0.02)
     server = await build_server(
         [(registry_pb2_grpc.add_RegistryServiceServicer_to_server, servicer)],
