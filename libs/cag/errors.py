@@ -166,6 +166,31 @@ class ModuleNotServableError(CagError):
         super().__init__(message)
 
 
+class UnavailableError(CagError):
+    """A service the request needs cannot answer now (not started, not caught up, down): try again later."""
+
+    status = Status.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+class FallbackUnavailableError(UnavailableError):
+    """No module serves the question (no route matched, or its module is not servable) and there is no
+    fallback retrieval to answer it instead."""
+
+    reason = "FALLBACK_UNAVAILABLE"
+
+
+class OverloadedError(CagError):
+    """Too many requests are waiting: try again after `retry_after_s` (sent as a google.rpc.RetryInfo)."""
+
+    status = Status.RESOURCE_EXHAUSTED
+    reason = "OVERLOADED"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class UnauthenticatedError(CagError):
     """The caller presented no credentials, or credentials that do not verify."""
 

@@ -18,7 +18,7 @@ import torch
 from google.rpc import error_details_pb2
 
 import cag
-from cag.errors import CagError, KVTensorMismatchError, ModuleMismatchError, Status
+from cag.errors import CagError, KVTensorMismatchError, ModuleMismatchError, OverloadedError, Status
 from cag.kvmodule import ModuleFile, write_module
 from cag.kvmodule.metadata import torch_dtype
 from cag.rpc.errors import ERROR_DOMAIN, INTERNAL_REASON, error_metadata, status_of
@@ -88,6 +88,9 @@ PUBLISHED_REASONS = {
     "ConcurrentPublishError": "CONCURRENT_PUBLISH",
     "ContextWindowExceededError": "CONTEXT_WINDOW_EXCEEDED",
     "EventBusUnavailableError": "EVENT_BUS_UNAVAILABLE",
+    "FallbackUnavailableError": "FALLBACK_UNAVAILABLE",
+    "OverloadedError": "OVERLOADED",
+    "UnavailableError": "UNAVAILABLE",
     "GoldenTestsFailedError": "GOLDEN_TESTS_FAILED",
     "IllegalTransitionError": "ILLEGAL_TRANSITION",
     "InfraError": "INFRA_UNAVAILABLE",
@@ -140,6 +143,14 @@ def test_status_details_name_the_domain_and_facts() -> None:
     assert status.details[0].Unpack(info)
     assert (info.reason, info.domain) == ("MODULE_MISMATCH", ERROR_DOMAIN)
     assert dict(info.metadata) == {"field": "dtype", "expected": "bf16", "actual": "fp32", "module": "m-1"}
+
+
+def test_an_overloaded_error_tells_the_client_when_to_retry() -> None:
+    status = status_of(OverloadedError("12 requests waiting", retry_after_s=0.25))
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    retry = error_details_pb2.RetryInfo()
+    assert [d.Unpack(retry) for d in status.details] == [False, True]
+    assert retry.retry_delay.ToNanoseconds() == 250_000_000
 
 
 @pytest.mark.parametrize(

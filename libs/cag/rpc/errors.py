@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import grpc
+from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # .pyi, no py.typed
 from grpc_status import rpc_status
@@ -75,6 +76,11 @@ def status_of(error: CagError) -> status_pb2.Status:
     if error.status is Status.INVALID_ARGUMENT and "field" in metadata:
         violation = error_details_pb2.BadRequest.FieldViolation(field=metadata["field"], description=message)
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    retry_after_s = getattr(error, "retry_after_s", None)
+    if isinstance(retry_after_s, float | int) and retry_after_s > 0:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after_s * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status
 
 
@@ -100,6 +106,22 @@ def decode_error_details(trailing_metadata: Iterable[Any] | None) -> ErrorDetail
                 if detail.Unpack(info):
                     metadata = dict(info.metadata)
                     return ErrorDetails(info.reason, metadata.get("field", ""), metadata, info.domain)
+    return None
+
+
+def retry_delay_s(error: grpc.RpcError) -> float | None:
+    """The retry delay (google.rpc.RetryInfo) a failed call suggests, in seconds; None when it gives none."""
+    trailing = getattr(error, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            try:
+                status = status_pb2.Status.FromString(value)
+            except DecodeError:
+                return None
+            for detail in status.details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return float(info.retry_delay.ToNanoseconds()) / 1e9
     return None
 
 
