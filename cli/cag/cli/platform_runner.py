@@ -1,0 +1,282 @@
+"""The platform as processes on one machine: infra, then registry, cache pool and router, each its own process.
+
+`honcho` (a Procfile runner) supervises the three services: it starts them, prefixes and multiplexes their
+output, and when one of them exits or it is told to stop, it stops the others (SIGTERM to each process
+group, SIGKILL after a grace period). `up` runs that supervisor detached and returns once every service
+answers its gRPC health check; `down` stops the supervisor, makes sure nothing it started is left, and
+stops the infra.
+
+Layout under `<run dir>/platform/` (the plan holds the services' credentials, so it is 0600 like the
+infra's state)::
+
+    plan.json        addresses and environment of each service, the supervisor's pid
+    platform.log     the services' output, prefixed by their names
+    cachepool-cache/ the cache pool's local disk tier
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cag.errors import UnavailableError
+from cag.infra.ports import LOOPBACK, is_port_free
+from cag.infra.processes import children_of, pid_alive, terminate, wait_until
+from cag.infra.secret_files import PRIVATE_DIR_MODE, write_secret
+from cag.infra.stack import InfraStack, InfraState
+
+PLATFORM_DIR = "platform"
+PLAN_FILE = "plan.json"
+LOG_FILE = "platform.log"
+# Preferred ports (the ones the services default to); a busy one is replaced by a free one.
+DEFAULT_PORTS = {"registry": 50051, "cachepool": 50052, "router": 50053}
+HEALTH_NAMES = {
+    "registry": "cag.v1.RegistryService",
+    "cachepool": "cag.v1.CachePoolService",
+    "router": "cag.v1.RouterService",
+}
+# The cache pool loads the model and replays the registry before it reports SERVING.
+UP_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServicePlan:
+    name: str
+    address: str
+    env: dict[str, str] = field(repr=False)  # credentials inside: never printed
+
+    @property
+    def command(self) -> str:
+        return f"{sys.executable} -m cag.{self.name}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlatformPlan:
+    services: list[ServicePlan]
+    supervisor_pid: int | None = None
+
+    def address_of(self, name: str) -> str:
+        return next(s.address for s in self.services if s.name == name)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> PlatformPlan:
+        raw = json.loads(text)
+        return cls(services=[ServicePlan(**s) for s in raw["services"]], supervisor_pid=raw.get("supervisor_pid"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStatus:
+    name: str
+    address: str
+    serving: bool
+    detail: str
+
+
+class Platform:
+    """The services of one run directory (`cag infra up`'s), with the models of `home`."""
+
+    def __init__(self, run_dir: Path, home: Path, *, model: str, base_env: dict[str, str]) -> None:
+        self.run_dir = run_dir.absolute()
+        self.home = home
+        self.model = model
+        self.base_env = base_env  # what the services inherit (PATH, CAG_NUM_THREADS, ...), minus CAG_ settings
+        self.infra = InfraStack(self.run_dir)
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / PLATFORM_DIR
+
+    @property
+    def plan_file(self) -> Path:
+        return self.dir / PLAN_FILE
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / LOG_FILE
+
+    def load_plan(self) -> PlatformPlan | None:
+        try:
+            return PlatformPlan.from_json(self.plan_file.read_text())
+        except FileNotFoundError:
+            return None
+
+    def is_up(self) -> bool:
+        plan = self.load_plan()
+        return plan is not None and plan.supervisor_pid is not None and pid_alive(plan.supervisor_pid)
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, *, timeout_s: float = UP_TIMEOUT_S) -> PlatformPlan:
+        """Start infra and the detached supervisor; return once every service is SERVING."""
+        if self.is_up():
+            plan = self.load_plan()
+            assert plan is not None
+            self.wait_serving(plan, timeout_s)
+            return plan
+        plan = self.plan(self.infra.up(fast=True))
+        self.dir.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        write_secret(self.plan_file, plan.to_json())
+        with self.log_file.open("ab") as log:
+            # A session of its own: the terminal's Ctrl-C does not reach it, `down` stops it.
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "cag.cli.platform_runner", str(self.run_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.base_env,
+            )
+        plan = PlatformPlan(services=plan.services, supervisor_pid=supervisor.pid)
+        write_secret(self.plan_file, plan.to_json())
+        try:
+            self.wait_serving(plan, timeout_s, supervisor=supervisor)
+        except BaseException:
+            self.down(keep_infra=True)
+            raise
+        return plan
+
+    def plan(self, infra: InfraState) -> PlatformPlan:
+        addresses = {name: f"{LOOPBACK}:{_port(preferred)}" for name, preferred in DEFAULT_PORTS.items()}
+        key = infra.auth_key_file
+        shared = {**self.base_env, "CAG_HOME": str(self.home), "CAG_AUTH_KEY_FILE": key}
+        registry = {
+            "CAG_REGISTRY_ADDRESS": addresses["registry"],
+            "CAG_REGISTRY_DATABASE_URL": infra.database_url,
+            "CAG_REGISTRY_NATS_URL": infra.nats_url_for("registry"),
+        }
+        cachepool = {
+            "CAG_CACHEPOOL_ADDRESS": addresses["cachepool"],
+            "CAG_CACHEPOOL_REGISTRY_ADDRESS": addresses["registry"],
+            "CAG_CACHEPOOL_NATS_URL": infra.nats_url_for("cachepool"),
+            "CAG_CACHEPOOL_MODEL": self.model,
+            "CAG_CACHEPOOL_CACHE_DIR": str(self.dir / "cachepool-cache"),
+        }
+        router = {
+            "CAG_ROUTER_ADDRESS": addresses["router"],
+            "CAG_ROUTER_REGISTRY_ADDRESS": addresses["registry"],
+            "CAG_ROUTER_CACHEPOOL_ADDRESS": addresses["cachepool"],
+            "CAG_ROUTER_NATS_URL": infra.nats_url_for("router"),
+        }
+        own = {"registry": registry, "cachepool": cachepool, "router": router}
+        return PlatformPlan(
+            services=[
+                ServicePlan(name=name, address=addresses[name], env={**shared, **own[name]}) for name in DEFAULT_PORTS
+            ]
+        )
+
+    def wait_serving(
+        self, plan: PlatformPlan, timeout_s: float, *, supervisor: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        """Every service SERVING within `timeout_s`; UnavailableError (with the log's tail) otherwise."""
+        deadline = time.monotonic() + timeout_s
+        for service in plan.services:
+            while not _serving(service.name, service.address):
+                if supervisor is not None and supervisor.poll() is not None:
+                    raise UnavailableError(f"the platform stopped while starting; its log:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise UnavailableError(
+                        f"{service.name} did not become healthy at {service.address} within {timeout_s:.0f} s; "
+                        f"its log:\n{self.log_tail()}"
+                    )
+                time.sleep(0.2)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    # ------------------------------------------------------------------ down / status
+
+    def down(self, *, keep_infra: bool = False) -> bool:
+        """Stop the services (and, unless `keep_infra`, the infra); True when something was recorded."""
+        plan = self.load_plan()
+        if plan is not None and plan.supervisor_pid is not None:
+            _stop_tree(plan.supervisor_pid)
+        with contextlib.suppress(FileNotFoundError):
+            self.plan_file.unlink()
+        had_infra = False if keep_infra else self.infra.down()
+        return plan is not None or had_infra
+
+    def status(self) -> list[ServiceStatus]:
+        plan = self.load_plan()
+        if plan is None:
+            return []
+        alive = plan.supervisor_pid is not None and pid_alive(plan.supervisor_pid)
+        return [
+            ServiceStatus(
+                name=s.name,
+                address=s.address,
+                serving=alive and _serving(s.name, s.address),
+                detail="" if alive else "supervisor not running",
+            )
+            for s in plan.services
+        ]
+
+
+def supervise(run_dir: Path) -> int:
+    """The supervisor's body: run every planned service under honcho until one exits or SIGTERM arrives."""
+    from honcho.manager import Manager  # type: ignore[import-untyped]
+    from honcho.printer import Printer  # type: ignore[import-untyped]
+
+    plan = PlatformPlan.from_json((run_dir / PLATFORM_DIR / PLAN_FILE).read_text())
+    manager = Manager(Printer(sys.stdout, colour=False))
+    for service in plan.services:
+        manager.add_process(service.name, service.command, env=service.env)
+    manager.loop()
+    return int(manager.returncode or 0)
+
+
+def _port(preferred: int) -> int:
+    from cag.infra.ports import free_port
+
+    return preferred if is_port_free(preferred) else free_port()
+
+
+def _serving(name: str, address: str) -> bool:
+    """The service answers its health check with SERVING (health checks need no credentials)."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=HEALTH_NAMES[name]), timeout=2.0)
+    except grpc.RpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _stop_tree(pid: int) -> None:
+    """SIGTERM the supervisor (it stops its services), then SIGKILL anything of its tree still running."""
+    tree = _descendants(pid)
+    terminate(pid, STOP_TIMEOUT_S)
+    for child in tree:
+        if pid_alive(child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+    wait_until(lambda: not any(pid_alive(c) for c in tree), STOP_TIMEOUT_S)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        children = children_of(frontier.pop())
+        found += children
+        frontier += children
+    return found
+
+
+if __name__ == "__main__":
+    raise SystemExit(supervise(Path(sys.argv[1])))
