@@ -4,6 +4,8 @@ A caller holds scopes (what kind of operation) and tenants (on whose data). Read
 modules needs `read` on that tenant; registering, publishing, rolling back and tenant-scoped
 invalidations need `write`; operations that reach every tenant (a model, tokenizer or layout
 revision, reading every tenant at once) need `admin`. Public modules are readable by everyone.
+An end user's caller also names its workspace and user inside its one tenant: what workspace- and
+user-scoped modules are checked against.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cag.errors import PermissionDeniedError
+from cag.errors import InvalidFieldError, PermissionDeniedError
+from cag.identifiers import check_name
 
 ALL_TENANTS = "*"
 
@@ -27,6 +30,26 @@ class Caller:
     subject: str  # the service or person, e.g. "service:router", "user:ops-alice"
     scopes: frozenset[Scope]
     tenants: frozenset[str]  # tenant ids, or {ALL_TENANTS}
+    # An end user's identity inside its one tenant (`sole_tenant`); None for services and operators.
+    workspace: str | None = None
+    user: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuses a malformed workspace or user, and either one without exactly one named tenant: "workspace
+        w" means nothing across tenants (InvalidFieldError)."""
+        for field, value in (("workspace", self.workspace), ("user", self.user)):
+            if value is None:
+                continue
+            check_name(field, value)
+            if self.sole_tenant is None:
+                raise InvalidFieldError(field, "needs exactly one tenant (not several, nor every one)")
+
+    @property
+    def sole_tenant(self) -> str | None:
+        """The one tenant this caller acts on, or None when it names several or every one."""
+        if len(self.tenants) != 1 or ALL_TENANTS in self.tenants:
+            return None
+        return next(iter(self.tenants))
 
     @property
     def is_admin(self) -> bool:

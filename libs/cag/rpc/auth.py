@@ -20,15 +20,15 @@ import grpc
 
 from cag.auth.caller import Caller
 from cag.auth.credentials import AUTHORIZATION, bearer_metadata
-from cag.auth.tokens import check_key, verify_token
+from cag.auth.tokens import KeySet, check_key, verify_token
 from cag.errors import UnauthenticatedError
 from cag.rpc.errors import HANDLER_FACTORIES, abort_with
 
 # Verifies a bearer token and names its caller, or raises UnauthenticatedError.
 TokenVerifier = Callable[[str], Caller]
-# What `build_server(auth=...)` takes: a signing key, a verifier, or one caller that every call runs
-# as without credentials (tests of other things only).
-Auth = bytes | TokenVerifier | Caller
+# What `build_server(auth=...)` takes: a signing key, a key set (the signing key and/or an outside issuer's
+# JWKS), a verifier, or one caller that every call runs as without credentials (tests of other things only).
+Auth = bytes | KeySet | TokenVerifier | Caller
 # Names the caller of a call from its metadata, or raises UnauthenticatedError.
 Authenticate = Callable[[Sequence[tuple[str, str | bytes]] | None], Caller]
 
@@ -73,7 +73,7 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     if not values:
         raise UnauthenticatedError(
             "no credentials: send 'authorization: Bearer <token>' metadata (CAG_TOKEN for `cag` commands; "
-            "ops issue tokens with `cag auth token`)"
+            "ops issue tokens with `cag auth token` for services, `cag token issue` for end users)"
         )
     if len(values) > 1:
         raise UnauthenticatedError("several authorization entries in the call metadata; send exactly one")
@@ -83,9 +83,10 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     return token.strip()
 
 
-def key_verifier(key: bytes) -> TokenVerifier:
-    """Verifies HS256 tokens signed with `key` (cag.auth.tokens.verify_token)."""
-    return partial(verify_token, check_key(key))
+def key_verifier(keys: bytes | KeySet) -> TokenVerifier:
+    """Verifies tokens signed with `keys`: the platform's signing key (HS256), or a KeySet that may add an
+    outside issuer's JWKS (RS256, ES256) (cag.auth.tokens.verify_token)."""
+    return partial(verify_token, keys if isinstance(keys, KeySet) else check_key(keys))
 
 
 class AuthInterceptor(_ServerInterceptor):
@@ -100,7 +101,7 @@ class AuthInterceptor(_ServerInterceptor):
 
     @classmethod
     def for_auth(cls, auth: Auth) -> AuthInterceptor:
-        if isinstance(auth, bytes):
+        if isinstance(auth, bytes | KeySet):
             return cls(key_verifier(auth))
         if isinstance(auth, Caller):
             return cls(lambda _token: auth, anonymous=auth)

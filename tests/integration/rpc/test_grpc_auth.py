@@ -7,22 +7,32 @@ subject, so these tests need neither the registry's implementation nor a databas
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from jwt.algorithms import ECAlgorithm
 from typing_extensions import override
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.caller import SYSTEM
 from cag.auth.credentials import bearer_metadata, local_subject
-from cag.auth.tokens import issue_token
+from cag.auth.jwks import parse_jwks
+from cag.auth.tokens import KeySet, issue_token, issue_user_token
 from cag.cli.registry_client import registry_client
 from cag.infra.ports import free_port
 from cag.rpc.auth import Auth, authenticated_channel, current_caller
@@ -34,6 +44,7 @@ from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 SERVICE = "cag.v1.RegistryService"
 KEY = secrets.token_bytes(32)
+GET = registry_pb2.GetModuleRequest(module_id="m")
 
 
 class WhoAmI(registry_pb2_grpc.RegistryServiceServicer):
@@ -206,3 +217,30 @@ async def test_registry_client_presents_the_commands_credentials(tmp_path: Path)
             with pytest.raises(grpc.RpcError) as failure:
                 await asyncio.to_thread(anonymous.get, "m")
             assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+
+async def test_a_key_set_serves_platform_and_jwks_tokens_and_refuses_confusion() -> None:
+    """build_server(auth=KeySet(...)): the platform's HS256 user tokens and an outside issuer's ES256 ones both
+    authenticate, with the end user's workspace and user; HS256 signed over the public key does not."""
+    idp = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(idp.public_key())) | {"kid": "idp-1"}
+    keys = KeySet(platform_key=KEY, jwks=parse_jwks(json.dumps({"keys": [jwk]}), "idp.jwks"))
+    now = int(time.time())
+    claims = {"sub": "user:carol", "scopes": ["read"], "tenants": ["acme"], "user": "carol", "workspace": "ops",
+              "iat": now, "exp": now + 60, "aud": "cag", "iss": "cag"}  # fmt: skip
+    from_idp = jwt.encode(claims, idp, algorithm="ES256", headers={"kid": "idp-1"})
+    public_pem = idp.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # PyJWT refuses to HMAC with a PEM key, so the forgery is signed by hand.
+    signing_input = ".".join(
+        base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+        for part in ({"alg": "HS256", "kid": "idp-1"}, claims | {"scopes": ["admin"]})
+    )
+    signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    forged = f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    async with serve(auth=keys) as address, stub(address) as registry:
+        user_token = issue_user_token(KEY, "acme", 60, user="alice")
+        assert (await registry.Get(GET, metadata=bearer_metadata(user_token))).module_id == "user:alice"
+        assert (await registry.Get(GET, metadata=bearer_metadata(from_idp))).module_id == "user:carol"
+        assert "signature does not verify" in await unauthenticated(registry.Get(GET, metadata=bearer_metadata(forged)))
