@@ -37,6 +37,7 @@ COMMANDS = {
     "modules": "modules_cmd",
     "invalidate": "invalidate_cmd",
     "auth": "auth_cmd",
+    "token": "token_cmd",
     "platform": "platform_cmd",
 }
 
