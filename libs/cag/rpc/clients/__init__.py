@@ -2,5 +2,6 @@
 scripts) and an asyncio one (services calling services). Each presents its bearer token on every call."""
 
 from cag.rpc.clients.registry import DEFAULT_TIMEOUT_S, AsyncRegistryClient, RegistryClient
+from cag.rpc.clients.router import AsyncRouterClient, RouterClient
 
-__all__ = ["DEFAULT_TIMEOUT_S", "AsyncRegistryClient", "RegistryClient"]
+__all__ = ["DEFAULT_TIMEOUT_S", "AsyncRegistryClient", "AsyncRouterClient", "RegistryClient", "RouterClient"]
