@@ -38,6 +38,7 @@ COMMANDS = {
     "invalidate": "invalidate_cmd",
     "auth": "auth_cmd",
     "token": "token_cmd",
+    "ask": "ask_cmd",
     "platform": "platform_cmd",
 }
 
