@@ -320,3 +320,30 @@ def test_any_sequence_keeps_tiers_within_budget_and_pinned_modules_resident(
         apply(p, op, now)
         still_pinned = pinned - ({str(op[1])} if op[0] in ("drop", "unpin") else set())
         check_invariants(p, still_pinned, now)
+
+
+def test_a_module_held_by_a_running_request_is_not_evicted() -> None:
+    p = pool(engine_gib=2)
+    p.admit(spec("a", 1), ENGINE, T0)
+    p.admit(spec("b", 1), ENGINE, minutes(1))
+    p.hold("a")  # a request runs on a: b leaves although LRU order says a
+    assert evicted(p.admit(spec("c", 1), ENGINE, minutes(2))) == ["b"]
+    p.hold("c")
+    with pytest.raises(TierFullError):
+        p.admit(spec("d", 2), ENGINE, minutes(3))
+    p.release("a")
+    p.release("c")
+    assert sorted(evicted(p.admit(spec("d", 2), ENGINE, minutes(4)))) == ["a", "c"]
+
+
+def test_remove_takes_a_module_out_of_one_tier_without_counting_an_eviction() -> None:
+    p = pool()
+    p.admit(spec("a", 1), ENGINE, T0)
+    p.admit(spec("a", 1), DISK, T0)
+    p.pin("a")
+    assert p.remove("a", DISK) is True
+    assert p.remove("a", DISK) is False
+    assert p.resident_tiers("a") == (ENGINE,)
+    assert p.remove("a", ENGINE) is True
+    assert p.resident_tiers("a") == ()
+    assert all(t.evictions == 0 and t.bytes == 0 for t in p.stats(T0).tiers)

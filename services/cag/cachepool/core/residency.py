@@ -161,6 +161,8 @@ class _Entry:
     spec: ModuleSpec
     last_used_at: datetime
     pinned: bool = False
+    # Requests running on the module now: it is not evicted from under them (a drop on invalidation still is).
+    holds: int = 0
     tiers: set[Tier] = field(default_factory=set)
     hit_times: deque[datetime] = field(default_factory=deque)
 
@@ -224,6 +226,28 @@ class Residency:
             self._tiers[tier].modules.discard(module_id)
             self._tiers[tier].used -= entry.spec.bytes
         return _fastest_first(entry.tiers)
+
+    def remove(self, module_id: str, tier: Tier) -> bool:
+        """Removes a module from one tier, pinned or not (a copy that failed verification, an operator's Evict).
+        Not counted as an eviction. Returns whether the tier held it."""
+        entry, state = self._modules.get(module_id), self._tier(tier)
+        if entry is None or tier not in entry.tiers:
+            return False
+        entry.tiers.discard(tier)
+        state.modules.discard(module_id)
+        state.used -= entry.spec.bytes
+        self._forget_if_unplaced(module_id)
+        return True
+
+    def hold(self, module_id: str) -> None:
+        """A request starts using the resident module: until `release`, no admission evicts it."""
+        self._known(module_id).holds += 1
+
+    def release(self, module_id: str) -> None:
+        """The request is done with it (a module dropped meanwhile is a no-op)."""
+        entry = self._modules.get(module_id)
+        if entry is not None and entry.holds > 0:
+            entry.holds -= 1
 
     def pin(self, module_id: str) -> None:
         """Pins a resident module in every tier it is in, now and later: it is never evicted (only dropped)."""
@@ -293,19 +317,23 @@ class Residency:
         if needed <= 0:
             return []
         candidates = [self._candidate(self._modules[m], tier, now) for m in state.modules]
-        candidates = [c for c in candidates if not self._modules[c.module_id].pinned]
+        candidates = [c for c in candidates if not self._unevictable(c.module_id)]
         if sum(c.bytes for c in candidates) < needed:
             self._forget_if_unplaced(module.module_id)
-            pinned = state.used - sum(c.bytes for c in candidates)
+            pinned = state.used - sum(c.bytes for c in candidates)  # pinned or held by running requests
             raise TierFullError(
                 tier=tier, module_id=module.module_id, module_bytes=module.bytes, capacity_bytes=state.capacity,
                 pinned_bytes=pinned,
             )  # fmt: skip
         return [self._evict(module_id, tier) for module_id in self._policy.victims(candidates, needed, now)]
 
+    def _unevictable(self, module_id: str) -> bool:
+        entry = self._modules[module_id]
+        return entry.pinned or entry.holds > 0
+
     def _evict(self, module_id: str, tier: Tier) -> Eviction:
         entry, state = self._modules[module_id], self._tiers[tier]
-        assert not entry.pinned, f"the eviction policy chose pinned module {module_id}"
+        assert not self._unevictable(module_id), f"the eviction policy chose pinned or held module {module_id}"
         entry.tiers.discard(tier)
         state.modules.discard(module_id)
         state.used -= entry.spec.bytes

@@ -1,0 +1,145 @@
+"""One Generate request, from the chain's ids to the last token: resolve → render the query → load the chain
+into the data tiers → wait for an engine slot → restore and decode, streamed → the summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from cag.cachepool.core import Tier
+from cag.cachepool.core.snapshot import ModuleRecord
+from cag.cachepool.engine_stream import stream_tokens
+from cag.cachepool.pool import BAD_COPY, CachePool, ChainModule
+from cag.cachepool.prompts import PromptBook
+from cag.cachepool.scheduler import Scheduler
+from cag.engine import GenerateRequest, SamplingParams, TokenEvent
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ask:
+    module_ids: tuple[str, ...]  # root first
+    query: str
+    sampling: SamplingParams
+    tenant_id: str
+    route_priority: int  # >= 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Chunk:
+    """Tokens decoded; `text` is what they add to the answer ("" while a character is incomplete)."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    index: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServedModule:
+    module_id: str
+    version: int
+    tier: Tier  # where its rows came from for this request (ENGINE: already resident)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    modules: tuple[ServedModule, ...]
+    finish_reason: str  # "stop" | "length" (cag.engine.FinishReason)
+    tokens: int
+    prefill_tokens: int
+    cached_tokens: int
+    ttft_s: float  # from the request's arrival at the pool
+    total_s: float
+    queue_s: float
+    restore_s: float
+    prefill_s: float
+    decode_s: float
+
+
+class Answerer:
+    def __init__(self, pool: CachePool, scheduler: Scheduler, prompts: PromptBook, executor: Executor) -> None:
+        self.pool = pool
+        self.scheduler = scheduler
+        self.prompts = prompts
+        self._executor = executor
+
+    async def answer(self, ask: Ask, *, arrived: float) -> AsyncIterator[Chunk | Summary]:
+        """Chunks, then the summary. `arrived`: perf_counter reading when the request reached the pool."""
+        records = await self.pool.resolve(ask.module_ids, ask.tenant_id)
+        suffix = self.prompts.suffix_tokens(records[-1], ask.query)
+        chain = await self.pool.chain(records, ask.route_priority)
+        async with self.scheduler.slot() as queue_s:
+            self.pool.enter_engine(chain)
+            decoder = _Decoder(self.prompts, records[-1])
+            first_at, last = 0.0, None
+            try:
+                async for event in self._tokens(chain, suffix, ask.sampling):
+                    first_at, last = first_at or time.perf_counter(), event
+                    yield decoder.chunk(event)
+            finally:
+                self.pool.leave_engine(chain, last.timings.restore_s if last else None)
+        assert last is not None  # an engine stream yields at least one token
+        yield _summary(chain, last, len(suffix), queue_s=queue_s, ttft_s=first_at - arrived, arrived=arrived)
+
+    async def _tokens(
+        self, chain: list[ChainModule], suffix: list[int], sampling: SamplingParams
+    ) -> AsyncIterator[TokenEvent]:
+        """The engine's stream; when a copy fails verification as the engine restores it (before any token), once
+        more from the modules' origin files (the pool discarded the copy and quarantined the module)."""
+        for attempt in (1, 2):
+            request = GenerateRequest(chain=[m.source for m in chain], suffix=suffix, sampling=sampling)
+            events = stream_tokens(self.pool.engine, request, self._executor)
+            try:
+                first = await anext(events)
+            except BAD_COPY as e:
+                await events.aclose()
+                if attempt == 1 and await self.pool.recover(chain, e):
+                    continue
+                raise
+            try:
+                yield first
+                async for event in events:
+                    yield event
+            finally:
+                await events.aclose()
+            return
+
+
+def _summary(
+    chain: list[ChainModule], last: TokenEvent, prefill_tokens: int, *, queue_s: float, ttft_s: float, arrived: float
+) -> Summary:
+    timings = last.timings
+    served = (ServedModule(module_id=m.record.module_id, version=m.record.version, tier=m.found_in) for m in chain)
+    return Summary(
+        modules=tuple(served),
+        finish_reason=str(last.finish_reason or "length"),
+        tokens=last.index + 1,
+        prefill_tokens=prefill_tokens,
+        cached_tokens=timings.restored_tokens + timings.reused_tokens,
+        ttft_s=ttft_s,
+        total_s=time.perf_counter() - arrived,
+        queue_s=queue_s,
+        restore_s=timings.restore_s,
+        prefill_s=timings.prefill_s,
+        decode_s=timings.decode_s,
+    )
+
+
+class _Decoder:
+    """Token ids to answer text, incrementally: a chunk's text is what its token adds to the decoded answer."""
+
+    def __init__(self, prompts: PromptBook, leaf: ModuleRecord) -> None:
+        self._prompts = prompts
+        self._leaf = leaf
+        self._ids: list[int] = []
+        self._shown = ""
+
+    def chunk(self, event: TokenEvent) -> Chunk:
+        self._ids.append(event.token_id)
+        text = self._prompts.decode(self._leaf, self._ids)
+        # An incomplete UTF-8 sequence decodes to U+FFFD: hold it back until the character is whole.
+        added = "" if text.endswith("\ufffd") else text[len(self._shown) :]
+        if added:
+            self._shown = text
+        return Chunk(token_ids=(event.token_id,), text=added, index=event.index)

@@ -1,0 +1,42 @@
+"""Queries into suffix tokens: the layout named by a chain's leaf, bound to the tokenizer of the pool's model."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerBase
+
+from cag.cachepool.core.snapshot import ModuleRecord
+from cag.errors import InvalidFieldError, ModuleMismatchError
+from cag.layout import PromptLayout, layout_hash, parse_layout
+
+# A query longer than this is refused before it is tokenized (the layout's token limit is checked after).
+MAX_QUERY_CHARS = 16_384
+
+
+class PromptBook:
+    """One PromptLayout per layout hash, built on first use (a pool serves few layouts)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._tokenizer = tokenizer
+        self._layouts: dict[str, PromptLayout] = {}
+
+    def suffix_tokens(self, leaf: ModuleRecord, query: str) -> list[int]:
+        """The query rendered into the leaf's layout (QueryError for an empty query, special-token text, or one
+        longer than the layout allows)."""
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidFieldError("query", f"is {len(query):,} characters long; at most {MAX_QUERY_CHARS:,}")
+        return self.layout_of(leaf).suffix_tokens(query)
+
+    def layout_of(self, leaf: ModuleRecord) -> PromptLayout:
+        prompt = self._layouts.get(leaf.layout_hash)
+        if prompt is None:
+            layout = parse_layout(leaf.layout, origin=f"the layout of module {leaf.module_id}")
+            if layout_hash(layout) != leaf.layout_hash:
+                raise ModuleMismatchError(
+                    "layout_hash", layout_hash(layout), leaf.layout_hash, module=leaf.module_id,
+                    expected_by="its layout hashes to",
+                )  # fmt: skip
+            prompt = self._layouts[leaf.layout_hash] = PromptLayout(layout, self._tokenizer)
+        return prompt
+
+    def decode(self, leaf: ModuleRecord, token_ids: list[int]) -> str:
+        return self.layout_of(leaf).decode(token_ids)
