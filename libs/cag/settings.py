@@ -35,6 +35,8 @@ class InfraSettings(BaseModel):
     database_url: str | None = None
     nats_url: str | None = None
     auth_key_file: Path | None = None  # the key that signs service tokens (`cag infra up` writes one)
+    # Public keys (a JWKS file) of an identity provider whose RS256/ES256 tokens the services accept too.
+    auth_jwks_file: Path | None = None
 
 
 class _InfraEnvSource(EnvSettingsSource):
