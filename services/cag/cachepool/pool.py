@@ -27,6 +27,7 @@ from cag.cachepool.core.snapshot import (
     StateChange,
     check_chain,
     check_module_ids,
+    check_visible,
 )
 from cag.cachepool.tiers import DiskTier, open_checked, origin_path, ram_copy
 from cag.engine import GenerateRequest, KVShape, TokenEvent
@@ -205,14 +206,19 @@ class CachePool:
 
     # --- requests ---------------------------------------------------------------------------------------------
 
-    async def resolve(self, module_ids: Sequence[str], tenant_id: str) -> list[ModuleRecord]:
-        """The chain's records, once the request may be served: the snapshot is in, the ids are well formed, the
-        tenant may use every module, the chain is root first and complete, every module is published and built
-        for this pool's model."""
+    async def resolve(
+        self, module_ids: Sequence[str], tenant_id: str | None, *, chain: bool = True
+    ) -> list[ModuleRecord]:
+        """The modules' records, once they may be served: the snapshot is in, the ids are well formed, `tenant_id`
+        may use every module (None: an operation of the router's or an admin's, for no tenant), with `chain`
+        they form one chain root first, and every module is published and built for this pool's model."""
         self.snapshot.require_ready()
         ids = check_module_ids(module_ids)
         records = list(await asyncio.gather(*(self.record(m) for m in ids)))
-        check_chain(records, tenant_id)
+        if tenant_id is not None:
+            check_visible(records, tenant_id)
+        if chain:
+            check_chain(records)
         for record in records:
             self.snapshot.require_servable(record)
             if record.model_name != self.engine.identity.model_name:

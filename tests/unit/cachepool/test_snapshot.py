@@ -15,6 +15,7 @@ from cag.cachepool.core.snapshot import (
     StateChange,
     check_chain,
     check_module_ids,
+    check_visible,
 )
 from cag.errors import (
     ChainError,
@@ -93,19 +94,19 @@ def test_module_ids_are_validated() -> None:
 def test_the_chain_must_be_root_first_and_complete() -> None:
     root = record("root")
     child = record("child", parent=root)
-    check_chain([root, child], "acme")
+    check_chain([root, child])
     with pytest.raises(ChainError):
-        check_chain([child], "acme")  # no root
+        check_chain([child])  # no root
     with pytest.raises(ChainError):
-        check_chain([child, root], "acme")  # leaf first
+        check_chain([child, root])  # leaf first
     with pytest.raises(ChainError):
-        check_chain([root, dataclasses.replace(child, parent_chain_hash="other")], "acme")
+        check_chain([root, dataclasses.replace(child, parent_chain_hash="other")])
 
 
 def test_another_tenants_module_is_denied_without_naming_it() -> None:
     public = record("shared", tenant="public", acl_scope=AclScope.PUBLIC)
     theirs = record("their-secret", parent=public, tenant="globex")
-    check_chain([public], "acme")
+    check_visible([public], "acme")
     with pytest.raises(PermissionDeniedError) as refused:
-        check_chain([public, theirs], "acme")
+        check_visible([public, theirs], "acme")
     assert "their-secret" not in str(refused.value) and "globex" not in str(refused.value)

@@ -144,11 +144,15 @@ def check_module_ids(module_ids: Sequence[str], field: str = "module_ids") -> li
     return list(module_ids)
 
 
-def check_chain(records: Sequence[ModuleRecord], tenant_id: str) -> None:
-    """The chain is visible to `tenant_id` (PermissionDeniedError naming no module: the caller must not learn
-    which of another tenant's modules exist), root first and complete (ChainError)."""
+def check_visible(records: Sequence[ModuleRecord], tenant_id: str) -> None:
+    """Every module is public or `tenant_id`'s: PermissionDeniedError naming no module otherwise (the caller must
+    not learn which of another tenant's modules exist)."""
     if not all(r.visible_to(tenant_id) for r in records):
         raise PermissionDeniedError(f"the chain holds a module tenant {tenant_id!r} may not use")
+
+
+def check_chain(records: Sequence[ModuleRecord]) -> None:
+    """The modules form one chain, root first and complete (ChainError)."""
     if records[0].parent_id:
         raise ChainError(
             f"module {records[0].module_id} is not a root (its parent is {records[0].parent_id}): give the whole "

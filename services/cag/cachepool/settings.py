@@ -1,0 +1,100 @@
+"""Cache pool settings (env prefix CAG_CACHEPOOL_; infra from CAG_CACHEPOOL_<NAME>, else the shared CAG_<NAME>)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from cag.cachepool.core import POLICIES, PoolSettings, TierBudgets
+from cag.cachepool.core.admission import QueueLimits
+from cag.events.consumer import Redelivery
+from cag.settings import CagBaseSettings
+
+GIB = 1 << 30
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "cag"
+
+
+class CachePoolSettings(CagBaseSettings):
+    """Validated when built: without NATS or the signing key the pool does not start."""
+
+    model_config = SettingsConfigDict(env_prefix="CAG_CACHEPOOL_")
+    required_infra: ClassVar[tuple[str, ...]] = ("nats_url", "auth_key_file")
+
+    address: str = "127.0.0.1:50052"
+    registry_address: str = "127.0.0.1:50051"
+    # The model this pool's engine serves (a catalog name or a folder) and its KV dtype.
+    model: str = "tiny"
+    dtype: str = "fp32"
+    # Where converted models live: <home>/models, as the command line keeps them (CAG_HOME).
+    home: Path = Field(default_factory=_default_home, validation_alias=AliasChoices("CAG_CACHEPOOL_HOME", "CAG_HOME"))
+    engine: str = "torch"
+    # Tokens of KV memory the engine owns; 0: the model's context window.
+    kv_capacity_tokens: int = Field(default=0, ge=0)
+    # Bytes each tier may hold. Engine 0: the engine's KV memory less `request_reserve_tokens` per running request.
+    engine_budget_bytes: int = Field(default=0, ge=0)
+    host_ram_budget_bytes: int = Field(default=4 * GIB, gt=0)
+    local_disk_budget_bytes: int = Field(default=32 * GIB, gt=0)
+    request_reserve_tokens: int = Field(default=512, ge=0)
+    # The local disk tier's folder; default <home>/cachepool.
+    cache_dir: Path | None = None
+    eviction_policy: str = Field(default="cost_aware", pattern="|".join(POLICIES))
+    max_running: int = Field(default=4, ge=1)
+    max_queued: int = Field(default=32, ge=0)
+    default_max_new_tokens: int = Field(default=128, ge=1)
+    max_new_tokens_limit: int = Field(default=1024, ge=1)
+    # Only this service identity (and admins) may call the pool.
+    router_subject: str = "service:router"
+    # The pool's own identity towards the registry (a token minted from the signing key at start).
+    subject: str = "service:cachepool"
+    registry_scopes: tuple[str, ...] = ("read", "quarantine")
+    token_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    # Names this process's NATS durables: every pool process needs its own (each one drops the module).
+    instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    # Threads for file copies and verification, and for engine streams (at least max_running of them).
+    load_threads: int = Field(default=2, ge=1)
+    # Compute threads of the engine (cag.engine_runtime); None: torch's default.
+    num_threads: int | None = Field(
+        default=None, validation_alias=AliasChoices("CAG_CACHEPOOL_NUM_THREADS", "CAG_NUM_THREADS")
+    )
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
+    reflection: bool = False
+    shutdown_grace_s: float = 10.0
+    event_max_deliver: int = 6
+    event_backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+    event_ack_wait_s: float = 60.0
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def disk_dir(self) -> Path:
+        return self.cache_dir or self.home / "cachepool"
+
+    @property
+    def redelivery(self) -> Redelivery:
+        return Redelivery(
+            max_deliver=self.event_max_deliver, backoff_s=self.event_backoff_s, ack_wait_s=self.event_ack_wait_s
+        )
+
+    @property
+    def queue_limits(self) -> QueueLimits:
+        return QueueLimits(max_running=self.max_running, max_queued=self.max_queued)
+
+    def pool_settings(self, engine_kv_bytes: int, bytes_per_token: int) -> PoolSettings:
+        """The residency core's settings once the engine's KV memory (bytes) is known."""
+        engine_budget = self.engine_budget_bytes or max(
+            bytes_per_token, engine_kv_bytes - self.max_running * self.request_reserve_tokens * bytes_per_token
+        )
+        budgets = TierBudgets(
+            engine_bytes=engine_budget,
+            host_ram_bytes=self.host_ram_budget_bytes,
+            local_disk_bytes=self.local_disk_budget_bytes,
+        )
+        return PoolSettings(budgets=budgets, eviction_policy=self.eviction_policy)
