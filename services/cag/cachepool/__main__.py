@@ -30,7 +30,7 @@ def main() -> int:
         log.error("cannot start the cache pool: %s", e)
         return 2
     tune_engine_runtime(settings.num_threads, os.environ)
-    from cag.cachepool.app import serve
+    from cag.cachepool.app import serve  # only now: it loads torch, which must see the tuning
 
     try:
         asyncio.run(serve(settings))
