@@ -53,7 +53,7 @@ async def test_bad_requests_get_clear_statuses_and_the_pool_keeps_serving(
             drain(router.generate(ask(["Not An Id!"]))), grpc.StatusCode.INVALID_ARGUMENT, field="module_ids[0]"
         )
         await fails(
-            drain(router.generate(ask(["no-such-module"]))), grpc.StatusCode.NOT_FOUND, reason="REGISTRY_NOT_FOUND"
+            drain(router.generate(ask(["no-such-module"]))), grpc.StatusCode.NOT_FOUND, reason="MODULE_NOT_REGISTERED"
         )
         denied = await fails(
             drain(router.generate(ask([root_id, published.module_id], tenant="globex"))),

@@ -37,10 +37,10 @@ class ModuleNotResidentError(CagError):
 
 
 class UnknownModuleError(CagError):
-    """The registry has no record of the module (the registry's own reason for it, so clients branch alike)."""
+    """The registry has no record of the module the request names."""
 
     status = Status.NOT_FOUND
-    reason = "REGISTRY_NOT_FOUND"
+    reason = "MODULE_NOT_REGISTERED"
 
     def __init__(self, module_id: str) -> None:
         self.module = module_id
