@@ -47,9 +47,12 @@ class ChainContext:
             )
         model = resolve_model(leaf.model_name, models_dir)
         if engine is None:
-            # KV memory for this chain, one query and its answer: what a query of this context needs.
-            capacity = sum(m.token_count for m in modules) + layout.max_query_tokens + ANSWER_RESERVE
-            engine = load_engine("torch", model, leaf.dtype, kv_capacity=min(capacity, model.context_window))
+            # KV memory for the resident chain plus one request's own rows: the largest is the full-prefill
+            # baseline, which holds the chain's text, a query and its answer itself.
+            answer = layout.max_query_tokens + ANSWER_RESERVE
+            module_tokens = sum(m.token_count for m in modules)
+            capacity = module_tokens + min(module_tokens + answer, model.context_window)
+            engine = load_engine("torch", model, leaf.dtype, kv_capacity=capacity)
         for m in modules:
             engine.identity.check(m.metadata, layout_hash=leaf.layout_hash)
         tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path)

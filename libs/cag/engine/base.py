@@ -1,8 +1,9 @@
 """The Engine protocol, its request and event types, and the registry of engines (imported lazily by name).
 
 An engine owns its KV memory. A request names the module chain (KV sources), the suffix tokens and
-the sampling; the engine restores the chain where it wants it (or reuses what it already holds),
-prefills the suffix, decodes and streams tokens.
+the sampling; the engine restores the chain where it wants it (or uses what it already holds, shared
+with every other request on it), prefills the suffix, decodes and streams tokens. Many requests may
+run at once.
 """
 
 from __future__ import annotations
@@ -58,12 +59,12 @@ class RequestTimings:
     rows (and their checksum) the prefill attends over, and `restore_s` runs alongside it.
     """
 
-    restore_s: float  # putting the chain's rows in place, checksums included (0 when all were resident)
+    restore_s: float  # the restores this request waited for, checksums included (0 when all were resident)
     prefill_s: float  # the suffix's forward pass, up to the first logits
     ttft_s: float  # request start to the first token
     decode_s: float  # first token to this one
-    restored_tokens: int  # chain tokens read from their sources for this request
-    reused_tokens: int  # chain tokens the engine already held
+    restored_tokens: int  # chain tokens that were not resident when the request arrived
+    reused_tokens: int  # chain tokens the engine already held, verified
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +91,12 @@ class ModuleRows:
 
 
 class Engine(Protocol):
-    """Restores module chains into KV memory it owns and answers requests on top of them, one at a time."""
+    """Keeps module chains resident in KV memory it owns and answers any number of requests on top of them.
+
+    Resident modules are shared: every request on a module attends over its one copy of the rows and writes
+    only rows of its own. Memory is counted in tokens (`kv_capacity`): resident modules plus the rows
+    running requests reserved. The engine never evicts on its own; its owner drops modules to make room.
+    """
 
     @property
     def identity(self) -> EngineIdentity: ...
@@ -103,16 +109,22 @@ class Engine(Protocol):
 
     @property
     def kv_capacity(self) -> int:
-        """Tokens the engine's KV memory holds; a request needing more raises KVCacheFullError."""
+        """Tokens the engine's KV memory holds; a request or load that cannot fit raises KVCacheFullError."""
+        ...
+
+    @property
+    def kv_tokens_free(self) -> int:
+        """Tokens neither resident modules nor running requests hold now."""
         ...
 
     def generate(self, request: GenerateRequest) -> Iterator[TokenEvent]:
-        """Restore (or reuse) the chain, prefill the suffix, decode; yields tokens as they come.
+        """Use (or restore) the chain, prefill the suffix, decode; yields tokens as they come.
 
-        No token leaves before every restored row is verified: a source that fails its checksum
-        ends the stream with ModuleCorruptedError before the first event. Errors are raised when the
-        stream is first advanced. A new request (or `prefill_module`, `evict`) supersedes a stream
-        left open: advancing it again raises.
+        Thread-safe: streams may be open and advanced concurrently from different threads. Modules not
+        resident are restored once (requests needing one meanwhile share its restore) and stay resident.
+        No token leaves before every row it depends on is verified: a source that fails its checksum ends
+        the stream with ModuleCorruptedError before the first event, and the module does not stay. Errors
+        are raised when the stream is first advanced; closing a stream early frees its rows at once.
         """
         ...
 
@@ -124,15 +136,27 @@ class Engine(Protocol):
         chunk_size: int | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> ModuleRows:
-        """Compute the K/V of `tokens` on top of `chain` (restored or reused) and return those rows.
+        """Compute the K/V of `tokens` on top of `chain` (restored or resident) and return those rows.
 
         With `chunk_size` the tokens go through in chunks and `on_progress` hears each chunk's size.
-        The chain stays resident, so requests on top of it that follow reuse it.
+        The chain stays resident, so requests on top of it that follow use it in place.
         """
         ...
 
+    def load(self, chain: Sequence[KVSource]) -> None:
+        """Make every module of the chain resident and verified, without answering anything (a prefetch)."""
+        ...
+
+    def drop(self, module_id: str) -> bool:
+        """Forget a resident module (True when it was); requests already running on it finish normally."""
+        ...
+
+    def resident(self) -> dict[str, int]:
+        """Module id → tokens, for every module resident and verified now."""
+        ...
+
     def evict(self) -> None:
-        """Forget every resident module: the next request restores its whole chain."""
+        """Drop every resident module: the next request restores its whole chain."""
         ...
 
 

@@ -28,16 +28,16 @@ class KVShape:
 
 
 class PendingRestore:
-    """Rows of a cache still arriving in the background, layer by layer.
+    """Rows of a module still arriving in the background, layer by layer.
 
-    The forward pass waits for each layer's rows just before its attention reads them, and for
-    the whole restore (checksums included) before any logits leave it: a query overlaps the
-    restore, yet nothing computed from unverified bytes is ever returned.
+    The forward passes of every request waiting for the module wait for each layer's rows just before their
+    attention reads them, and for the whole restore (checksums included) before any logits leave them: a query
+    overlaps the restore, yet nothing computed from unverified bytes is ever returned. A failure reaches every
+    waiter.
     """
 
-    def __init__(self, layers: int, sources: int) -> None:
-        self._loaded = [0] * layers
-        self._sources = sources
+    def __init__(self, layers: int) -> None:
+        self._loaded = [False] * layers
         self._done = False
         self._error: BaseException | None = None
         self._changed = threading.Condition()
@@ -46,7 +46,7 @@ class PendingRestore:
 
     def layer_loaded(self, layer: int) -> None:
         with self._changed:
-            self._loaded[layer] += 1
+            self._loaded[layer] = True
             self._changed.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -55,30 +55,31 @@ class PendingRestore:
             self.seconds = time.perf_counter() - self._started
             self._changed.notify_all()
 
+    @property
+    def done(self) -> bool:
+        return self._done
+
     def wait_layer(self, layer: int) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: self._loaded[layer] >= self._sources or self._done)
-            self._raise_once()
+            self._changed.wait_for(lambda: self._loaded[layer] or self._done)
+            self._raise()
 
     def wait_done(self) -> None:
         with self._changed:
             self._changed.wait_for(lambda: self._done)
-            self._raise_once()
+            self._raise()
 
-    def _raise_once(self) -> None:
-        # The failure reaches the request that was waiting; the buffers stay free for the next restore.
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 class KVCache:
     """K and V for every layer in preallocated buffers, token-major.
 
-    k, v: [layers, capacity, kv_heads, head_dim]. Rows [0, length) are valid. A
-    module restored into the cache fills a contiguous row range per layer, and a
-    query appended after it never copies what is already there. Truncating back
-    to a module's length makes the cache reusable for the next query.
+    k, v: [layers, capacity, kv_heads, head_dim]. Rows [0, length) are valid. A module restored into the
+    cache fills a contiguous row range per layer, and tokens appended after it never copy what is already
+    there.
     """
 
     def __init__(self, shape: KVShape, capacity: int) -> None:
@@ -88,19 +89,6 @@ class KVCache:
         self.k = torch.empty(size, dtype=shape.dtype)
         self.v = torch.empty(size, dtype=shape.dtype)
         self.length = 0
-        self.pending: PendingRestore | None = None
-
-    def truncate(self, length: int) -> None:
-        self.settle()
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
-        self.length = length
-
-    def settle(self) -> None:
-        """Wait for a background restore to finish; raises its error (e.g. a checksum mismatch)."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.wait_done()
 
     def reserve(self, tokens: int) -> None:
         """Fail before computing anything if `tokens` more rows do not fit."""

@@ -8,7 +8,7 @@ restoring a module is a copy into those rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from cag.engine.cache import KVCache, KVShape
+from cag.engine.cache import KVCache, KVShape, PendingRestore
 from cag.errors import UnknownModelError
 
 
@@ -69,6 +69,34 @@ class LlamaConfig:
 
 def _int(config: dict[str, object], key: str) -> int:
     return int(str(config[key]))
+
+
+def _attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d)) v and the log-sum-exp of each query row's scores: [B, H, L, D] and [B, H, L].
+
+    The CPU flash attention kernel behind scaled_dot_product_attention, called directly because the public
+    function drops the log-sum-exp that merging segments needs.
+    """
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask)
+    return out, lse
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixRows:
+    """A module's K/V resident in the engine, attended over in place: k, v are [layers, tokens, kv_heads, head_dim].
+
+    `pending` is set while its rows are still being restored (each layer waits for its own rows).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pending: PendingRestore | None = None
+
+    @property
+    def tokens(self) -> int:
+        return int(self.k.shape[1])
 
 
 @dataclass(frozen=True)
@@ -153,20 +181,27 @@ class LlamaModel:
         return mask.repeat(self.config.group_size, 1)
 
     def _attention(
-        self, layer: int, x: torch.Tensor, cache: KVCache, start: int, mask: torch.Tensor | None
+        self,
+        layer: int,
+        x: torch.Tensor,
+        cache: KVCache,
+        prefix: Sequence[PrefixRows],
+        position: int,
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
         c, lw = self.config, self.layers[layer]
-        s = x.shape[0]
+        s, start = x.shape[0], cache.length
         sizes = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim]
         q, k, v = torch.split(F.linear(x, lw.wqkv), sizes, dim=-1)
-        q = self._rope(q.view(s, c.heads, c.head_dim), start)  # [S, H, D]
-        cache.k[layer, start : start + s] = self._rope(k.view(s, c.kv_heads, c.head_dim), start)
+        q = self._rope(q.view(s, c.heads, c.head_dim), position)  # [S, H, D]
+        cache.k[layer, start : start + s] = self._rope(k.view(s, c.kv_heads, c.head_dim), position)
         cache.v[layer, start : start + s] = v.view(s, c.kv_heads, c.head_dim)
         end = start + s
-        if cache.pending is not None:
-            cache.pending.wait_layer(layer)  # the restored rows this attention reads are in place
         keys = cache.k[layer, :end].transpose(0, 1)  # [KV, N, D], a strided view, no copy
         values = cache.v[layer, :end].transpose(0, 1)
+        if prefix:
+            out = self._segmented_attention(layer, q, keys, values, prefix, mask)
+            return F.linear(out, lw.wo)
         if start == 0 and s > 1:
             # A prefill from an empty cache is plain causal attention: the fused kernel needs no mask.
             full = F.scaled_dot_product_attention(
@@ -181,22 +216,68 @@ class LlamaModel:
         out = out.view(c.kv_heads, g, s, c.head_dim).permute(2, 0, 1, 3).reshape(s, c.heads * c.head_dim)
         return F.linear(out, lw.wo)
 
+    def _segmented_attention(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        prefix: Sequence[PrefixRows],
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Attention over shared module rows (read in place, never copied) followed by the request's own rows.
+
+        Each segment goes through the fused CPU attention kernel, which also returns the log-sum-exp of its
+        scores; the segments' outputs are merged by those (as flash attention merges its blocks), so the result
+        is one softmax over every row. The module rows all precede the new tokens: only the request's own
+        segment needs the causal mask. q: [S, H, D]; keys, values: the own rows, [KV, N, D].
+        """
+        c = self.config
+        s, g = q.shape[0], c.group_size
+        qg = q.view(s, c.kv_heads, g, c.head_dim).permute(1, 2, 0, 3).reshape(c.kv_heads, g * s, c.head_dim)[None]
+        outputs: list[torch.Tensor] = []
+        lses: list[torch.Tensor] = []
+        for rows in prefix:
+            if rows.pending is not None:
+                rows.pending.wait_layer(layer)
+            k, v = rows.k[layer].transpose(0, 1)[None], rows.v[layer].transpose(0, 1)[None]  # [1, KV, T, D] views
+            out, lse = _attention_with_lse(qg, k, v, None)
+            outputs.append(out)
+            lses.append(lse)
+        out, lse = _attention_with_lse(qg, keys[None], values[None], None if mask is None else mask[None, None])
+        outputs.append(out)
+        lses.append(lse)
+        total = torch.logsumexp(torch.stack(lses), dim=0)  # [1, KV, G*S]
+        merged = sum(
+            (o * torch.exp(part - total)[..., None].to(o.dtype) for o, part in zip(outputs, lses, strict=True)),
+            torch.zeros_like(outputs[0]),
+        )[0]  # [KV, G*S, D]
+        return merged.view(c.kv_heads, g, s, c.head_dim).permute(2, 0, 1, 3).reshape(s, c.heads * c.head_dim)
+
     def _mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         lw = self.layers[layer]
         gate, up = F.linear(x, lw.w_gate_up).chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, lw.w_down)
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Append `tokens` ([S] int64) to the cache; returns logits of the last position: [vocab]."""
+    def forward(self, tokens: torch.Tensor, cache: KVCache, prefix: Sequence[PrefixRows] = ()) -> torch.Tensor:
+        """Append `tokens` ([S] int64) to the cache; returns logits of the last position: [vocab].
+
+        `prefix`: module rows that precede the cache's own rows (shared, read in place): the cache's row i sits
+        at position (prefix tokens + i).
+        """
         start = cache.length
         cache.reserve(tokens.shape[0])
+        offset = sum(rows.tokens for rows in prefix)
         x = self.embed[tokens]  # [S, hidden]
-        mask = None if start == 0 else self._extension_mask(start, tokens.shape[0])
+        mask = None if start == 0 and not prefix else self._extension_mask(start, tokens.shape[0])
         for layer, lw in enumerate(self.layers):
-            x = x + self._attention(layer, self._rms_norm(x, lw.attn_norm), cache, start, mask)
+            h = self._rms_norm(x, lw.attn_norm)
+            x = x + self._attention(layer, h, cache, prefix, offset + start, mask)
             x = x + self._mlp(layer, self._rms_norm(x, lw.mlp_norm))
-        cache.settle()  # logits only from verified rows
+        for rows in prefix:  # logits only from verified rows
+            if rows.pending is not None:
+                rows.pending.wait_done()
         cache.length = start + tokens.shape[0]
         last = self._rms_norm(x[-1:], self.final_norm)
         return F.linear(last, self.lm_head)[0].float()

@@ -1,27 +1,27 @@
-"""The torch reference engine: our Llama forward pass over KV buffers the engine preallocates and owns.
+"""The torch reference engine: our Llama forward pass over KV memory the engine owns.
 
-One token-major buffer ([layers, capacity, kv_heads, head_dim] for K and for V) holds, from row 0,
-the module chain of the last request and then that request's suffix and answer. A request whose
-chain starts with the resident modules reuses their rows and restores only the rest; a restore
-from disk reads each layer's rows straight into the buffer while the suffix's forward pass runs,
-and each layer's attention waits only for that layer's rows.
+Each resident module's rows sit once in engine memory, at the positions its chain gives them; every request
+attends over them in place and writes only rows of its own (its suffix and answer), so concurrent requests on
+one module share it and a request on a resident module copies nothing. A module a request needs and the
+engine lacks is restored once (requests needing it meanwhile wait on that restore), overlapped with the
+suffix's forward pass layer by layer when read from disk, and stays resident until the caller drops it.
+Streams are independent: any number may be open and advanced from different threads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 from cag.engine.base import FinishReason, GenerateRequest, ModuleRows, ProgressCallback, RequestTimings, TokenEvent
-from cag.engine.cache import KVCache, KVShape, PendingRestore
-from cag.engine.llama import LlamaModel
+from cag.engine.cache import KVCache, KVShape
+from cag.engine.llama import LlamaModel, PrefixRows
+from cag.engine.resident import Placement, ResidentSet
 from cag.engine.sampling import SamplingParams, TokenSampler, top_logprobs
 from cag.errors import ContextWindowExceededError, InvalidFieldError, KVCacheFullError
 from cag.kvmodule.chain import EngineIdentity, KVSource, order_chain
@@ -29,30 +29,6 @@ from cag.kvmodule.metadata import DTYPES
 from cag.models import ModelFiles
 
 KV_FORMAT = "kv=token-major"
-ModuleKey = tuple[str, str, str]  # module id, chain hash, tensor checksum: the rows' content
-
-
-def module_key(source: KVSource) -> ModuleKey:
-    meta = source.metadata
-    return meta.module_id, meta.chain_hash, meta.tensor_checksum
-
-
-@dataclass(frozen=True, kw_only=True)
-class Placement:
-    """How a chain came to sit in rows [0, tokens): what was reused, what is (still) being restored."""
-
-    chain: tuple[ModuleKey, ...]
-    reused_tokens: int
-    restored_tokens: int
-    restore_s: float  # a serial restore's time; an overlapped one reports through `pending`
-    pending: PendingRestore | None
-
-    def restore_seconds(self) -> float:
-        return self.pending.seconds if self.pending is not None else self.restore_s
-
-
-class SupersededError(RuntimeError):
-    """A stream advanced after a newer request took the engine's KV memory (a caller's bug)."""
 
 
 class TorchEngine:
@@ -62,12 +38,9 @@ class TorchEngine:
         self.model = LlamaModel.load(model.path, DTYPES[dtype])
         self.eos_token_id = int(str(model.config.get("eos_token_id", -1)))
         capacity = self.context_window if kv_capacity is None else kv_capacity
-        if not 1 <= capacity <= self.context_window:
-            raise InvalidFieldError("kv_capacity", f"must be in [1, {self.context_window}], not {capacity}")
-        self._capacity = capacity
-        self._memory: KVCache | None = None  # allocated on first use
-        self._resident: tuple[ModuleKey, ...] = ()  # the verified chain in rows [0, n), root first
-        self._request = 0  # number of the request that owns the memory; older streams are superseded
+        if capacity < 1:
+            raise InvalidFieldError("kv_capacity", f"must be at least 1 token, not {capacity}")
+        self._resident = ResidentSet(self.kv_shape, capacity)
 
     @cached_property
     def identity(self) -> EngineIdentity:
@@ -103,56 +76,75 @@ class TorchEngine:
 
     @property
     def kv_capacity(self) -> int:
-        return self._capacity
+        return self._resident.capacity
+
+    @property
+    def kv_tokens_free(self) -> int:
+        """Tokens of KV memory neither resident modules nor running requests hold now."""
+        return self._resident.capacity - self._resident.used
 
     # ------------------------------------------------------------ requests
 
     def generate(self, request: GenerateRequest) -> Iterator[TokenEvent]:
         started = time.perf_counter()
-        ticket = self._begin()
         chain = self._checked_chain(request.chain, extra=len(request.suffix))
-        placement = self._place(chain, overlap=not all(m.in_memory for m in chain))
-        prefill_started = time.perf_counter()
-        logits = self._forward(request.suffix)  # waits for the restore: only verified rows give logits
-        self._resident = placement.chain
-        first_token_at = time.perf_counter()
-        timings = RequestTimings(
-            restore_s=placement.restore_seconds(),
-            prefill_s=first_token_at - prefill_started,
-            ttft_s=first_token_at - started,
-            decode_s=0.0,
-            restored_tokens=placement.restored_tokens,
-            reused_tokens=placement.reused_tokens,
-        )
-        yield from self._decode(logits, request.sampling, timings, first_token_at, ticket)
+        chain_tokens = sum(m.token_count for m in chain)
+        wanted = len(request.suffix) + request.sampling.max_new_tokens
+        own = min(wanted, self.context_window - chain_tokens)
+        placed, reserved = self._place(chain, own, minimum=len(request.suffix) + 1)
+        try:
+            restore_threads = self._start_restores(placed)
+            memory = KVCache(self.kv_shape, reserved)
+            prefix = placed.rows()
+            prefill_started = time.perf_counter()
+            logits = self._forward(request.suffix, memory, prefix)  # waits for every row: only verified ones
+            first_token_at = time.perf_counter()
+            for thread in restore_threads:
+                thread.join()
+            timings = RequestTimings(
+                restore_s=placed.restore_seconds(),
+                prefill_s=first_token_at - prefill_started,
+                ttft_s=first_token_at - started,
+                decode_s=0.0,
+                restored_tokens=placed.restored_tokens,
+                reused_tokens=placed.reused_tokens,
+            )
+            yield from self._decode(logits, request.sampling, timings, first_token_at, memory, prefix)
+        finally:
+            self._resident.release(reserved)
 
     def _decode(
-        self, logits: torch.Tensor, sampling: SamplingParams, timings: RequestTimings, since: float, ticket: int
+        self,
+        logits: torch.Tensor,
+        sampling: SamplingParams,
+        timings: RequestTimings,
+        since: float,
+        memory: KVCache,
+        prefix: list[PrefixRows],
     ) -> Iterator[TokenEvent]:
-        """Sample, stream, extend: until a stop, max_new_tokens or a full KV memory."""
+        """Sample, stream, extend: until a stop, max_new_tokens or the request's own rows are full."""
         sample = TokenSampler(sampling)
         generated: list[int] = []
         while True:
             token = sample(logits)  # logits: [vocab]
             generated.append(token)
-            finish = self._finish_reason(generated, sampling)
+            finish = self._finish_reason(generated, sampling, memory)
             now = time.perf_counter()
             yield TokenEvent(
                 token_id=token,
                 index=len(generated) - 1,
                 finish_reason=finish,
-                timings=dataclasses.replace(timings, decode_s=now - since),
+                timings=_with_decode(timings, now - since),
                 logprobs=top_logprobs(logits, sampling.logprobs),
             )
             if finish is not None:
                 return
-            self._check_current(ticket)
-            logits = self._forward([token])
+            logits = self._forward([token], memory, prefix)
 
-    def _finish_reason(self, generated: list[int], sampling: SamplingParams) -> FinishReason | None:
+    def _finish_reason(self, generated: list[int], sampling: SamplingParams, memory: KVCache) -> FinishReason | None:
         if generated[-1] == self.eos_token_id or sampling.ends_answer(generated):
             return FinishReason.STOP
-        if len(generated) >= sampling.max_new_tokens or self._cache().length >= self._capacity:
+        if len(generated) >= sampling.max_new_tokens or memory.length >= memory.capacity:
             return FinishReason.LENGTH
         return None
 
@@ -164,52 +156,46 @@ class TorchEngine:
         chunk_size: int | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> ModuleRows:
-        self._begin()
         ordered = self._checked_chain(chain, extra=len(tokens))
-        placement = self._place(ordered, overlap=False)
-        self._resident = placement.chain
-        start = self._cache().length
-        step = chunk_size or max(1, len(tokens))
-        for begin in range(0, len(tokens), step):
-            chunk = tokens[begin : begin + step]
-            self._forward(chunk)
-            if on_progress is not None:
-                on_progress(len(chunk))
-        k, v = self._cache().rows(start, start + len(tokens))  # [layers, tokens, kv_heads, head_dim] views
-        # The caller's copy: the engine's rows belong to whichever request comes next.
-        return ModuleRows(k=k.clone(), v=v.clone())
+        placed, reserved = self._place(ordered, len(tokens), minimum=len(tokens))
+        try:
+            for thread in self._start_restores(placed):
+                thread.join()
+            memory = KVCache(self.kv_shape, len(tokens))
+            prefix = placed.rows()
+            step = chunk_size or max(1, len(tokens))
+            for begin in range(0, len(tokens), step):
+                chunk = tokens[begin : begin + step]
+                self._forward(chunk, memory, prefix)
+                if on_progress is not None:
+                    on_progress(len(chunk))
+            # The rows belong to this call alone: the caller gets them without a copy.
+            return ModuleRows(k=memory.k, v=memory.v)
+        finally:
+            self._resident.release(reserved)
+
+    def load(self, chain: Sequence[KVSource]) -> None:
+        ordered = self._checked_chain(chain, extra=0)
+        placed, _ = self._place(ordered, 0, minimum=0)
+        for thread in self._start_restores(placed):
+            thread.join()
+        for module in placed.modules:  # restores other requests started: wait for their verdict too
+            if module.pending is not None:
+                module.pending.wait_done()
+
+    def drop(self, module_id: str) -> bool:
+        return self._resident.drop(module_id)
+
+    def resident(self) -> dict[str, int]:
+        return self._resident.ready()
 
     def evict(self) -> None:
-        self._begin()
-        self._resident = ()
+        self._resident.clear()
 
     # ------------------------------------------------------------ steps
 
-    def _begin(self) -> int:
-        """Take the KV memory for a new request: older streams are superseded, their restores drained."""
-        self._request += 1
-        memory = self._memory
-        if memory is not None and memory.pending is not None:
-            # A restore left running by an abandoned stream: its error (if any) was that stream's.
-            with contextlib.suppress(Exception):
-                memory.settle()
-        return self._request
-
-    def _check_current(self, ticket: int) -> None:
-        if ticket != self._request:
-            raise SupersededError("a newer request took this engine's KV memory; this stream cannot go on")
-
-    def _cache(self) -> KVCache:
-        if self._memory is None:
-            memory = KVCache(self.kv_shape, self._capacity)
-            # Touch every page now, so no request pays the page faults of fresh buffers.
-            memory.k.zero_()
-            memory.v.zero_()
-            self._memory = memory
-        return self._memory
-
     def _checked_chain(self, chain: Sequence[KVSource], *, extra: int) -> list[KVSource]:
-        """The chain root first, refused unless it was built for this engine and fits with `extra` tokens."""
+        """The chain root first, refused unless it was built for this engine and fits the context window."""
         ordered = order_chain(chain) if chain else []
         for module in ordered:
             self.identity.check(module.metadata)
@@ -218,67 +204,31 @@ class TorchEngine:
             raise ContextWindowExceededError(
                 f"{needed} tokens do not fit the context window of {self.context_window} tokens"
             )
-        if needed > self._capacity:
-            raise KVCacheFullError(f"KV cache full: {needed} tokens needed, the engine holds {self._capacity}")
         return ordered
 
-    def _place(self, chain: list[KVSource], *, overlap: bool) -> Placement:
-        """Put the chain in rows [0, n): keep the resident modules it starts with, restore the rest.
+    def _place(self, chain: list[KVSource], own: int, *, minimum: int) -> tuple[Placement, int]:
+        """The chain resident (or entering) and `own` rows reserved — fewer, down to `minimum`, when memory is
+        short (the answer then ends with LENGTH). KVCacheFullError when not even that fits."""
+        try:
+            return self._resident.place(chain, self, extra=own), own
+        except KVCacheFullError:
+            if own <= minimum:
+                raise
+        missing = sum(m.token_count for m in chain if m.metadata.module_id not in self._resident.ready())
+        fits = max(minimum, self.kv_tokens_free - missing)
+        return self._resident.place(chain, self, extra=fits), fits
 
-        With `overlap`, rows arrive in the background and the next forward pass consumes them layer
-        by layer as they land (it waits for verification before producing logits).
-        """
-        keys = tuple(module_key(m) for m in chain)
-        kept = _common_prefix(self._resident, keys)
-        reused = sum(m.token_count for m in chain[:kept])
-        cache = self._cache()
-        cache.truncate(reused)
-        self._resident = self._resident[:kept]  # the rows after them are about to be overwritten
-        rest = chain[kept:]
-        starts = [reused + sum(m.token_count for m in rest[:i]) for i in range(len(rest))]
-        cache.length = reused + sum(m.token_count for m in rest)
-        restored = cache.length - reused
-        if not rest or not overlap:
-            began = time.perf_counter()
-            _restore(rest, starts, cache)
-            return Placement(
-                chain=keys,
-                reused_tokens=reused,
-                restored_tokens=restored,
-                restore_s=time.perf_counter() - began,
-                pending=None,
-            )
-        pending = PendingRestore(self.kv_shape.layers, len(rest))
-        cache.pending = pending
-        threading.Thread(target=_fill, args=(rest, starts, cache, pending), daemon=True, name="kv-restore").start()
-        return Placement(chain=keys, reused_tokens=reused, restored_tokens=restored, restore_s=0.0, pending=pending)
+    def _start_restores(self, placed: Placement) -> list[threading.Thread]:
+        """Run this request's restores in the background: its forward pass consumes rows as they land."""
+        threads = [threading.Thread(target=job, daemon=True, name="kv-restore") for job in placed.restores]
+        for thread in threads:
+            thread.start()
+        return threads
 
-    def _forward(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Append tokens to the KV memory; logits of the last one: [vocab]."""
-        return self.model.forward(torch.tensor(list(tokens), dtype=torch.long), self._cache())
+    def _forward(self, tokens: Sequence[int], memory: KVCache, prefix: list[PrefixRows]) -> torch.Tensor:
+        """Append tokens to the request's own rows; logits of the last one: [vocab]."""
+        return self.model.forward(torch.tensor(list(tokens), dtype=torch.long), memory, prefix)
 
 
-def _common_prefix(resident: tuple[ModuleKey, ...], wanted: tuple[ModuleKey, ...]) -> int:
-    kept = 0
-    while kept < min(len(resident), len(wanted)) and resident[kept] == wanted[kept]:
-        kept += 1
-    return kept
-
-
-def _restore(chain: Sequence[KVSource], starts: list[int], cache: KVCache) -> None:
-    """Every module's rows into its row range; returns once all of them verified."""
-    for module, start in zip(chain, starts, strict=True):
-        for _ in module.read_rows(into=cache.rows_target(start, module.token_count)):
-            pass
-
-
-def _fill(chain: Sequence[KVSource], starts: list[int], cache: KVCache, pending: PendingRestore) -> None:
-    """The background half of an overlapped restore: every module's rows, layer by layer, then the verdict."""
-    try:
-        for module, start in zip(chain, starts, strict=True):
-            for rows in module.read_rows(into=cache.rows_target(start, module.token_count)):
-                pending.layer_loaded(rows.layer)
-    except BaseException as e:  # handed to the forward pass that waits on it
-        pending.finish(e)
-    else:
-        pending.finish()
+def _with_decode(timings: RequestTimings, decode_s: float) -> RequestTimings:
+    return dataclasses.replace(timings, decode_s=decode_s)

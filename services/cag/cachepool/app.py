@@ -45,7 +45,7 @@ def load_serving_engine(settings: CachePoolSettings) -> ServingEngine:
     """The engine this pool serves with."""
     model = resolve_model(settings.model, settings.models_dir)
     capacity = settings.kv_capacity_tokens or None
-    engine: ServingEngine = load_engine(settings.engine, model, settings.dtype, kv_capacity=capacity)  # type: ignore[assignment]
+    engine: ServingEngine = load_engine(settings.engine, model, settings.dtype, kv_capacity=capacity)
     return engine
 
 
