@@ -90,6 +90,13 @@ class KVCache:
         self.v = torch.empty(size, dtype=shape.dtype)
         self.length = 0
 
+    def view(self, start: int, tokens: int) -> KVCache:
+        """Rows [start, start + tokens) as an empty cache of their own, sharing this one's storage."""
+        view = KVCache.__new__(KVCache)
+        view.shape, view.capacity, view.length = self.shape, tokens, 0
+        view.k, view.v = self.k[:, start : start + tokens], self.v[:, start : start + tokens]
+        return view
+
     def reserve(self, tokens: int) -> None:
         """Fail before computing anything if `tokens` more rows do not fit."""
         if self.length + tokens > self.capacity:

@@ -81,23 +81,21 @@ class TorchEngine:
     @property
     def kv_tokens_free(self) -> int:
         """Tokens of KV memory neither resident modules nor running requests hold now."""
-        return self._resident.capacity - self._resident.used
+        return self._resident.free
 
     # ------------------------------------------------------------ requests
 
     def generate(self, request: GenerateRequest) -> Iterator[TokenEvent]:
         started = time.perf_counter()
         chain = self._checked_chain(request.chain, extra=len(request.suffix))
-        chain_tokens = sum(m.token_count for m in chain)
         wanted = len(request.suffix) + request.sampling.max_new_tokens
-        own = min(wanted, self.context_window - chain_tokens)
-        placed, reserved = self._place(chain, own, minimum=len(request.suffix) + 1)
+        own = min(wanted, self.context_window - sum(m.token_count for m in chain))
+        placed = self._place(chain, own, minimum=len(request.suffix) + 1)
         try:
             restore_threads = self._start_restores(placed)
-            memory = KVCache(self.kv_shape, reserved)
             prefix = placed.rows()
             prefill_started = time.perf_counter()
-            logits = self._forward(request.suffix, memory, prefix)  # waits for every row: only verified ones
+            logits = self._forward(request.suffix, placed.own, prefix)  # waits for every row: only verified ones
             first_token_at = time.perf_counter()
             for thread in restore_threads:
                 thread.join()
@@ -109,9 +107,9 @@ class TorchEngine:
                 restored_tokens=placed.restored_tokens,
                 reused_tokens=placed.reused_tokens,
             )
-            yield from self._decode(logits, request.sampling, timings, first_token_at, memory, prefix)
+            yield from self._decode(logits, request.sampling, timings, first_token_at, placed.own, prefix)
         finally:
-            self._resident.release(reserved)
+            self._resident.release(placed)
 
     def _decode(
         self,
@@ -157,31 +155,33 @@ class TorchEngine:
         on_progress: ProgressCallback | None = None,
     ) -> ModuleRows:
         ordered = self._checked_chain(chain, extra=len(tokens))
-        placed, reserved = self._place(ordered, len(tokens), minimum=len(tokens))
+        placed = self._place(ordered, len(tokens), minimum=len(tokens))
         try:
             for thread in self._start_restores(placed):
                 thread.join()
-            memory = KVCache(self.kv_shape, len(tokens))
             prefix = placed.rows()
             step = chunk_size or max(1, len(tokens))
             for begin in range(0, len(tokens), step):
                 chunk = tokens[begin : begin + step]
-                self._forward(chunk, memory, prefix)
+                self._forward(chunk, placed.own, prefix)
                 if on_progress is not None:
                     on_progress(len(chunk))
-            # The rows belong to this call alone: the caller gets them without a copy.
-            return ModuleRows(k=memory.k, v=memory.v)
+            # The caller's copy: these rows return to the engine's memory when this call ends.
+            return ModuleRows(k=placed.own.k.clone(), v=placed.own.v.clone())
         finally:
-            self._resident.release(reserved)
+            self._resident.release(placed)
 
     def load(self, chain: Sequence[KVSource]) -> None:
         ordered = self._checked_chain(chain, extra=0)
-        placed, _ = self._place(ordered, 0, minimum=0)
-        for thread in self._start_restores(placed):
-            thread.join()
-        for module in placed.modules:  # restores other requests started: wait for their verdict too
-            if module.pending is not None:
-                module.pending.wait_done()
+        placed = self._place(ordered, 0, minimum=0)
+        try:
+            for thread in self._start_restores(placed):
+                thread.join()
+            for module in placed.modules:  # restores other requests started: wait for their verdict too
+                if module.pending is not None:
+                    module.pending.wait_done()
+        finally:
+            self._resident.release(placed)
 
     def drop(self, module_id: str) -> bool:
         return self._resident.drop(module_id)
@@ -206,17 +206,18 @@ class TorchEngine:
             )
         return ordered
 
-    def _place(self, chain: list[KVSource], own: int, *, minimum: int) -> tuple[Placement, int]:
-        """The chain resident (or entering) and `own` rows reserved — fewer, down to `minimum`, when memory is
-        short (the answer then ends with LENGTH). KVCacheFullError when not even that fits."""
+    def _place(self, chain: list[KVSource], own: int, *, minimum: int) -> Placement:
+        """The chain resident (or entering) and `own` rows for the request — fewer, down to `minimum`, when
+        memory is short (the answer then ends with LENGTH). KVCacheFullError when not even that fits."""
         try:
-            return self._resident.place(chain, self, extra=own), own
+            return self._resident.place(chain, own=own)
         except KVCacheFullError:
             if own <= minimum:
                 raise
+        # First fit puts the missing modules, then the request's rows, in the longest free run of an idle engine.
         missing = sum(m.token_count for m in chain if m.metadata.module_id not in self._resident.ready())
-        fits = max(minimum, self.kv_tokens_free - missing)
-        return self._resident.place(chain, self, extra=fits), fits
+        fits = self._resident.largest_free - missing
+        return self._resident.place(chain, own=max(minimum, min(own, fits)))
 
     def _start_restores(self, placed: Placement) -> list[threading.Thread]:
         """Run this request's restores in the background: its forward pass consumes rows as they land."""
