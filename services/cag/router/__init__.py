@@ -1,1 +1,2 @@
-"""The router service: authenticates, checks ACLs, decides the route (metadata, rules, classifier, fallback), streams the answer from the cache pool."""
+"""The router service: authenticates, checks ACLs, decides the route (metadata, rules, classifier, fallback)
+and streams the answer from the cache pool."""
