@@ -47,6 +47,9 @@ HEALTH_NAMES = {
 }
 # The cache pool loads the model and replays the registry before it reports SERVING.
 UP_TIMEOUT_S = 300.0
+# The cache pool's engine memory: room for a few modules of several thousand tokens and the running requests'
+# own rows (SmolLM2 fp32 takes 46 KiB per token: about 1.1 GiB).
+ENGINE_KV_TOKENS = 24576
 STOP_TIMEOUT_S = 30.0
 
 
@@ -89,11 +92,22 @@ class ServiceStatus:
 class Platform:
     """The services of one run directory (`cag infra up`'s), with the models of `home`."""
 
-    def __init__(self, run_dir: Path, home: Path, *, model: str, base_env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        home: Path,
+        *,
+        model: str,
+        base_env: dict[str, str],
+        service_env: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """base_env: what every service inherits (PATH, CAG_NUM_THREADS, ...); service_env: settings of one
+        service that override the plan's (a benchmark's queue limits, say)."""
         self.run_dir = run_dir.absolute()
         self.home = home
         self.model = model
-        self.base_env = base_env  # what the services inherit (PATH, CAG_NUM_THREADS, ...), minus CAG_ settings
+        self.base_env = base_env
+        self.service_env = service_env or {}
         self.infra = InfraStack(self.run_dir)
 
     @property
@@ -164,6 +178,7 @@ class Platform:
             "CAG_CACHEPOOL_NATS_URL": infra.nats_url_for("cachepool"),
             "CAG_CACHEPOOL_MODEL": self.model,
             "CAG_CACHEPOOL_CACHE_DIR": str(self.dir / "cachepool-cache"),
+            "CAG_CACHEPOOL_KV_CAPACITY_TOKENS": str(ENGINE_KV_TOKENS),
         }
         router = {
             "CAG_ROUTER_ADDRESS": addresses["router"],
@@ -174,7 +189,10 @@ class Platform:
         own = {"registry": registry, "cachepool": cachepool, "router": router}
         return PlatformPlan(
             services=[
-                ServicePlan(name=name, address=addresses[name], env={**shared, **own[name]}) for name in DEFAULT_PORTS
+                ServicePlan(
+                    name=name, address=addresses[name], env={**shared, **own[name], **self.service_env.get(name, {})}
+                )
+                for name in DEFAULT_PORTS
             ]
         )
 
