@@ -8,8 +8,15 @@ import sys
 
 import pytest
 
-# The router and the fallback service join this list when they exist.
-TORCH_FREE_ENTRY_POINTS = ["cag.registry.app", "cag.registry.servicer", "cag.registry.handlers", "cag.cli.main"]
+# The router loads torch only when its classifier is enabled; the fallback service joins this list when it exists.
+TORCH_FREE_ENTRY_POINTS = [
+    "cag.registry.app",
+    "cag.registry.servicer",
+    "cag.registry.handlers",
+    "cag.router.app",
+    "cag.router.servicer",
+    "cag.cli.main",
+]
 
 
 @pytest.mark.parametrize("module", TORCH_FREE_ENTRY_POINTS)

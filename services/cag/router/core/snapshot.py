@@ -74,6 +74,13 @@ class RouteSnapshot:
         self._entries[key] = entry
         return True
 
+    def discard(self, tenant_id: str, route: str) -> None:
+        """Forgets a route (one that a request named and that turned out not to exist: keeping every such name
+        would let requests grow the snapshot without bound)."""
+        old = self._entries.pop((tenant_id, route), None)
+        for module_id in old.module_ids if old is not None else ():
+            self._holders.get(module_id, set()).discard((tenant_id, route))
+
     def apply(self, change: ModuleChanged) -> set[RouteKey]:
         """Applies a module change and returns the routes to fetch again: the change's own route, every route
         whose chain holds the module, and for a public module every tenant's route of its name (a tenant's

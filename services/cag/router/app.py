@@ -1,0 +1,134 @@
+"""Wiring of the router service: its service token, the registry's feed into the route snapshot, the classifier
+(only when enabled: it loads torch), the audit publisher, the cache pool client and the gRPC server, built
+through constructors from typed settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from faststream.nats import NatsBroker
+from prometheus_client import start_http_server
+
+from cag.auth import ALL_TENANTS, Scope
+from cag.auth.tokens import issue_token, load_key, load_key_set
+from cag.events.bus import make_broker, publish_event
+from cag.lifecycle import bounded
+from cag.router.audit import DecisionAudit
+from cag.router.core import Classifier, Router, RouteSnapshot
+from cag.router.routes import RegistryRoutes
+from cag.router.routing import Decider
+from cag.router.servicer import SERVICE_NAME, RouterServicer
+from cag.router.settings import RouterSettings
+from cag.rpc.auth import authenticated_channel
+from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
+from cag.rpc.server import build_server
+from cag.rpc.watch import RegistryFollower
+from cag.v1 import registry_pb2_grpc, router_pb2_grpc
+
+log = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 10.0
+
+
+def load_classifier(settings: RouterSettings) -> Classifier | None:
+    if not settings.classifier_enabled:
+        return None
+    from cag.router.classifier import MiniLMClassifier  # only now: its model loads torch
+
+    return MiniLMClassifier.load()
+
+
+@dataclass
+class RouterApp:
+    settings: RouterSettings
+    server: grpc.aio.Server | None = None
+    broker: NatsBroker | None = None
+    registry: AsyncRegistryClient | None = None
+    rules_channel: grpc.aio.Channel | None = None
+    cachepool: AsyncCachePoolClient | None = None
+    audit: DecisionAudit | None = None
+    routes: RegistryRoutes | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Returns once the gRPC server listens. It starts listening only when the route snapshot has caught
+        up with the registry's feed, so that health checks (and requests) find the router ready."""
+        s = self.settings
+        keys = load_key_set(s.auth_key_file, s.infra.auth_jwks_file)
+        token = issue_token(load_key(s.auth_key_file), s.subject, [Scope.READ], [ALL_TENANTS], s.token_ttl_s)
+        classifier = await asyncio.to_thread(load_classifier, s)
+        self.registry = AsyncRegistryClient(s.registry_address, token=token, timeout_s=s.registry_timeout_s)
+        self.rules_channel = authenticated_channel(s.registry_address, token)
+        routes = self.routes = RegistryRoutes(
+            self.registry,
+            registry_pb2_grpc.RegistryServiceStub(self.rules_channel),
+            RouteSnapshot(),
+            timeout_s=s.registry_timeout_s,
+        )
+        follower = RegistryFollower(self.registry, routes.on_change, on_caught_up=routes.on_caught_up)
+        self.tasks = [asyncio.create_task(follower.run(), name="registry-follower")]
+        self.broker = make_broker(s.nats_url)
+        await self.broker.connect()
+        broker = self.broker
+        self.audit = DecisionAudit(lambda envelope: publish_event(broker, envelope))
+        self.cachepool = AsyncCachePoolClient(s.cachepool_address, token=token)
+        decider = Decider(
+            Router(classifier, threshold=s.classifier_threshold), routes, max_query_chars=s.max_query_chars
+        )
+        self.server = await build_server(
+            [
+                (
+                    router_pb2_grpc.add_RouterServiceServicer_to_server,
+                    RouterServicer(decider, self.cachepool, self.audit),
+                )
+            ],
+            [SERVICE_NAME],
+            s.address,
+            auth=keys,
+            reflection=s.reflection,
+        )
+        await routes.caught_up.wait()
+        self.tasks.append(asyncio.create_task(routes.reconcile_every(s.reconcile_interval_s), name="reconcile"))
+        if s.metrics_port:
+            start_http_server(s.metrics_port, addr="127.0.0.1")
+        await self.server.start()
+        log.info("router serving on %s", s.address)
+
+    async def stop(self) -> None:
+        """Graceful, bounded: new RPCs are refused, in-flight ones get `shutdown_grace_s`, pending audit events
+        a last chance, then the feed, NATS and the channels stop."""
+        if self.server is not None:
+            await self.server.stop(grace=self.settings.shutdown_grace_s)
+        for task in self.tasks:
+            task.cancel()  # the follower and the reconcile loop only wait on the registry: cancelling is safe
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.audit is not None:
+            await self.audit.drain(STOP_TIMEOUT_S)
+        if self.broker is not None:
+            await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
+        for closing in (self.cachepool, self.registry):
+            if closing is not None:
+                await closing.close()
+        if self.rules_channel is not None:
+            await self.rules_channel.close(grace=None)
+
+
+async def serve(settings: RouterSettings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0)."""
+    app = RouterApp(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await app.start()
+        await stop.wait()
+        log.info("router stopping: draining in-flight calls")
+    finally:
+        await app.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("router stopped")

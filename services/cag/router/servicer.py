@@ -1,0 +1,103 @@
+"""The router's gRPC servicer: unpack the request, decide, then stream the answer from the cache pool.
+
+The caller comes from the bearer token (the auth interceptor verified it); errors become statuses in the
+shared interceptor (cag.rpc.errors)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from typing_extensions import override
+
+from cag.errors import FallbackUnavailableError, UnavailableError
+from cag.router.audit import DecisionAudit
+from cag.router.convert import decision_message
+from cag.router.core import AnswerPath, Decision
+from cag.router.metrics import DECISIONS
+from cag.router.routing import Decider, RouteRequest
+from cag.rpc.auth import current_caller
+from cag.rpc.clients import AsyncCachePoolClient
+from cag.rpc.errors import STATUS_DETAILS_KEY, error_details
+from cag.v1 import cachepool_pb2, common_pb2, router_pb2, router_pb2_grpc
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+log = logging.getLogger(__name__)
+
+# The pool refusing the router's own credentials is the router's misconfiguration, not the caller's.
+_OURS = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _request_of(request: router_pb2.GenerateRequest) -> RouteRequest:
+    return RouteRequest(tenant_id=request.tenant_id, query=request.query, metadata=dict(request.metadata))
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, decider: Decider, cachepool: AsyncCachePoolClient, audit: DecisionAudit) -> None:
+        self.decider = decider
+        self.cachepool = cachepool
+        self.audit = audit
+
+    @override
+    async def Explain(self, request: router_pb2.GenerateRequest, context: Context) -> common_pb2.RouteDecision:
+        """The decision Generate would make; not audited (nothing is served)."""
+        decision = await self.decider.decide(current_caller(), _request_of(request))
+        return decision_message(decision)
+
+    @override
+    async def Generate(
+        self, request: router_pb2.GenerateRequest, context: Context
+    ) -> AsyncIterator[common_pb2.GenerateResponse]:
+        """The decision, then the cache pool's tokens, then its summary (with the decision's path).
+
+        The fallback path (no confident route, or a chain that is not servable, including one the pool finds
+        stale after the decision was sent) sends the decision and then fails with UNAVAILABLE, reason
+        FALLBACK_UNAVAILABLE: there is no fallback service to answer yet. Other errors of the pool reach the
+        client with their own status and details."""
+        decision = await self.decider.decide(current_caller(), _request_of(request))
+        self.audit.record(decision)
+        DECISIONS.labels(path=decision.path.value, basis=decision.basis.value).inc()
+        yield common_pb2.GenerateResponse(decision=decision_message(decision))
+        if decision.path is AnswerPath.FALLBACK:
+            raise FallbackUnavailableError(f"{decision.reason}, and no fallback service is available")
+        async for response in self._answer(decision, request, context):
+            yield response
+
+    async def _answer(
+        self, decision: Decision, request: router_pb2.GenerateRequest, context: Context
+    ) -> AsyncIterator[common_pb2.GenerateResponse]:
+        ask = cachepool_pb2.CachePoolGenerateRequest(
+            module_ids=decision.module_ids,
+            query=request.query,
+            sampling=request.sampling,
+            tenant_id=decision.tenant_id,
+            route_priority=decision.priority,
+        )
+        call = self.cachepool.generate(ask, timeout_s=context.time_remaining())
+        try:
+            async for response in call:
+                if response.HasField("done"):
+                    response.done.path = common_pb2.ANSWER_PATH_MODULE
+                yield response
+        except grpc.aio.AioRpcError as e:
+            await self._pool_failed(e, context)
+        finally:
+            call.cancel()  # the client went away or the stream ended: free the pool's slot either way
+
+    async def _pool_failed(self, error: grpc.aio.AioRpcError, context: Context) -> None:
+        details = error_details(error)
+        if details is not None and details.reason == "MODULE_NOT_SERVABLE":
+            # The chain went stale between the decision and the load: fallback's turn, never the stale module.
+            state = details.metadata.get("state", "withdrawn")
+            raise FallbackUnavailableError(f"module {state}; serving fallback, and no fallback service is available")
+        if error.code() in _OURS:
+            log.error("the cache pool refused the router: %s %s", error.code().name, error.details())
+            raise UnavailableError("the cache pool cannot be used now (it refused the router)")
+        pairs: Any = error.trailing_metadata()  # grpc.aio.Metadata iterates as (key, value); the stubs differ
+        trailing = [(k, v) for k, v in pairs or () if k == STATUS_DETAILS_KEY]
+        await context.abort(error.code(), error.details() or "", trailing_metadata=tuple(trailing))
