@@ -12,6 +12,7 @@ from cag.acl import AclScope
 from cag.errors import InvalidInputError
 from cag.registry.core.audit import EVERY_TENANT, Attribution, AuditAction, AuditEntry, AuditQuery, encode_audit_token
 from cag.registry.core.records import ModuleRecord, RouteDecision
+from cag.registry.core.route_rules import RouteInfo, RouteRule, RuleSet, RuleSetVersionConflictError
 from cag.registry.core.states import IllegalTransitionError, ModuleState
 from cag.registry.core.store import (
     AlreadyRegisteredError,
@@ -313,3 +314,72 @@ async def test_registering_an_id_again_repeats_only_the_very_same_file(store: Re
         with pytest.raises(AlreadyRegisteredError):
             await store.register(refused)
     assert (await store.get("m-1")).header_sha256 == "a" * 64
+
+
+# ---------------------------------------------------------------- quarantine
+
+
+async def test_quarantine_is_a_change_with_an_event_and_an_audit_entry_once(store: RegistryStore) -> None:
+    record = ModuleRecord(
+        metadata=make_metadata("m-q", tenant_id="acme", route="billing"), source_uri="s", state=ModuleState.VALIDATING
+    )
+    await store.register(record)
+    await store.publish("m-q")
+    by = Attribution(actor="service:cachepool", reason="tensor checksum mismatch in host RAM")
+    quarantined = await store.quarantine("m-q", by.reason, by=by)
+    assert (quarantined.state, quarantined.state_reason) == (ModuleState.QUARANTINED, by.reason)
+    again = await store.quarantine("m-q", "a second copy failed too", by=by)
+    assert again.state_reason == by.reason  # nothing changed the second time
+    changes = await store.changes_since(0)
+    assert [(c.module_id, c.state) for c in changes][-1] == ("m-q", ModuleState.QUARANTINED)
+    assert sum(c.state is ModuleState.QUARANTINED for c in changes) == 1
+    assert "service:cachepool" in changes[-1].reason
+    [entry, _published] = await audit_trail(store, "acme")
+    assert (entry.action, entry.actor, entry.reason, entry.module_ids) == (
+        AuditAction.QUARANTINE, "service:cachepool", by.reason, ("m-q",)
+    )  # fmt: skip
+    assert entry.event_id == changes[-1].event_id
+
+
+# ---------------------------------------------------------------- route rules
+
+
+def _rules(route: str = "billing") -> RuleSet:
+    return RuleSet(
+        tenant_id="acme",
+        version=0,
+        rules=(
+            RouteRule(rule_id="intent", route=route, metadata={"intent": "billing"}),
+            RouteRule(rule_id="words", route=route, keywords=("refund", "money back")),
+        ),
+        routes=(RouteInfo(route=route, description="Invoices and refunds", priority=3),),
+    )
+
+
+async def test_route_rules_are_versioned_per_tenant_and_kept(store: RegistryStore) -> None:
+    assert await store.get_route_rules("acme") == RuleSet(tenant_id="acme", version=0)
+    first = await store.put_route_rules(_rules())
+    second = await store.put_route_rules(_rules("shipping"), expected_version=1)
+    assert (first.version, second.version) == (1, 2)
+    assert first.updated_at is not None
+    newest = await store.get_route_rules("acme")
+    assert (newest.version, newest.rules, newest.routes) == (2, second.rules, second.routes)
+    old = await store.get_route_rules("acme", 1)
+    assert (old.rules, old.routes) == (_rules().rules, _rules().routes)  # versions are immutable
+    assert (await store.get_route_rules("globex")).version == 0  # tenants do not share rules
+    with pytest.raises(RegistryNotFoundError):
+        await store.get_route_rules("acme", 3)
+
+
+async def test_a_stale_expected_version_changes_nothing(store: RegistryStore) -> None:
+    await store.put_route_rules(_rules())
+    with pytest.raises(RuleSetVersionConflictError):
+        await store.put_route_rules(_rules("shipping"), expected_version=0 + 2)
+    assert (await store.get_route_rules("acme")).version == 1
+    [entry] = [e for e in await audit_trail(store, "acme") if e.action is AuditAction.PUT_ROUTE_RULES]
+    assert (entry.version, entry.module_ids) == (1, ())
+
+
+async def test_route_rule_changes_stay_out_of_the_module_feed(store: RegistryStore) -> None:
+    await store.put_route_rules(_rules())
+    assert await store.changes_since(0) == []

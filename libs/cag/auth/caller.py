@@ -23,6 +23,8 @@ class Scope(StrEnum):
     READ = "read"
     WRITE = "write"
     ADMIN = "admin"
+    # Mark a module QUARANTINED (a copy failed verification where it is served): the cache pool's, without write.
+    QUARANTINE = "quarantine"
 
 
 @dataclass(frozen=True, kw_only=True)

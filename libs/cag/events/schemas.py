@@ -159,6 +159,14 @@ class RouteDecidedV1(Payload):
     reason: RuleText = ""
 
 
+class RoutesUpdatedV1(Payload):
+    """A tenant's route rules have a new version: routers fetch it (GetRouteRules) and route by it."""
+
+    subject = "cag.routes.updated"
+    tenant_id: Name
+    version: Version
+
+
 INVALIDATION_PAYLOADS: tuple[type[Payload], ...] = (
     SourceChangedV1,
     ModelRevisedV1,
@@ -172,6 +180,7 @@ _ALL_PAYLOADS: tuple[type[Payload], ...] = (
     ModuleInvalidatedV1,
     ModuleExpiredV1,
     RouteDecidedV1,
+    RoutesUpdatedV1,
 )
 PAYLOADS: dict[tuple[str, int], type[Payload]] = {(p.subject, p.schema_version): p for p in _ALL_PAYLOADS}
 

@@ -38,7 +38,7 @@ DEAD_LETTERS = "cag.dlq.>"
 
 # The events each identity emits; nobody else may publish them.
 EVENTS_PUBLISHED: Mapping[str, tuple[str, ...]] = {
-    "registry": ("cag.module.published", "cag.module.invalidated", "cag.module.expired"),
+    "registry": ("cag.module.published", "cag.module.invalidated", "cag.module.expired", "cag.routes.updated"),
     "cachepool": ("cag.module.loaded", "cag.module.evicted"),
     "compiler": ("cag.module.compiled", "cag.compile.>"),
     "router": ("cag.route.decided",),

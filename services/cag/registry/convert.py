@@ -20,6 +20,7 @@ from cag.identifiers import MAX_NAME, MAX_URI, check_module_id, check_name, chec
 from cag.metadata import DTYPE_NAMES, FORMAT_VERSION, GoldenStatus, ModuleMetadata
 from cag.registry.core.audit import MAX_AUDIT_PAGE_SIZE, AuditEntry, AuditQuery
 from cag.registry.core.records import ModuleChange, ModuleRecord
+from cag.registry.core.route_rules import RouteInfo, RouteRule, RuleSet
 from cag.registry.core.states import ModuleState
 from cag.registry.core.store import MAX_PAGE_SIZE, ListQuery
 from cag.registry.core.triggers import (
@@ -366,3 +367,29 @@ def trigger_of(request: registry_pb2.InvalidateRequest) -> Trigger:
             _require(request.module, "module", "module_id")
             return ModuleWithdrawn(module_id=request.module.module_id)
     raise InvalidFieldError("trigger", "is required: set one of source, model, tokenizer, acl, layout, module")
+
+
+def rules_of(request: registry_pb2.PutRouteRulesRequest) -> tuple[list[RouteRule], list[RouteInfo]]:
+    """The request's rules and routes (their limits are checked by the core: cag.registry.core.route_rules)."""
+    rules = [
+        RouteRule(rule_id=r.rule_id, route=r.route, metadata=dict(r.metadata), keywords=tuple(r.keywords))
+        for r in request.rules
+    ]
+    routes = [RouteInfo(route=i.route, description=i.description, priority=i.priority) for i in request.routes]
+    return rules, routes
+
+
+def rule_set_of(rule_set: RuleSet) -> registry_pb2.RouteRuleSet:
+    return registry_pb2.RouteRuleSet(
+        tenant_id=rule_set.tenant_id,
+        version=rule_set.version,
+        updated_at=timestamp_of(rule_set.updated_at),
+        rules=[
+            registry_pb2.RouteRule(rule_id=r.rule_id, route=r.route, metadata=dict(r.metadata), keywords=r.keywords)
+            for r in rule_set.rules
+        ],
+        routes=[
+            registry_pb2.RouteInfo(route=i.route, description=i.description, priority=i.priority)
+            for i in rule_set.routes
+        ],
+    )

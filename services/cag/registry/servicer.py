@@ -22,6 +22,8 @@ from cag.registry.convert import (
     list_query_of,
     module_of,
     registration_of,
+    rule_set_of,
+    rules_of,
     trigger_of,
     version_of,
 )
@@ -89,6 +91,33 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         reason = audit_text("reason", request.reason)
         record = await self.core.rollback(current_caller(), request.tenant_id, request.route, to_version, reason=reason)
         return registry_pb2.RollbackResponse(module=module_of(record))
+
+    @override
+    async def Quarantine(
+        self, request: registry_pb2.QuarantineRequest, context: Context
+    ) -> registry_pb2.QuarantineResponse:
+        reason = audit_text("reason", request.reason)
+        record = await self.core.quarantine(current_caller(), request.module_id, reason=reason)
+        return registry_pb2.QuarantineResponse(module=module_of(record))
+
+    @override
+    async def PutRouteRules(
+        self, request: registry_pb2.PutRouteRulesRequest, context: Context
+    ) -> registry_pb2.RouteRuleSet:
+        rules, routes = rules_of(request)
+        expected = version_of("expected_version", request.expected_version, minimum=0)
+        rule_set = await self.core.put_route_rules(
+            current_caller(), request.tenant_id, rules, routes,
+            expected_version=expected or None, reason=audit_text("reason", request.reason),
+        )  # fmt: skip
+        return rule_set_of(rule_set)
+
+    @override
+    async def GetRouteRules(
+        self, request: registry_pb2.GetRouteRulesRequest, context: Context
+    ) -> registry_pb2.RouteRuleSet:
+        version = version_of("version", request.version, minimum=0)
+        return rule_set_of(await self.core.get_route_rules(current_caller(), request.tenant_id, version or None))
 
     @override
     async def ListAudit(

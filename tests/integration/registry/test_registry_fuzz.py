@@ -56,7 +56,10 @@ from tests.support.grpc_fuzz import (
 )
 
 SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
-METHODS = ("Register", "Publish", "Get", "List", "ResolveRoute", "Invalidate", "Rollback", "Watch", "ListAudit")
+METHODS = (
+    "Register", "Publish", "Get", "List", "ResolveRoute", "Invalidate", "Rollback", "Watch", "ListAudit",
+    "Quarantine", "PutRouteRules", "GetRouteRules",
+)  # fmt: skip
 
 LAYOUT = json.dumps({"layout_id": "support.v1", "slots": ["system", "tools", "domain", "query"]})
 
@@ -156,6 +159,17 @@ SEEDS: dict[str, list[Any]] = {
         R.InvalidateRequest(module=R.ModuleTrigger(module_id="draft-api"), reason="fuzz: withdrawn"),
     ],
     "Rollback": [R.RollbackRequest(tenant_id="acme", route="billing", to_version=1, reason="fuzz")],
+    "Quarantine": [R.QuarantineRequest(module_id="billing-v1", reason="fuzz: checksum mismatch in host RAM")],
+    "PutRouteRules": [
+        R.PutRouteRulesRequest(
+            tenant_id="acme",
+            rules=[R.RouteRule(rule_id="r1", route="billing", metadata={"intent": "billing"}, keywords=["refund"])],
+            routes=[R.RouteInfo(route="billing", description="Invoices", priority=2)],
+            expected_version=0,
+            reason="fuzz",
+        )
+    ],
+    "GetRouteRules": [R.GetRouteRulesRequest(tenant_id="acme", version=0)],
     "Watch": [R.WatchRequest(since_sequence=0, tenant_id="acme"), R.WatchRequest(since_sequence=2)],
     "ListAudit": [
         R.ListAuditRequest(tenant_id="acme", page_size=2, page_token=encode_audit_token(3)),

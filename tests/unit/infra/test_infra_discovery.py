@@ -141,7 +141,7 @@ def test_secrets_are_0600_and_the_auth_key_is_made_once(tmp_path: Path) -> None:
 
 # The permission matrix, spelled out (not derived from the code under test).
 PUBLISHES = {
-    "registry": {"cag.module.published", "cag.module.invalidated", "cag.module.expired"},
+    "registry": {"cag.module.published", "cag.module.invalidated", "cag.module.expired", "cag.routes.updated"},
     "cachepool": {"cag.module.loaded", "cag.module.evicted"},
     "compiler": {"cag.module.compiled", "cag.compile.>"},
     "router": {"cag.route.decided"},

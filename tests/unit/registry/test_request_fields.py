@@ -29,6 +29,7 @@ from cag.registry.convert import module_of
 from cag.registry.core import RegistryCore
 from cag.registry.core.audit import AuditQuery, encode_audit_token
 from cag.registry.core.records import ModuleRecord
+from cag.registry.core.route_rules import RuleSet
 from cag.registry.core.states import ModuleState
 from cag.registry.core.store import ListQuery, RouteResolution, encode_page_token
 from cag.v1 import cachepool_pb2, common_pb2, compiler_pb2, fallback_pb2, registry_pb2, router_pb2
@@ -73,7 +74,8 @@ class Recorded:
 
 
 def is_ours(descriptor: Descriptor) -> bool:
-    return descriptor.full_name.startswith("cag.v1.")
+    """A cag.v1 message whose own fields are walked (a map's entry type is not: the map is one field)."""
+    return descriptor.full_name.startswith("cag.v1.") and not descriptor.GetOptions().map_entry
 
 
 def recorded(value: Any, field: FieldDescriptor, reads: Reads) -> Any:
@@ -145,6 +147,17 @@ SEEDS: dict[str, list[Message]] = {
     "Rollback": [R.RollbackRequest(tenant_id="acme", route="billing", to_version=1, reason="r")],
     "Watch": [R.WatchRequest(since_sequence=5, tenant_id="acme")],
     "ListAudit": [R.ListAuditRequest(tenant_id="acme", page_size=2, page_token=encode_audit_token(5))],
+    "Quarantine": [R.QuarantineRequest(module_id="billing-a", reason="tensor checksum mismatch in host RAM")],
+    "PutRouteRules": [
+        R.PutRouteRulesRequest(
+            tenant_id="acme",
+            rules=[R.RouteRule(rule_id="r1", route="billing", metadata={"intent": "billing"}, keywords=["refund"])],
+            routes=[R.RouteInfo(route="billing", description="Invoices and refunds", priority=2)],
+            expected_version=1,
+            reason="r",
+        )
+    ],
+    "GetRouteRules": [R.GetRouteRulesRequest(tenant_id="acme", version=1)],
 }
 
 
@@ -164,6 +177,8 @@ class AnythingCore:
             "invalidate": ("evt-1", [self.record]),
             "changes_since": [],
             "list_audit": ([], ""),
+            "put_route_rules": RuleSet(tenant_id="acme", version=2),
+            "get_route_rules": RuleSet(tenant_id="acme", version=1),
         }
 
         async def answer(*args: Any, **kwargs: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 
 import grpc
@@ -78,6 +78,31 @@ class RegistryClient:
         """One page of the audit trail, newest first."""
         return self._stub.ListAudit(request, timeout=self.timeout_s, metadata=self._metadata)
 
+    def invalidate(self, request: registry_pb2.InvalidateRequest) -> registry_pb2.InvalidateResponse:
+        return self._stub.Invalidate(request, timeout=self.timeout_s, metadata=self._metadata)
+
+    def quarantine(self, module_id: str, reason: str) -> common_pb2.Module:
+        request = registry_pb2.QuarantineRequest(module_id=module_id, reason=reason)
+        return self._stub.Quarantine(request, timeout=self.timeout_s, metadata=self._metadata).module
+
+    def put_route_rules(
+        self,
+        tenant_id: str,
+        rules: Iterable[registry_pb2.RouteRule],
+        routes: Iterable[registry_pb2.RouteInfo],
+        *,
+        expected_version: int = 0,
+        reason: str = "",
+    ) -> registry_pb2.RouteRuleSet:
+        request = registry_pb2.PutRouteRulesRequest(
+            tenant_id=tenant_id, rules=rules, routes=routes, expected_version=expected_version, reason=reason
+        )
+        return self._stub.PutRouteRules(request, timeout=self.timeout_s, metadata=self._metadata)
+
+    def get_route_rules(self, tenant_id: str, version: int = 0) -> registry_pb2.RouteRuleSet:
+        request = registry_pb2.GetRouteRulesRequest(tenant_id=tenant_id, version=version)
+        return self._stub.GetRouteRules(request, timeout=self.timeout_s, metadata=self._metadata)
+
 
 class AsyncRegistryClient:
     """The registry over grpc.aio, for services: the same calls as RegistryClient, awaited; Watch streams."""
@@ -113,6 +138,26 @@ class AsyncRegistryClient:
     async def resolve_route(self, tenant_id: str, route: str) -> registry_pb2.ResolveRouteResponse:
         request = registry_pb2.ResolveRouteRequest(tenant_id=tenant_id, route=route)
         return await self._stub.ResolveRoute(request, timeout=self.timeout_s)
+
+    async def list_all(self, request: registry_pb2.ListModulesRequest) -> AsyncIterator[common_pb2.Module]:
+        """Every page, following next_page_token from `request.page_token`."""
+        page = registry_pb2.ListModulesRequest()
+        page.CopyFrom(request)
+        while True:
+            response = await self._stub.List(page, timeout=self.timeout_s)
+            for module in response.modules:
+                yield module
+            if not response.next_page_token:
+                return
+            page.page_token = response.next_page_token
+
+    async def quarantine(self, module_id: str, reason: str) -> common_pb2.Module:
+        request = registry_pb2.QuarantineRequest(module_id=module_id, reason=reason)
+        return (await self._stub.Quarantine(request, timeout=self.timeout_s)).module
+
+    async def get_route_rules(self, tenant_id: str, version: int = 0) -> registry_pb2.RouteRuleSet:
+        request = registry_pb2.GetRouteRulesRequest(tenant_id=tenant_id, version=version)
+        return await self._stub.GetRouteRules(request, timeout=self.timeout_s)
 
     async def watch(self, *, since_sequence: int = 0, tenant_id: str = "") -> AsyncIterator[registry_pb2.ModuleChange]:
         """Changes after `since_sequence`, then live ones, until the caller stops iterating."""

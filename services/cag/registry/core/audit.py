@@ -1,7 +1,7 @@
 """The registry's audit trail: who changed which modules, how, why, when, under which event id.
 
-Publish, Rollback and Invalidate each append one entry in the same transaction as the change it records,
-so the trail never disagrees with the modules' states or the outbox.
+Publish, Rollback, Invalidate, Quarantine and PutRouteRules each append one entry in the same transaction as
+the change it records, so the trail never disagrees with the modules' states or the outbox.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class AuditAction(StrEnum):
     PUBLISH = "publish"
     ROLLBACK = "rollback"
     INVALIDATE = "invalidate"
+    QUARANTINE = "quarantine"
+    PUT_ROUTE_RULES = "put_route_rules"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from cag.acl import PUBLIC_TENANT
 from cag.errors import InvalidFieldError
+from cag.events.schemas import Envelope
 from cag.registry.core.audit import (
     EVERY_TENANT,
     SYSTEM_ATTRIBUTION,
@@ -18,6 +19,7 @@ from cag.registry.core.audit import (
     encode_audit_token,
 )
 from cag.registry.core.records import ModuleChange, ModuleRecord, RouteDecision
+from cag.registry.core.route_rules import RuleSet
 from cag.registry.core.states import IllegalTransitionError, ModuleState, check_transition
 from cag.registry.core.store import (
     AlreadyRegisteredError,
@@ -26,11 +28,13 @@ from cag.registry.core.store import (
     RegistryStore,
     RouteResolution,
     check_expected_version,
+    check_rules_version,
     encode_page_token,
     file_identity,
     module_event,
     registered_as,
     rollback_reason,
+    routes_event,
     trigger_reason,
     trigger_tenant,
 )
@@ -45,6 +49,8 @@ class MemoryStore(RegistryStore):
         self.outbox: list[ModuleChange] = []
         self.decisions: dict[str, RouteDecision] = {}
         self.audit: list[AuditEntry] = []
+        self.rule_sets: dict[str, list[RuleSet]] = {}
+        self.events: list[Envelope] = []  # events that announce no module change (cag.routes.updated)
         self._lock = asyncio.Lock()  # one writer at a time, as a serializable transaction would
 
     def _get(self, module_id: str) -> ModuleRecord:
@@ -158,15 +164,45 @@ class MemoryStore(RegistryStore):
             )  # fmt: skip
             return published
 
-    async def quarantine(self, module_id: str, reason: str) -> ModuleRecord:
+    async def quarantine(self, module_id: str, reason: str, *, by: Attribution = SYSTEM_ATTRIBUTION) -> ModuleRecord:
         async with self._lock:
             record = self._get(module_id)
+            if record.state is ModuleState.QUARANTINED:
+                return record
             check_transition(module_id, record.state, ModuleState.QUARANTINED)
             quarantined = dataclasses.replace(
                 record, state=ModuleState.QUARANTINED, state_reason=reason, state_changed_at=datetime.now(UTC)
             )
-            self._set(quarantined)
+            change = self._set(quarantined, reason=f"{reason} ({by.note})")
+            self._audit(
+                AuditAction.QUARANTINE, by, event_id=change.event_id, tenant_id=record.metadata.tenant_id,
+                route=record.metadata.route, version=record.version, module_ids=(module_id,),
+            )  # fmt: skip
             return quarantined
+
+    async def put_route_rules(
+        self, rule_set: RuleSet, *, expected_version: int | None = None, by: Attribution = SYSTEM_ATTRIBUTION
+    ) -> RuleSet:
+        async with self._lock:
+            versions = self.rule_sets.setdefault(rule_set.tenant_id, [])
+            check_rules_version(rule_set.tenant_id, expected_version, len(versions))
+            stored = dataclasses.replace(rule_set, version=len(versions) + 1, updated_at=datetime.now(UTC))
+            versions.append(stored)
+            event = routes_event(stored)
+            self.events.append(event)
+            self._audit(
+                AuditAction.PUT_ROUTE_RULES, by, event_id=event.event_id, tenant_id=stored.tenant_id,
+                version=stored.version, module_ids=(),
+            )  # fmt: skip
+            return stored
+
+    async def get_route_rules(self, tenant_id: str, version: int | None = None) -> RuleSet:
+        versions = self.rule_sets.get(tenant_id, [])
+        if version is None:
+            return versions[-1] if versions else RuleSet(tenant_id=tenant_id, version=0)
+        if not 1 <= version <= len(versions):
+            raise RegistryNotFoundError(f"tenant {tenant_id} has no route rules version {version}")
+        return versions[version - 1]
 
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
         module_id = self.routes.get((tenant_id, route))

@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 import uuid
+from collections.abc import Sequence
 
 from cag.acl import PUBLIC_TENANT, visible_within
 from cag.auth import Caller, Scope
@@ -30,6 +31,7 @@ from cag.identifiers import check_module_id, check_name
 from cag.metadata import GoldenStatus, ModuleMetadata
 from cag.registry.core.audit import Attribution, AuditEntry, AuditQuery
 from cag.registry.core.records import ModuleChange, ModuleRecord, RouteDecision
+from cag.registry.core.route_rules import RouteInfo, RouteRule, RuleSet, checked_rule_set
 from cag.registry.core.states import ModuleState
 from cag.registry.core.store import ConcurrentPublishError, ListQuery, RegistryStore, RouteResolution
 from cag.registry.core.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
@@ -180,6 +182,33 @@ class RegistryCore:
         caller.require(Scope.WRITE, tenant_id)
         by = Attribution(actor=caller.subject, reason=reason)
         return await self.store.rollback(tenant_id, route, to_version, by=by)
+
+    async def quarantine(self, caller: Caller, module_id: str, *, reason: str) -> ModuleRecord:
+        """A copy of the module failed verification where it is served: it is never served again."""
+        record = await self.store.get(check_module_id(module_id))
+        caller.require(Scope.QUARANTINE, record.metadata.tenant_id)
+        if not reason:
+            raise InvalidFieldError("reason", "is required: say what failed, and where")
+        return await self.store.quarantine(module_id, reason, by=Attribution(actor=caller.subject, reason=reason))
+
+    async def put_route_rules(
+        self,
+        caller: Caller,
+        tenant_id: str,
+        rules: Sequence[RouteRule],
+        routes: Sequence[RouteInfo],
+        *,
+        expected_version: int | None = None,
+        reason: str = "",
+    ) -> RuleSet:
+        rule_set = checked_rule_set(tenant_id, rules, routes)
+        caller.require(Scope.WRITE, tenant_id)
+        by = Attribution(actor=caller.subject, reason=reason)
+        return await self.store.put_route_rules(rule_set, expected_version=expected_version, by=by)
+
+    async def get_route_rules(self, caller: Caller, tenant_id: str, version: int | None = None) -> RuleSet:
+        caller.require(Scope.READ, check_name("tenant_id", tenant_id))
+        return await self.store.get_route_rules(tenant_id, version)
 
     async def list_audit(self, caller: Caller, query: AuditQuery) -> tuple[list[AuditEntry], str]:
         """The audit trail, newest first; authorized as `list_modules` is (the entries of changes that reach

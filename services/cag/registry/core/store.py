@@ -13,10 +13,18 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from cag.errors import CagError, InvalidFieldError, Status
-from cag.events.schemas import Envelope, ModuleEventV1, ModuleExpiredV1, ModuleInvalidatedV1, ModulePublishedV1
+from cag.events.schemas import (
+    Envelope,
+    ModuleEventV1,
+    ModuleExpiredV1,
+    ModuleInvalidatedV1,
+    ModulePublishedV1,
+    RoutesUpdatedV1,
+)
 from cag.identifiers import MODULE_ID
 from cag.registry.core.audit import EVERY_TENANT, SYSTEM_ATTRIBUTION, Attribution, AuditEntry, AuditQuery
 from cag.registry.core.records import ModuleChange, ModuleRecord, RouteDecision
+from cag.registry.core.route_rules import RuleSet, RuleSetVersionConflictError
 from cag.registry.core.states import ModuleState
 from cag.registry.core.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
 
@@ -109,6 +117,18 @@ def module_event(record: ModuleRecord, *, reason: str = "", trigger_event_id: st
     )
 
 
+def routes_event(rule_set: RuleSet) -> Envelope:
+    """The event telling routers that a tenant's rules changed (they fetch the version it names)."""
+    return Envelope.wrap(RoutesUpdatedV1(tenant_id=rule_set.tenant_id, version=rule_set.version))
+
+
+def check_rules_version(tenant_id: str, expected: int | None, current: int) -> None:
+    if expected is not None and expected != current:
+        raise RuleSetVersionConflictError(
+            f"the route rules of tenant {tenant_id} are at version {current}, not {expected}: read them again"
+        )
+
+
 def registered_as(record: ModuleRecord) -> tuple[ModuleState, str]:
     """The state (and state reason) a registration enters: QUARANTINED when the record asks for it (a module kept
     for inspection, never servable), else VALIDATING; registry-owned states in a request are ignored."""
@@ -175,7 +195,22 @@ class RegistryStore(ABC):
         """
 
     @abstractmethod
-    async def quarantine(self, module_id: str, reason: str) -> ModuleRecord: ...
+    async def quarantine(self, module_id: str, reason: str, *, by: Attribution = SYSTEM_ATTRIBUTION) -> ModuleRecord:
+        """→ QUARANTINED with `reason`, its event and an audit entry for `by`; nothing changes (and nothing is
+        written) for a module already QUARANTINED."""
+
+    @abstractmethod
+    async def put_route_rules(
+        self, rule_set: RuleSet, *, expected_version: int | None = None, by: Attribution = SYSTEM_ATTRIBUTION
+    ) -> RuleSet:
+        """Store `rule_set` as its tenant's next version, with a cag.routes.updated event and an audit entry in the
+        same transaction. RuleSetVersionConflictError when `expected_version` is given and is not the current one
+        (or another writer took the next version first)."""
+
+    @abstractmethod
+    async def get_route_rules(self, tenant_id: str, version: int | None = None) -> RuleSet:
+        """The newest version (or `version`); version 0 and no rules when the tenant has none. RegistryNotFoundError
+        for a version that does not exist."""
 
     @abstractmethod
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution: ...

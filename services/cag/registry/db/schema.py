@@ -101,17 +101,14 @@ class RouteRow(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
-class RouteRuleRow(Base):
-    """Versioned deterministic routing rules (the router evaluates them; the registry keeps history)."""
+class RouteRuleSetRow(Base):
+    """A tenant's route rules at one version (immutable; the newest version is in force)."""
 
-    __tablename__ = "route_rules"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    tenant_id: Mapped[str] = mapped_column(String(128))
-    route: Mapped[str] = mapped_column(String(128))
-    version: Mapped[int] = mapped_column(Integer)
-    rule: Mapped[dict[str, Any]]
+    __tablename__ = "route_rule_sets"
+    tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[dict[str, Any]]  # {"rules": [...], "routes": [...]}
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
-    __table_args__ = (UniqueConstraint("tenant_id", "route", "version", name="uq_route_rules_version"),)
 
 
 class RouteDecisionRow(Base):

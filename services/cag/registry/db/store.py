@@ -27,6 +27,7 @@ from cag.registry.core.audit import (
     encode_audit_token,
 )
 from cag.registry.core.records import ModuleChange, ModuleRecord, RouteDecision
+from cag.registry.core.route_rules import RuleSet, RuleSetVersionConflictError
 from cag.registry.core.states import ALLOWED, LIVE, IllegalTransitionError, ModuleState, check_transition
 from cag.registry.core.store import (
     AlreadyRegisteredError,
@@ -36,11 +37,13 @@ from cag.registry.core.store import (
     RegistryStore,
     RouteResolution,
     check_expected_version,
+    check_rules_version,
     encode_page_token,
     file_identity,
     module_event,
     registered_as,
     rollback_reason,
+    routes_event,
     trigger_reason,
     trigger_tenant,
 )
@@ -64,6 +67,7 @@ from cag.registry.db.schema import (
     ProcessedEventRow,
     RouteDecisionRow,
     RouteRow,
+    RouteRuleSetRow,
     SourceRow,
 )
 
@@ -276,15 +280,63 @@ class PostgresStore(RegistryStore):
             )
         )
 
-    async def quarantine(self, module_id: str, reason: str) -> ModuleRecord:
+    async def quarantine(self, module_id: str, reason: str, *, by: Attribution = SYSTEM_ATTRIBUTION) -> ModuleRecord:
         async with self.sessions.begin() as session:
             row = await self._row(session, module_id, lock=True)
+            if row.state == ModuleState.QUARANTINED:
+                return (await self._records(session, [row]))[0]
             check_transition(module_id, ModuleState(row.state), ModuleState.QUARANTINED)
             row.state, row.state_reason = ModuleState.QUARANTINED, reason
             row.state_changed_at = datetime.now(UTC)
             record = (await self._records(session, [row]))[0]
-            self._outbox(session, module_event(record), module_id)
+            envelope = module_event(record, reason=f"{reason} ({by.note})")
+            self._outbox(session, envelope, module_id)
+            self._audit(
+                session, AuditAction.QUARANTINE, by, event_id=envelope.event_id, tenant_id=row.tenant_id,
+                route=row.route, version=row.version, module_ids=[module_id],
+            )  # fmt: skip
             return record
+
+    async def put_route_rules(
+        self, rule_set: RuleSet, *, expected_version: int | None = None, by: Attribution = SYSTEM_ATTRIBUTION
+    ) -> RuleSet:
+        tenant = rule_set.tenant_id
+        try:
+            async with self.sessions.begin() as session:
+                current = await session.scalar(
+                    select(func.max(RouteRuleSetRow.version)).where(RouteRuleSetRow.tenant_id == tenant)
+                )
+                check_rules_version(tenant, expected_version, current or 0)
+                row = RouteRuleSetRow(tenant_id=tenant, version=(current or 0) + 1, body=rule_set.body())
+                session.add(row)
+                await session.flush()
+                await session.refresh(row)
+                stored = RuleSet.from_body(tenant, row.version, row.body, row.created_at)
+                envelope = routes_event(stored)
+                self._outbox(session, envelope, None)
+                self._audit(
+                    session, AuditAction.PUT_ROUTE_RULES, by, event_id=envelope.event_id, tenant_id=tenant,
+                    version=stored.version, module_ids=[],
+                )  # fmt: skip
+                return stored
+        except IntegrityError as e:  # another writer took the next version between our read and our insert
+            raise RuleSetVersionConflictError(
+                f"the route rules of tenant {tenant} changed concurrently: read them again"
+            ) from e
+
+    async def get_route_rules(self, tenant_id: str, version: int | None = None) -> RuleSet:
+        query = select(RouteRuleSetRow).where(RouteRuleSetRow.tenant_id == tenant_id)
+        if version is None:
+            query = query.order_by(RouteRuleSetRow.version.desc()).limit(1)
+        else:
+            query = query.where(RouteRuleSetRow.version == version)
+        async with self.sessions() as session:
+            row = (await session.execute(query)).scalar_one_or_none()
+        if row is None:
+            if version is None:
+                return RuleSet(tenant_id=tenant_id, version=0)
+            raise RegistryNotFoundError(f"tenant {tenant_id} has no route rules version {version}")
+        return RuleSet.from_body(tenant_id, row.version, row.body, row.created_at)
 
     async def resolve_route(self, tenant_id: str, route: str) -> RouteResolution:
         # One round trip: the chain (recursive CTE from the route's active module up to the root) with each
@@ -399,7 +451,13 @@ class PostgresStore(RegistryStore):
     async def changes_since(
         self, sequence: int, *, tenant_id: str | None = None, limit: int = 100
     ) -> list[ModuleChange]:
-        stmt = select(OutboxRow).where(OutboxRow.sequence > sequence).order_by(OutboxRow.sequence).limit(limit)
+        # Module changes only: the outbox also carries events about no module (cag.routes.updated).
+        stmt = (
+            select(OutboxRow)
+            .where(OutboxRow.sequence > sequence, OutboxRow.module_id.is_not(None))
+            .order_by(OutboxRow.sequence)
+            .limit(limit)
+        )
         if tenant_id is not None:
             # A tenant sees its own modules and the public ones.
             stmt = stmt.where(OutboxRow.envelope["data"]["tenant_id"].astext.in_([tenant_id, PUBLIC_TENANT]))
