@@ -40,6 +40,7 @@ COMMANDS = {
     "token": "token_cmd",
     "ask": "ask_cmd",
     "platform": "platform_cmd",
+    "routes": "routes_cmd",
 }
 
 

@@ -564,7 +564,9 @@ class ModuleChange(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """Registry-wide, strictly increasing, gap-free per registry database."""
+    """Registry-wide and strictly increasing (numbers of events about no module, such as cag.routes.updated, are
+    skipped): resume a Watch from the last sequence applied.
+    """
     module_id: _builtins.str
     tenant_id: _builtins.str
     route: _builtins.str
