@@ -10,7 +10,7 @@ import pytest
 from cag.cli.routes_cmd import read_rules_file
 from cag.errors import InvalidInputError
 from tests.conftest import EXAMPLES
-from tests.integration.cli.test_cli_registry import Cli, auth_key_file, cli, registry  # noqa: F401 (fixtures)
+from tests.integration.cli.conftest import Cli
 
 ACME = EXAMPLES / "routes" / "acme.yaml"
 
