@@ -16,18 +16,19 @@ from prometheus_client import start_http_server
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token, load_key, load_key_set
 from cag.events.bus import make_broker, publish_event
+from cag.events.consumer import start_broker
 from cag.lifecycle import bounded
 from cag.router.audit import DecisionAudit
 from cag.router.core import Classifier, Router, RouteSnapshot
+from cag.router.handlers import subscribe_rule_updates
 from cag.router.routes import RegistryRoutes
 from cag.router.routing import Decider
 from cag.router.servicer import SERVICE_NAME, RouterServicer
 from cag.router.settings import RouterSettings
-from cag.rpc.auth import authenticated_channel
 from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
 from cag.rpc.server import build_server
 from cag.rpc.watch import RegistryFollower
-from cag.v1 import registry_pb2_grpc, router_pb2_grpc
+from cag.v1 import router_pb2_grpc
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10.0
@@ -47,7 +48,6 @@ class RouterApp:
     server: grpc.aio.Server | None = None
     broker: NatsBroker | None = None
     registry: AsyncRegistryClient | None = None
-    rules_channel: grpc.aio.Channel | None = None
     cachepool: AsyncCachePoolClient | None = None
     audit: DecisionAudit | None = None
     routes: RegistryRoutes | None = None
@@ -61,17 +61,12 @@ class RouterApp:
         token = issue_token(load_key(s.auth_key_file), s.subject, [Scope.READ], [ALL_TENANTS], s.token_ttl_s)
         classifier = await asyncio.to_thread(load_classifier, s)
         self.registry = AsyncRegistryClient(s.registry_address, token=token, timeout_s=s.registry_timeout_s)
-        self.rules_channel = authenticated_channel(s.registry_address, token)
-        routes = self.routes = RegistryRoutes(
-            self.registry,
-            registry_pb2_grpc.RegistryServiceStub(self.rules_channel),
-            RouteSnapshot(),
-            timeout_s=s.registry_timeout_s,
-        )
+        routes = self.routes = RegistryRoutes(self.registry, RouteSnapshot(), timeout_s=s.registry_timeout_s)
         follower = RegistryFollower(self.registry, routes.on_change, on_caught_up=routes.on_caught_up)
         self.tasks = [asyncio.create_task(follower.run(), name="registry-follower")]
         self.broker = make_broker(s.nats_url)
-        await self.broker.connect()
+        subscribe_rule_updates(self.broker, routes, s.instance, s.redelivery)
+        await start_broker(self.broker)
         broker = self.broker
         self.audit = DecisionAudit(lambda envelope: publish_event(broker, envelope))
         self.cachepool = AsyncCachePoolClient(s.cachepool_address, token=token)
@@ -112,8 +107,6 @@ class RouterApp:
         for closing in (self.cachepool, self.registry):
             if closing is not None:
                 await closing.close()
-        if self.rules_channel is not None:
-            await self.rules_channel.close(grace=None)
 
 
 async def serve(settings: RouterSettings) -> None:

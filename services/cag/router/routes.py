@@ -17,7 +17,7 @@ from cag.router.convert import MalformedChainError, change_of, entry_of, rules_o
 from cag.router.core import RouteEntry, RouteKey, RouteSnapshot, RouteStatus, RuleSet, not_servable_reason
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.errors import error_details
-from cag.v1 import registry_pb2, registry_pb2_grpc
+from cag.v1 import registry_pb2
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +25,10 @@ NOT_SERVABLE_REASONS = ("MODULE_NOT_SERVABLE", "CHAIN_BROKEN")
 
 
 class RegistryRoutes:
-    """`client` resolves routes and follows the feed; `rules_stub` reads route rules (GetRouteRules)."""
+    """`client` reads route rules, resolves routes and follows the feed."""
 
-    def __init__(
-        self,
-        client: AsyncRegistryClient,
-        rules_stub: registry_pb2_grpc.RegistryServiceAsyncStub,
-        snapshot: RouteSnapshot,
-        *,
-        timeout_s: float = 5.0,
-    ) -> None:
+    def __init__(self, client: AsyncRegistryClient, snapshot: RouteSnapshot, *, timeout_s: float = 5.0) -> None:
         self.client = client
-        self.rules_stub = rules_stub
         self.snapshot = snapshot
         self.timeout_s = timeout_s
         self.caught_up = asyncio.Event()
@@ -74,8 +66,7 @@ class RegistryRoutes:
     # Fetching -------------------------------------------------------------------------------------
 
     async def refresh_rules(self, tenant_id: str) -> None:
-        request = registry_pb2.GetRouteRulesRequest(tenant_id=tenant_id)
-        rules = rules_of(await self.rules_stub.GetRouteRules(request, timeout=self.timeout_s))
+        rules = rules_of(await self.client.get_route_rules(tenant_id))
         if self.snapshot.put_rules(rules):
             log.info("tenant %s: route rules v%d", tenant_id, rules.version)
 

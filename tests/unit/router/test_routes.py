@@ -3,8 +3,6 @@ public routes, stale chains from ResolveRoute's details, and serving from the sn
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 import pytest
 from grpc_status import rpc_status
@@ -34,7 +32,7 @@ def module(module_id: str, tenant: str, version: int = 1) -> common_pb2.Module:
 
 
 class MemoryRegistry:
-    """ResolveRoute and GetRouteRules over dicts; `down` makes every call fail as an unreachable server would."""
+    """resolve_route and get_route_rules over dicts; `down` makes every call fail as an unreachable server would."""
 
     def __init__(self) -> None:
         self.chains: dict[tuple[str, str], list[common_pb2.Module] | CagError] = {}
@@ -53,11 +51,11 @@ class MemoryRegistry:
             raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION, found)
         return registry_pb2.ResolveRouteResponse(chain=found, route_version=found[-1].version)
 
-    async def GetRouteRules(self, request: registry_pb2.GetRouteRulesRequest, **_: Any) -> registry_pb2.RouteRuleSet:  # noqa: N802  # the stub's name
+    async def get_route_rules(self, tenant_id: str, version: int = 0) -> registry_pb2.RouteRuleSet:
         self.calls += 1
         if self.down:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE)
-        return self.rules.get(request.tenant_id, registry_pb2.RouteRuleSet(tenant_id=request.tenant_id))
+        return self.rules.get(tenant_id, registry_pb2.RouteRuleSet(tenant_id=tenant_id))
 
 
 def change(
@@ -81,7 +79,7 @@ def registry() -> MemoryRegistry:
 
 @pytest.fixture
 def routes(registry: MemoryRegistry) -> RegistryRoutes:
-    return RegistryRoutes(registry, registry, RouteSnapshot())  # type: ignore[arg-type]  # the in-memory registry
+    return RegistryRoutes(registry, RouteSnapshot())  # type: ignore[arg-type]  # the in-memory registry
 
 
 async def test_first_use_fetches_then_serves_from_the_snapshot(
