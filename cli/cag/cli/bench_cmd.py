@@ -14,3 +14,6 @@ def register(sub: Any) -> None:
     from cag.bench import registry
 
     registry.register(which)
+    from cag.bench import e2e
+
+    e2e.register(which)

@@ -1,10 +1,13 @@
-"""`cag demo`: the main job end to end on one machine.
+"""`cag demo`: the main job end to end, through the platform's own services.
 
-Starts embedded NATS and Postgres (unless already up), runs the registry, compiles the demo
-knowledge into a module chain (a shared system+tools module, then one module per domain on top of
-it), registers and publishes every module over gRPC, resolves each domain's route to its chain and
-answers questions from the restored modules. Per question it prints the answer, the TTFT from the
-module files and the TTFT of a full prefill of the same tokens, and checks both give the same tokens.
+Starts the platform as processes (`cag platform up`: NATS, Postgres, registry, cache pool, router) unless it
+runs already, compiles the demo knowledge — one public module with the shared guidelines and tools, and on top
+of it acme's billing and shipping modules and globex's api module — registers and publishes them, and applies
+each tenant's route rules. Then two end users (alice at acme, bob at globex) ask questions through the router
+with the SDK; per answer it prints the path, the route and what decided it, the module versions with the tier
+each came from, and the TTFT. Last, a live invalidation: a billing source is edited and its change published
+as an event; the next billing answer takes the fallback path (no module is served stale) until the module is
+recompiled and published, and then the new version answers.
 """
 
 from __future__ import annotations
@@ -12,187 +15,233 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from rich.console import Console
 from rich.table import Table
 
-from cag.auth import Scope
-from cag.auth.tokens import issue_token, load_key
+from cag.auth.caller import ALL_TENANTS, Scope
+from cag.auth.tokens import issue_token, issue_user_token, load_key
+from cag.canonical import load_source, source_checksum
+from cag.cli.invalidate_cmd import publish
+from cag.cli.platform_runner import Platform, PlatformPlan, inherited_env
 from cag.cli.progress import RichCompileObserver
-from cag.compiler.pipeline import CompileResult, compile_module
+from cag.cli.routes_cmd import read_rules_file
+from cag.client import Answer, CagClient, CagClientError, FallbackUnavailableError, Sampling
+from cag.compiler.pipeline import compile_module
 from cag.compiler.request import AclSpec, CompileRequest
-from cag.engine import Engine, SamplingParams, load_engine
-from cag.errors import InvalidInputError
-from cag.infra.ports import free_port
-from cag.infra.stack import InfraStack, InfraState
+from cag.engine import Engine, load_engine
+from cag.errors import UnavailableError
+from cag.events.schemas import Envelope, SourceChangedV1
+from cag.infra.nats_auth import OPS
+from cag.infra.stack import InfraStack
 from cag.models import SMOLLM2, resolve_model
-from cag.registry.app import RegistryApp
-from cag.registry.convert import module_of
-from cag.registry.core.records import ModuleRecord
-from cag.registry.core.states import ModuleState
-from cag.registry.settings import RegistrySettings
-from cag.rpc.auth import authenticated_channel
-from cag.session import Answer, ChainContext, answer_from_modules, answer_with_full_prefill
-from cag.settings import CagSettings, InfraSettings
-from cag.v1 import registry_pb2, registry_pb2_grpc
+from cag.rpc.clients import RegistryClient
+from cag.rpc.modules import module_message
+from cag.settings import CagSettings
 
-TENANT = "acme"
-DOMAINS = ("billing", "shipping", "api")
-QUESTIONS_PER_DOMAIN = 2
+PUBLIC_PARENT = "shared"
+TENANTS = {"acme": ("billing", "shipping"), "globex": ("api",)}
+USERS = {"acme": "alice", "globex": "bob"}
+EDITED_ROUTE = ("acme", "billing")
+EDIT = ("Refunds are accepted within 30 days of delivery.", "Refunds are accepted within 45 days of delivery.")
+EDITED_QUESTION = "Within how many days of delivery are refunds accepted?"
 TOKEN_TTL_S = 3600.0
+# The router and the cache pool follow the registry's feed: how long the demo waits for them to catch up.
+CATCH_UP_S = 60.0
+SAMPLING = Sampling(max_new_tokens=40)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="compile, publish and query the demo knowledge end to end")
+    p = sub.add_parser("demo", help="compile, publish and ask the demo knowledge through the platform's services")
     p.add_argument("--examples", type=Path, default=Path("examples"))
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     p.add_argument("--model", default=SMOLLM2)
-    p.add_argument("--questions", type=int, default=QUESTIONS_PER_DOMAIN, help="questions per domain")
     p.set_defaults(run=run)
 
 
 @dataclass(frozen=True)
-class DemoRow:
-    route: str
+class Row:
+    who: str
     question: str
+    path: str
+    route: str
+    modules: str
+    ttft_ms: float | None
     answer: str
-    module_ttft_s: float
-    full_ttft_s: float
-    identical: bool
 
 
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
     console = Console()
-    if not console.is_terminal:  # piped or logged: wide enough for the answers table to stay readable
-        console = Console(width=160)
-    stack = InfraStack(settings.run_dir)
-    started_here = not stack.is_up()
-    with console.status("starting embedded NATS and Postgres"):
-        state = stack.up(fast=True)
-    console.print(f"[dim]• NATS {state.nats_url} · Postgres {state.database_url}[/dim]")
+    if not console.is_terminal:  # piped or logged: wide enough for the tables to stay readable
+        console = Console(width=170)
+    # A platform of its own, from empty databases, whatever else runs here: the demo edits and republishes its
+    # knowledge, and a registry that remembers an earlier run's edits would refuse the first version again.
+    runner = Platform((args.out / "run").absolute(), settings.home, model=args.model, base_env=inherited_env())
+    runner.down(purge=True)  # what an interrupted run left
     try:
-        return asyncio.run(_demo(args, settings, state, console))
+        with console.status("starting the platform: NATS, Postgres, registry, cache pool, router (one process each)"):
+            plan = runner.up()
+        for service in plan.services:
+            console.print(f"[dim]• {service.name} serving on {service.address}[/dim]")
+        return Demo(args, settings, plan, console, runner.infra).run()
     finally:
-        if started_here:
-            stack.down()
+        with console.status("stopping the platform"):
+            runner.down(purge=True)
 
 
-async def _demo(args: argparse.Namespace, settings: CagSettings, state: InfraState, console: Console) -> int:
-    address = f"127.0.0.1:{free_port()}"
-    key_file = Path(state.auth_key_file)
-    infra = InfraSettings(
-        database_url=state.database_url, nats_url=state.nats_url_for("registry"), auth_key_file=key_file
-    )
-    registry_settings = RegistrySettings(infra=infra, address=address)
-    app = RegistryApp(registry_settings)
-    await app.start()
-    console.print(f"[dim]• registry serving on {address}[/dim]")
-    # The demo acts as the tenant's compiler and its cache pool: a token for tenant acme only.
-    token = issue_token(load_key(key_file), "service:demo", [Scope.WRITE], [TENANT], TOKEN_TTL_S)
-    try:
-        async with authenticated_channel(address, token) as channel:
-            registry = registry_pb2_grpc.RegistryServiceStub(channel)
-            engine = await asyncio.to_thread(
-                load_engine, "torch", resolve_model(args.model, settings.models_dir), "fp32"
-            )
-            knowledge = args.examples / "knowledge"
-            shared = await _compile_and_publish(knowledge / "shared", (), args, settings, engine, registry, console)
-            for domain in DOMAINS:
-                await _compile_and_publish(knowledge / domain, (shared,), args, settings, engine, registry, console)
-            rows = []
-            for domain in DOMAINS:
-                resolved = await registry.ResolveRoute(registry_pb2.ResolveRouteRequest(tenant_id=TENANT, route=domain))
-                paths = [local_path(m.storage_uri) for m in resolved.chain]
-                console.print(f"[dim]• route {TENANT}/{domain} v{resolved.route_version} → "
-                              f"{' → '.join(m.module_id for m in resolved.chain)}[/dim]")  # fmt: skip
-                ctx = ChainContext.open(paths, models_dir=settings.models_dir, engine=engine)
-                for module, record in zip(ctx.modules, resolved.chain, strict=True):
-                    # The files must be the ones the registry published, not merely self-consistent.
-                    module.check_record(tensor_checksum=record.tensor_checksum, header_sha256=record.header_sha256)
-                cases = json.loads((knowledge / domain / "golden.json").read_text())[: args.questions]
-                rows += [await asyncio.to_thread(_ask, ctx, domain, case["question"]) for case in cases]
-    finally:
-        await app.stop()
-    console.print(_table(rows))
-    return 0 if all(r.identical for r in rows) else 1
+class Demo:
+    def __init__(
+        self, args: argparse.Namespace, settings: CagSettings, plan: PlatformPlan, console: Console, infra: InfraStack
+    ) -> None:
+        self.args = args
+        self.settings = settings
+        self.plan = plan
+        self.console = console
+        self.state = infra.load_state()
+        assert self.state is not None  # the platform is up
+        self.key = load_key(Path(self.state.auth_key_file))
+        # The demo is the platform's operator: it compiles and publishes for every tenant.
+        self.operator = issue_token(self.key, "user:demo-operator", [Scope.ADMIN], [ALL_TENANTS], TOKEN_TTL_S)
+        self.knowledge = args.out / "knowledge"
+        self.engine: Engine | None = None
 
+    def run(self) -> int:
+        shutil.rmtree(self.knowledge, ignore_errors=True)
+        shutil.copytree(self.args.examples / "knowledge", self.knowledge)  # the demo edits its own copy
+        self.engine = load_engine("torch", resolve_model(self.args.model, self.settings.models_dir), "fp32")
+        with RegistryClient(self.plan.address_of("registry"), token=self.operator) as registry:
+            parent = self.compile_and_publish(registry, PUBLIC_PARENT, "public", ())
+            for tenant, routes in TENANTS.items():
+                for route in routes:
+                    self.compile_and_publish(registry, route, f"tenant:{tenant}:{route}", (parent,))
+                tenant_id, rules, routes_info = read_rules_file(self.args.examples / "routes" / f"{tenant}.yaml")
+                version = registry.put_route_rules(tenant_id, rules, routes_info, reason="demo").version
+                self.console.print(f"[green]route rules[/green] {tenant} v{version}: {len(rules)} rules")
+            rows = self.questions()
+            self.console.print(table("answers through the router (SmolLM2-135M-Instruct, greedy)", rows))
+            self.console.print(table("live invalidation of acme/billing", self.invalidation(registry, parent)))
+        return 0
 
-async def _compile_and_publish(
-    source: Path,
-    parents: tuple[Path, ...],
-    args: argparse.Namespace,
-    settings: CagSettings,
-    engine: Engine,
-    registry: registry_pb2_grpc.RegistryServiceAsyncStub,
-    console: Console,
-) -> Path:
-    request = CompileRequest(
-        model=args.model, tokenizer=None, source=source, layout=args.examples / "layouts" / "support_agent.v1.json",
-        acl=AclSpec.parse(f"tenant:{TENANT}:{source.name}"), out=args.out, parents=parents,
-    )  # fmt: skip
-    console.rule(f"compile {source.name}")
-    with RichCompileObserver(console) as observer:
-        result = await asyncio.to_thread(
-            compile_module, request, models_dir=settings.models_dir, engine=engine, observer=observer
-        )
-    assert result.path is not None
-    version = await _publish(registry, result, source_uri=source.resolve().as_uri())
-    console.print(f"[green]published[/green] {result.metadata.module_id} as {TENANT}/{source.name} v{version}")
-    return result.path
-
-
-async def _publish(
-    registry: registry_pb2_grpc.RegistryServiceAsyncStub, result: CompileResult, *, source_uri: str
-) -> int:
-    assert result.path is not None
-    record = ModuleRecord(
-        metadata=result.metadata,
-        source_uri=source_uri,
-        storage_uri=result.path.resolve().as_uri(),
-        header_sha256=result.header_sha256,
-        state=ModuleState.VALIDATING,
-    )
-    await registry.Register(registry_pb2.RegisterRequest(module=module_of(record)))
-    published = await registry.Publish(registry_pb2.PublishRequest(module_id=result.metadata.module_id))
-    return int(published.module.version)
-
-
-def local_path(storage_uri: str) -> Path:
-    """The file behind a `file://` URI or a plain path (the demo's modules are local files)."""
-    parsed = urlparse(storage_uri)
-    if parsed.scheme not in ("", "file"):
-        raise InvalidInputError(f"the demo reads local modules only, not {storage_uri}")
-    return Path(unquote(parsed.path) if parsed.scheme else storage_uri)
-
-
-def _ask(ctx: ChainContext, route: str, question: str) -> DemoRow:
-    sampling = SamplingParams(max_new_tokens=48, stop_sequences=ctx.prompt.paragraph_break_sequences())
-    from_module, full = Answer(), Answer()
-    for _ in answer_from_modules(ctx, ctx.modules, question, sampling, from_module):
-        pass
-    for _ in answer_with_full_prefill(ctx, question, sampling, full):
-        pass
-    return DemoRow(
-        route=route,
-        question=question,
-        answer=ctx.decode(from_module.tokens).strip(),
-        module_ttft_s=from_module.ttft_s,
-        full_ttft_s=full.ttft_s,
-        identical=from_module.tokens == full.tokens,
-    )
-
-
-def _table(rows: list[DemoRow]) -> Table:
-    table = Table(title="answers from restored modules (SmolLM2-135M-Instruct, greedy)")
-    for col in ("route", "question", "answer", "TTFT module", "TTFT full prefill", "speed-up", "same tokens"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r.route, r.question, r.answer, f"{r.module_ttft_s * 1000:.0f} ms", f"{r.full_ttft_s * 1000:.0f} ms",
-            f"{r.full_ttft_s / r.module_ttft_s:.1f}x", "yes" if r.identical else "[red]NO[/red]",
+    def compile_and_publish(self, registry: RegistryClient, name: str, acl: str, parents: tuple[Path, ...]) -> Path:
+        request = CompileRequest(
+            model=self.args.model, tokenizer=None, source=self.knowledge / name,
+            layout=self.args.examples / "layouts" / "support_agent.v1.json", acl=AclSpec.parse(acl),
+            out=self.args.out / "modules", parents=parents,
         )  # fmt: skip
-    return table
+        self.console.rule(f"compile {name} ({acl})")
+        with RichCompileObserver(self.console) as observer:
+            result = compile_module(request, models_dir=self.settings.models_dir, engine=self.engine, observer=observer)
+        assert result.path is not None
+        record = module_message(
+            result.metadata,
+            source_uri=request.source.resolve().as_uri(),
+            storage_uri=result.path.resolve().as_uri(),
+            header_sha256=result.header_sha256,
+        )
+        registry.register(record)
+        published = registry.publish(result.metadata.module_id)
+        self.console.print(f"[green]published[/green] {published.module_id} as {published.tenant_id}/"
+                           f"{published.route} v{published.version}")  # fmt: skip
+        return result.path
+
+    def client(self, tenant: str) -> CagClient:
+        token = issue_user_token(self.key, tenant, TOKEN_TTL_S, user=USERS[tenant])
+        return CagClient(self.plan.address_of("router"), token)
+
+    def questions(self) -> list[Row]:
+        rows = []
+        for tenant, routes in TENANTS.items():
+            with self.client(tenant) as cag:
+                for route in routes:
+                    cases = json.loads((self.knowledge / route / "golden.json").read_text())
+                    question = str(cases[0]["question"])
+                    wait_for(served(cag, question), f"the router to serve {route}")
+                    # Asked twice: the first answer loads the module, the second finds it in the engine.
+                    rows += [self.ask(cag, tenant, question) for _ in range(2)]
+        # Another tenant's knowledge is never served: bob may not even ask in acme's name.
+        with self.client("globex") as bob:
+            rows.append(self.ask(bob, "globex", "How do refunds work?", in_name_of="acme"))
+        return rows
+
+    def ask(self, cag: CagClient, tenant: str, question: str, *, in_name_of: str | None = None) -> Row:
+        """`tenant`'s user asks `question` (in the name of another tenant, when `in_name_of` says so)."""
+        who = f"{USERS[tenant]}@{tenant}"
+        try:
+            answer = cag.ask(question, sampling=SAMPLING, tenant=in_name_of)
+        except FallbackUnavailableError as e:
+            return Row(who, question, "fallback", "-", "-", None, f"(no retrieval service yet: {e.message})")
+        except CagClientError as e:
+            return Row(who, question, f"refused: {e.code.name}", "-", "-", None, e.message)
+        return answer_row(who, question, answer)
+
+    def invalidation(self, registry: RegistryClient, parent: Path) -> list[Row]:
+        tenant, route = EDITED_ROUTE
+        source = self.knowledge / route
+        policy = source / "refund-policy.md"
+        policy.write_text(policy.read_text().replace(*EDIT))
+        golden = source / "golden.json"
+        golden.write_text(golden.read_text().replace('"30 days"', '"45 days"'))
+        event = Envelope.wrap(
+            SourceChangedV1(tenant_id=tenant, source_uri=source.resolve().as_uri(),
+                            checksum=source_checksum(load_source(source)))
+        )  # fmt: skip
+        assert self.state is not None
+        asyncio.run(publish(self.state.nats_url_for(OPS), event, timeout_s=10.0))
+        self.console.print(f"[yellow]edited[/yellow] {policy.name}; published {event.subject} ({event.event_id})")
+        rows = []
+        with self.client(tenant) as cag:
+            stale = cag.explain(EDITED_QUESTION).module_version
+            wait_for(lambda: cag.explain(EDITED_QUESTION).path == "fallback", "the router to see the stale module")
+            rows.append(self.ask(cag, tenant, EDITED_QUESTION))
+            self.compile_and_publish(registry, route, f"tenant:{tenant}:{route}", (parent,))
+            wait_for(lambda: cag.explain(EDITED_QUESTION).module_version > stale, "the router to serve the new version")
+            rows.append(self.ask(cag, tenant, EDITED_QUESTION))
+        return rows
+
+
+def served(cag: CagClient, question: str) -> Callable[[], bool]:
+    return lambda: cag.explain(question).path == "module"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = CATCH_UP_S) -> None:
+    """Poll `condition` (the services apply the registry's changes asynchronously) until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if condition():
+                return
+        except CagClientError:
+            pass  # not caught up yet
+        if time.monotonic() > deadline:
+            raise UnavailableError(f"gave up waiting for {what} after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def answer_row(who: str, question: str, answer: Answer) -> Row:
+    decision = answer.decision
+    decided = "-"
+    if decision is not None:
+        why = decision.rule_id or f"{decision.confidence:.2f}"
+        decided = f"{decision.route} ({decision.basis}: {why})"
+    modules = " → ".join(f"v{m.version} {tier_name(m.tier)}" for m in answer.summary.modules)
+    return Row(who, question, answer.summary.path, decided, modules, answer.summary.ttft_ms, answer.text.strip())
+
+
+def tier_name(tier: str) -> str:
+    return {"engine": "engine", "host_ram": "RAM", "local_disk": "disk", "origin": "origin"}.get(tier, tier)
+
+
+def table(title: str, rows: list[Row]) -> Table:
+    out = Table(title=title)
+    for column in ("user", "question", "path", "route (decided by)", "modules (tier)", "TTFT", "answer"):
+        out.add_column(column)
+    for r in rows:
+        ttft = f"{r.ttft_ms:.0f} ms" if r.ttft_ms is not None else "-"
+        out.add_row(r.who, r.question, r.path, r.route, r.modules, ttft, r.answer)
+    return out

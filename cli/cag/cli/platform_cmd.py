@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from cag.cli.platform_runner import UP_TIMEOUT_S, Platform
+from cag.cli.platform_runner import UP_TIMEOUT_S, Platform, inherited_env
 from cag.models import SMOLLM2
 from cag.settings import CagSettings
 
@@ -32,10 +32,7 @@ def register(sub: Any) -> None:
 
 
 def platform(settings: CagSettings, model: str = SMOLLM2) -> Platform:
-    # The services get their settings from the plan, not from this shell's CAG_ variables (which name this
-    # command's own registry, token, ...); everything else (PATH, threads, offline flags) is inherited.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CAG_") or k == "CAG_NUM_THREADS"}
-    return Platform(settings.run_dir, settings.home, model=model, base_env=inherited)
+    return Platform(settings.run_dir, settings.home, model=model, base_env=inherited_env())
 
 
 def run_up(args: argparse.Namespace, settings: CagSettings) -> int:

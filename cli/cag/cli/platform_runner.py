@@ -220,14 +220,15 @@ class Platform:
 
     # ------------------------------------------------------------------ down / status
 
-    def down(self, *, keep_infra: bool = False) -> bool:
-        """Stop the services (and, unless `keep_infra`, the infra); True when something was recorded."""
+    def down(self, *, keep_infra: bool = False, purge: bool = False) -> bool:
+        """Stop the services (and, unless `keep_infra`, the infra, deleting its data with `purge`); True when
+        something was recorded."""
         plan = self.load_plan()
         if plan is not None and plan.supervisor_pid is not None:
             _stop_tree(plan.supervisor_pid)
         with contextlib.suppress(FileNotFoundError):
             self.plan_file.unlink()
-        had_infra = False if keep_infra else self.infra.down()
+        had_infra = False if keep_infra else self.infra.down(purge=purge)
         return plan is not None or had_infra
 
     def status(self) -> list[ServiceStatus]:
@@ -244,6 +245,12 @@ class Platform:
             )
             for s in plan.services
         ]
+
+
+def inherited_env() -> dict[str, str]:
+    """What the services inherit from this process: everything but CAG_ settings (which name this command's own
+    registry, token, ...; the plan sets the services' own), except the engine threads."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CAG_") or k == "CAG_NUM_THREADS"}
 
 
 def supervise(run_dir: Path) -> int:

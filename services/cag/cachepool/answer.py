@@ -3,6 +3,7 @@ into the data tiers → wait for an engine slot → restore and decode, streamed
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
@@ -68,13 +69,17 @@ class Answerer:
         """Chunks, then the summary. `arrived`: perf_counter reading when the request reached the pool."""
         records = await self.pool.resolve(ask.module_ids, ask.tenant_id)
         suffix = self.prompts.suffix_tokens(records[-1], ask.query)
+        # An answer ends at its first paragraph, as the module's golden questions were answered when it was
+        # compiled: what is served is what was validated.
+        stops = ask.sampling.stop_sequences | self.prompts.layout_of(records[-1]).paragraph_break_sequences()
+        sampling = dataclasses.replace(ask.sampling, stop_sequences=stops)
         chain = await self.pool.chain(records, ask.route_priority)
         async with self.scheduler.slot() as queue_s:
             self.pool.enter_engine(chain)
             decoder = _Decoder(self.prompts, records[-1])
             first_at, last = 0.0, None
             try:
-                async for event in self._tokens(chain, suffix, ask.sampling):
+                async for event in self._tokens(chain, suffix, sampling):
                     first_at, last = first_at or time.perf_counter(), event
                     yield decoder.chunk(event)
             finally:
