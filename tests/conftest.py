@@ -8,7 +8,10 @@ hence the imports after the tuning.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,9 @@ from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import Engine, load_engine
 from cag.models import SMOLLM2, TINY, ModelFiles, resolve_model
-from tests.infra_fixtures import fresh_database, infra  # noqa: F401  (real Postgres and NATS)
+from cag.registry.db.engine import connect, session_factory
+from cag.registry.db.store import PostgresStore
+from tests.infra_fixtures import FreshDatabase, fresh_database, infra  # noqa: F401  (real Postgres and NATS)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +64,11 @@ def smollm2_engine(smollm2: ModelFiles) -> Engine:
 
 
 LAYOUT = EXAMPLES / "layouts" / "support_agent.v1.json"
+# The tiny model has random weights: its greedy answers are deterministic nonsense subwords. A golden
+# case needs a non-empty expect list (load_golden refuses []), so the passing case expects the single
+# letter "e", which its answers contain. The matching is a case-insensitive substring test, so this is
+# the weakest expectation that still exercises the golden gate.
+PASSING_GOLDEN = [{"question": "How much do widgets cost?", "expect": ["e"]}]
 KNOWLEDGE = EXAMPLES / "knowledge"
 
 
@@ -91,3 +101,35 @@ def tiny_chain(tmp_path_factory: pytest.TempPathFactory, tiny_engine: Engine, mo
     )
     assert child.path is not None
     return shared.path, child.path
+
+
+@pytest.fixture(scope="session")
+def servable_chain(
+    tmp_path_factory: pytest.TempPathFactory, tiny_engine: Engine, models_dir: Path
+) -> tuple[Path, Path]:
+    """(root, child) compiled with the tiny model from the demo knowledge, publishable: the tiny model's random
+    weights fail the demo's golden questions, so each source gets the weakest passing one instead (its answers
+    contain the letter "e": PASSING_GOLDEN)."""
+    work = tmp_path_factory.mktemp("cachepool-chain")
+    sources = {}
+    for name in ("shared", "billing"):
+        shutil.copytree(KNOWLEDGE / name, work / name)
+        (work / name / "golden.json").write_text(json.dumps(PASSING_GOLDEN))
+        sources[name] = work / name
+    root = compile_example(sources["shared"], work / "out", model=TINY, engine=tiny_engine, models_dir=models_dir)
+    assert root.path is not None
+    child = compile_example(
+        sources["billing"], work / "out", model=TINY, engine=tiny_engine, models_dir=models_dir, parents=(root.path,)
+    )
+    assert child.path is not None
+    return root.path, child.path
+
+
+@pytest.fixture
+async def store(fresh_database: FreshDatabase) -> AsyncIterator[PostgresStore]:  # noqa: F811  (the fixture)
+    """The registry store on a fresh, migrated database."""
+    engine = connect(fresh_database.database_url)
+    try:
+        yield PostgresStore(session_factory(engine))
+    finally:
+        await engine.dispose()

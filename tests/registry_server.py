@@ -87,6 +87,7 @@ class RegistryServer:
     address: str
     key: bytes
     channel: grpc.aio.Channel
+    server: grpc.aio.Server
 
     def token(self, subject: str, scopes: Iterable[Scope], tenants: Iterable[str]) -> str:
         return issue_token(self.key, subject, scopes, tenants, TOKEN_TTL_S)
@@ -122,7 +123,7 @@ async def serve_registry(
     await server.start()
     channel = grpc.aio.insecure_channel(address)
     try:
-        yield RegistryServer(address=address, key=key, channel=channel)
+        yield RegistryServer(address=address, key=key, channel=channel, server=server)
     finally:
         await channel.close(grace=None)
         await server.stop(grace=None)

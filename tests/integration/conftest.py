@@ -1,4 +1,4 @@
-"""Fixtures shared by the registry's integration tests: a Postgres store and an authenticated gRPC server."""
+"""Fixtures shared by the registry's integration tests: an authenticated gRPC server over the Postgres store."""
 
 from __future__ import annotations
 
@@ -7,20 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from cag.registry.core import RegistryCore
-from cag.registry.db.engine import connect, session_factory
 from cag.registry.db.store import PostgresStore
-from tests.infra_fixtures import FreshDatabase
 from tests.registry_server import RegistryServer, serve_registry
-
-
-@pytest.fixture
-async def store(fresh_database: FreshDatabase) -> AsyncIterator[PostgresStore]:
-    """The registry store on a fresh, migrated database."""
-    engine = connect(fresh_database.database_url)
-    try:
-        yield PostgresStore(session_factory(engine))
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

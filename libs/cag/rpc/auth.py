@@ -23,6 +23,7 @@ from cag.auth.credentials import AUTHORIZATION, bearer_metadata
 from cag.auth.tokens import KeySet, check_key, verify_token
 from cag.errors import UnauthenticatedError
 from cag.rpc.errors import HANDLER_FACTORIES, abort_with
+from cag.telemetry import aio_channel_interceptors
 
 # Verifies a bearer token and names its caller, or raises UnauthenticatedError.
 TokenVerifier = Callable[[str], Caller]
@@ -190,9 +191,11 @@ def _refuse_sync(method: str) -> Callable[..., Awaitable[Any]]:
 
 
 def authenticated_channel(address: str, token: str) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to `address` whose every call (unary or streaming) presents `token`."""
+    """An insecure grpc.aio channel to `address` whose every call (unary or streaming) presents `token` and
+    carries the current trace."""
     metadata = bearer_metadata(token)
     interceptors: list[Any] = [  # the stubs type client interceptors as "cast or ignore"
+        *aio_channel_interceptors(),  # client spans; the trace goes on in the call's metadata
         _UnaryUnaryBearer(metadata),
         _UnaryStreamBearer(metadata),
         _StreamUnaryBearer(metadata),

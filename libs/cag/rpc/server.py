@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from cag.rpc.auth import Auth, AuthInterceptor
 from cag.rpc.errors import ErrorInterceptor
+from cag.telemetry import server_interceptor
 
 # (generated add_XServicer_to_server, servicer instance)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], object]
@@ -33,10 +34,16 @@ async def build_server(
     `auth` (cag.rpc.auth): the signing key of bearer tokens, or a token verifier — every call but
     health checks must then authenticate (reflection too) and handlers find the caller with
     `current_caller()`; a fixed Caller runs every call as that caller; None, no authentication at
-    all (tests of other things only: `current_caller()` then refuses). The error interceptor runs
-    outermost, so it also sees what later interceptors raise; authentication runs before `interceptors`.
+    all (tests of other things only: `current_caller()` then refuses). Tracing runs outermost (a server
+    span per call, continuing the caller's trace), then the error interceptor, so it also sees what later
+    interceptors raise; authentication runs before `interceptors`.
     """
-    chain = [ErrorInterceptor(), *([] if auth is None else [AuthInterceptor.for_auth(auth)]), *interceptors]
+    chain = [
+        server_interceptor(),  # outermost: the server span covers errors and authentication too
+        ErrorInterceptor(),
+        *([] if auth is None else [AuthInterceptor.for_auth(auth)]),
+        *interceptors,
+    ]
     server = grpc.aio.server(interceptors=chain)
     for add, servicer in servicers:
         add(servicer, server)

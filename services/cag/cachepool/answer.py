@@ -16,6 +16,7 @@ from cag.cachepool.pool import BAD_COPY, CachePool, ChainModule
 from cag.cachepool.prompts import PromptBook
 from cag.cachepool.scheduler import Scheduler
 from cag.engine import GenerateRequest, SamplingParams, TokenEvent
+from cag.telemetry import current_trace_id, record_span, span
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +57,18 @@ class Summary:
     restore_s: float
     prefill_s: float
     decode_s: float
+    trace_id: str = ""
+
+
+def _record_engine_spans(last: TokenEvent, first_at: float, suffix_tokens: int) -> None:
+    """The engine's prefill and decode as spans of this request's trace (the engine timed them on its thread)."""
+    t = last.timings
+    first_token = time.time() - (time.perf_counter() - first_at)  # the first token's wall-clock instant
+    record_span(
+        "cachepool.prefill", first_token - t.prefill_s, first_token, tokens=suffix_tokens,
+        restored_tokens=t.restored_tokens, reused_tokens=t.reused_tokens, restore_ms=t.restore_s * 1e3,
+    )  # fmt: skip
+    record_span("cachepool.decode", first_token, first_token + t.decode_s, tokens=last.index + 1)
 
 
 class Answerer:
@@ -67,14 +80,19 @@ class Answerer:
 
     async def answer(self, ask: Ask, *, arrived: float) -> AsyncIterator[Chunk | Summary]:
         """Chunks, then the summary. `arrived`: perf_counter reading when the request reached the pool."""
-        records = await self.pool.resolve(ask.module_ids, ask.tenant_id)
-        suffix = self.prompts.suffix_tokens(records[-1], ask.query)
+        with span("cachepool.resolve", modules=len(ask.module_ids)):
+            records = await self.pool.resolve(ask.module_ids, ask.tenant_id)
+            suffix = self.prompts.suffix_tokens(records[-1], ask.query)
         # An answer ends at its first paragraph, as the module's golden questions were answered when it was
         # compiled: what is served is what was validated.
         stops = ask.sampling.stop_sequences | self.prompts.layout_of(records[-1]).paragraph_break_sequences()
         sampling = dataclasses.replace(ask.sampling, stop_sequences=stops)
-        chain = await self.pool.chain(records, ask.route_priority)
+        with span("cachepool.load") as loading:
+            chain = await self.pool.chain(records, ask.route_priority)
+            loading.set_attribute("tier", ",".join(m.found_in.name.lower() for m in chain))
+        waiting_since = time.time()
         async with self.scheduler.slot() as queue_s:
+            record_span("cachepool.schedule", waiting_since, time.time(), queue_ms=queue_s * 1e3)
             self.pool.enter_engine(chain)
             decoder = _Decoder(self.prompts, records[-1])
             first_at, last = 0.0, None
@@ -85,7 +103,9 @@ class Answerer:
             finally:
                 self.pool.leave_engine(chain, last.timings.restore_s if last else None)
         assert last is not None  # an engine stream yields at least one token
-        yield _summary(chain, last, len(suffix), queue_s=queue_s, ttft_s=first_at - arrived, arrived=arrived)
+        _record_engine_spans(last, first_at, len(suffix))
+        summary = _summary(chain, last, len(suffix), queue_s=queue_s, ttft_s=first_at - arrived, arrived=arrived)
+        yield dataclasses.replace(summary, trace_id=current_trace_id())
 
     async def _tokens(
         self, chain: list[ChainModule], suffix: list[int], sampling: SamplingParams

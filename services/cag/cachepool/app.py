@@ -35,6 +35,7 @@ from cag.rpc.auth import authenticated_channel
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.server import build_server
 from cag.rpc.watch import RegistryFollower
+from cag.telemetry import configure_tracing, shutdown_tracing
 from cag.v1 import cachepool_pb2_grpc, registry_pb2
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,9 @@ class CachePoolApp:
 
 
 async def serve(settings: CachePoolSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0)."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0). The process's spans go
+    where CAG_TRACES says (cag.telemetry)."""
+    configure_tracing("cag-cachepool")
     app = CachePoolApp(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,4 +147,5 @@ async def serve(settings: CachePoolSettings) -> None:
         await app.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+    shutdown_tracing()
     log.info("cache pool stopped")

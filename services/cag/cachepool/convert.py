@@ -93,14 +93,14 @@ def cache_tier_of(tier: common_pb2.Tier.ValueType, *, unspecified: Tier | None) 
     return CACHE_TIER_OF[tier]
 
 
-def response_of(event: Chunk | Summary, *, module_ids: tuple[str, ...], trace_id: str) -> common_pb2.GenerateResponse:
+def response_of(event: Chunk | Summary, *, module_ids: tuple[str, ...]) -> common_pb2.GenerateResponse:
     if isinstance(event, Chunk):
         chunk = common_pb2.TokenChunk(text=event.text, token_ids=list(event.token_ids), index=event.index)
         return common_pb2.GenerateResponse(token=chunk)
-    return common_pb2.GenerateResponse(done=summary_of(event, module_ids=module_ids, trace_id=trace_id))
+    return common_pb2.GenerateResponse(done=summary_of(event, module_ids=module_ids))
 
 
-def summary_of(summary: Summary, *, module_ids: tuple[str, ...], trace_id: str) -> common_pb2.GenerateSummary:
+def summary_of(summary: Summary, *, module_ids: tuple[str, ...]) -> common_pb2.GenerateSummary:
     return common_pb2.GenerateSummary(
         ttft_ms=summary.ttft_s * 1000,
         total_ms=summary.total_s * 1000,
@@ -118,7 +118,7 @@ def summary_of(summary: Summary, *, module_ids: tuple[str, ...], trace_id: str) 
         restore_ms=summary.restore_s * 1000,
         prefill_ms=summary.prefill_s * 1000,
         decode_ms=summary.decode_s * 1000,
-        trace_id=trace_id,
+        trace_id=summary.trace_id,
     )
 
 

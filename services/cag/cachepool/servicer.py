@@ -66,7 +66,7 @@ class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
         )
         ask = ask_of(request, sampling)
         async for event in self.answerer.answer(ask, arrived=arrived):
-            yield response_of(event, module_ids=ask.module_ids, trace_id="")
+            yield response_of(event, module_ids=ask.module_ids)
 
     @override
     async def Prefetch(

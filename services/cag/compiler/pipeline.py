@@ -25,6 +25,7 @@ from cag.kvmodule.atomic import check_writable_dir
 from cag.layout import PromptLayout, layout_hash, layout_json, load_layout
 from cag.metadata import GoldenStatus, ModuleMetadata
 from cag.models import ModelFiles, resolve_model, resolve_tokenizer
+from cag.telemetry import span
 
 PREFILL_CHUNK = 256
 
@@ -84,7 +85,17 @@ def compile_module(
     engine: Engine | None = None,
     observer: CompileObserver | None = None,
 ) -> CompileResult:
-    """Build one module; raises a CagError on bad input, GoldenTestsFailedError when goldens fail."""
+    """Build one module; raises a CagError on bad input, GoldenTestsFailedError when goldens fail. Traced as one
+    `compile` span (cag.telemetry)."""
+    with span("compile", source=request.source.name, model=request.model, parents=len(request.parents)) as compiling:
+        result = _compile(request, models_dir=models_dir, engine=engine, observer=observer)
+        compiling.set_attributes({"module_id": result.metadata.module_id, "tokens": result.metadata.token_count})
+        return result
+
+
+def _compile(
+    request: CompileRequest, *, models_dir: Path, engine: Engine | None, observer: CompileObserver | None
+) -> CompileResult:
     obs = observer or SilentObserver()
     check_writable_dir(request.out)  # before the minutes of work whose result it must hold
     obs.stage("reading source and layout")

@@ -28,6 +28,7 @@ from cag.registry.outbox import OutboxRelay
 from cag.registry.servicer import RegistryServicer
 from cag.registry.settings import RegistrySettings
 from cag.rpc.server import build_server
+from cag.telemetry import configure_tracing, shutdown_tracing
 from cag.v1 import registry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ class RegistryApp:
 
 
 async def serve(settings: RegistrySettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0)."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0). The process's spans go
+    where CAG_TRACES says (cag.telemetry)."""
+    configure_tracing("cag-registry")
     app = RegistryApp(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,6 +106,7 @@ async def serve(settings: RegistrySettings) -> None:
         await app.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+    shutdown_tracing()
     log.info("registry stopped")
 
 

@@ -28,6 +28,7 @@ from cag.router.settings import RouterSettings
 from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
 from cag.rpc.server import build_server
 from cag.rpc.watch import RegistryFollower
+from cag.telemetry import configure_tracing, shutdown_tracing
 from cag.v1 import router_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ class RouterApp:
 
 
 async def serve(settings: RouterSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0)."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0). The process's spans go
+    where CAG_TRACES says (cag.telemetry)."""
+    configure_tracing("cag-router")
     app = RouterApp(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,4 +127,5 @@ async def serve(settings: RouterSettings) -> None:
         await app.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+    shutdown_tracing()
     log.info("router stopped")

@@ -21,6 +21,7 @@ from cag.router.routing import Decider, RouteRequest
 from cag.rpc.auth import current_caller
 from cag.rpc.clients import AsyncCachePoolClient
 from cag.rpc.errors import STATUS_DETAILS_KEY, error_details
+from cag.telemetry import current_trace_id, span
 from cag.v1 import cachepool_pb2, common_pb2, router_pb2, router_pb2_grpc
 
 if TYPE_CHECKING:
@@ -59,7 +60,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         stale after the decision was sent) sends the decision and then fails with UNAVAILABLE, reason
         FALLBACK_UNAVAILABLE: there is no fallback service to answer yet. Other errors of the pool reach the
         client with their own status and details."""
-        decision = await self.decider.decide(current_caller(), _request_of(request))
+        with span("router.route") as routing:
+            decision = await self.decider.decide(current_caller(), _request_of(request))
+            attributes = {"route": decision.route, "path": decision.path.value, "basis": decision.basis.value}
+            routing.set_attributes(attributes)
         self.audit.record(decision)
         DECISIONS.labels(path=decision.path.value, basis=decision.basis.value).inc()
         yield common_pb2.GenerateResponse(decision=decision_message(decision))
@@ -83,6 +87,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for response in call:
                 if response.HasField("done"):
                     response.done.path = common_pb2.ANSWER_PATH_MODULE
+                    response.done.trace_id = response.done.trace_id or current_trace_id()
                 yield response
         except grpc.aio.AioRpcError as e:
             await self._pool_failed(e, context)

@@ -3,8 +3,6 @@ with the tiny model, one engine for the whole session."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +22,7 @@ from cag.registry.core import RegistryCore
 from cag.registry.db.store import PostgresStore
 from cag.rpc.clients import AsyncCachePoolClient
 from cag.v1 import common_pb2
-from tests.conftest import KNOWLEDGE, compile_example
 from tests.infra_fixtures import Infra
-from tests.integration.cli.test_cli_registry import PASSING_GOLDEN
 from tests.registry_server import RegistryServer, serve_registry
 
 ROUTER = "service:router"
@@ -55,28 +51,6 @@ class Pool:
         admin = self.registry.admin()
         await admin.register(module.metadata, storage_uri=path.as_uri(), header_sha256=module.header_sha256)
         return await admin.publish(module.metadata.module_id)
-
-
-@pytest.fixture(scope="session")
-def servable_chain(
-    tmp_path_factory: pytest.TempPathFactory, tiny_engine: Engine, models_dir: Path
-) -> tuple[Path, Path]:
-    """(root, child) compiled with the tiny model from the demo knowledge, publishable: the tiny model's random
-    weights fail the demo's golden questions, so each source gets the weakest passing one instead (its answers
-    contain the letter "e"; see tests/integration/cli/test_cli_registry.py)."""
-    work = tmp_path_factory.mktemp("cachepool-chain")
-    sources = {}
-    for name in ("shared", "billing"):
-        shutil.copytree(KNOWLEDGE / name, work / name)
-        (work / name / "golden.json").write_text(json.dumps(PASSING_GOLDEN))
-        sources[name] = work / name
-    root = compile_example(sources["shared"], work / "out", model=TINY, engine=tiny_engine, models_dir=models_dir)
-    assert root.path is not None
-    child = compile_example(
-        sources["billing"], work / "out", model=TINY, engine=tiny_engine, models_dir=models_dir, parents=(root.path,)
-    )
-    assert child.path is not None
-    return root.path, child.path
 
 
 @pytest.fixture

@@ -20,15 +20,12 @@ from cag.events.schemas import STREAM, Envelope, decode
 from cag.models import TINY
 from cag.rpc.errors import error_details
 from cag.settings import CagSettings
+from tests.conftest import PASSING_GOLDEN
 from tests.integration.cli.conftest import ROUTE, TENANT, Cli
 from tests.unit.kvmodule.test_kvmodule import rewrite_header, set_metadata
 
-# The tiny model has random weights: its greedy answers are deterministic nonsense subwords. A golden
-# case needs a non-empty expect list (load_golden refuses []), so the passing case expects the single
-# letter "e", which its answers for both document versions below contain (checked by a first run:
-# "Poverty enthusiastically}..." and "Poverty cleavage sipping..."). The matching is a case-insensitive
-# substring test, so this is the weakest expectation that still exercises the golden gate.
-PASSING_GOLDEN = [{"question": "How much do widgets cost?", "expect": ["e"]}]
+# PASSING_GOLDEN (tests.conftest): the tiny model's answers for both document versions below contain "e"
+# (checked by a first run: "Poverty enthusiastically}..." and "Poverty cleavage sipping...").
 FAILING_GOLDEN = [{"question": "How much do widgets cost?", "expect": ["this phrase is never generated"]}]
 
 

@@ -11,6 +11,7 @@ import grpc
 
 from cag.auth.credentials import bearer_metadata
 from cag.rpc.auth import authenticated_channel
+from cag.telemetry import traced_channel
 from cag.v1 import cachepool_pb2, cachepool_pb2_grpc, common_pb2
 
 # A generation streams for as long as the answer is; a prefetch may copy a large module.
@@ -24,7 +25,7 @@ class CachePoolClient:
         self.address = address
         self.timeout_s = timeout_s
         self._metadata = bearer_metadata(token)
-        self._channel = grpc.insecure_channel(address)
+        self._channel = traced_channel(grpc.insecure_channel(address))
         self._stub = cachepool_pb2_grpc.CachePoolServiceStub(self._channel)
 
     def __enter__(self) -> CachePoolClient:

@@ -9,6 +9,7 @@ import grpc
 
 from cag.auth.credentials import bearer_metadata
 from cag.rpc.auth import authenticated_channel
+from cag.telemetry import traced_channel
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -24,7 +25,7 @@ class RegistryClient:
         self.address = address
         self.timeout_s = timeout_s
         self._metadata = bearer_metadata(token) if token else ()
-        self._channel = grpc.insecure_channel(address)
+        self._channel = traced_channel(grpc.insecure_channel(address))
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
 
     def __enter__(self) -> RegistryClient:

@@ -10,6 +10,7 @@ import grpc
 
 from cag.auth.credentials import bearer_metadata
 from cag.rpc.auth import authenticated_channel
+from cag.telemetry import traced_channel
 from cag.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 # A generation streams for as long as the answer is: longer than a registry call may take.
@@ -23,7 +24,7 @@ class RouterClient:
         self.address = address
         self.timeout_s = timeout_s
         self._metadata = bearer_metadata(token)
-        self._channel = grpc.insecure_channel(address)
+        self._channel = traced_channel(grpc.insecure_channel(address))
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
 
     def __enter__(self) -> RouterClient:

@@ -1,0 +1,154 @@
+"""OpenTelemetry tracing, configured once per process, and the gRPC interceptors that carry a trace across
+services (client → router → cache pool share one trace: the W3C traceparent travels in gRPC metadata).
+
+Where spans go (CAG_TRACES): `otlp` to the collector OTEL_EXPORTER_OTLP_ENDPOINT names (the exporter reads its
+OTEL_* settings itself), `console` as JSON on stderr, `file` as one JSON object per line appended to
+CAG_TRACES_FILE, `off` nowhere; `auto` (the default) is `otlp` when the endpoint is set, else `file` when a
+file is named, else `console`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, client_interceptor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_lock = threading.Lock()
+_provider: TracerProvider | None = None
+
+
+class TelemetrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAG_")
+
+    traces: Literal["auto", "otlp", "console", "file", "off"] = "auto"
+    traces_file: Path | None = None
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+
+    @property
+    def destination(self) -> str:
+        if self.traces != "auto":
+            return self.traces
+        if self.otlp_endpoint:
+            return "otlp"
+        return "file" if self.traces_file is not None else "console"
+
+
+class JsonLinesExporter(SpanExporter):
+    """Spans appended to a file, one JSON object per line (what a test or a shell tool reads back)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(json.loads(s.to_json()), separators=(",", ":")) + "\n" for s in spans)
+        with self._lock, self._path.open("a", encoding="utf-8") as out:
+            out.write(lines)
+        return SpanExportResult.SUCCESS
+
+
+def configure_tracing(
+    service_name: str, *, settings: TelemetrySettings | None = None, exporter: SpanExporter | None = None
+) -> TracerProvider:
+    """The process's tracer provider (set once: later calls return the first one). `exporter`: where spans go
+    instead of what the settings say (tests pass an InMemorySpanExporter)."""
+    global _provider
+    with _lock:
+        if _provider is not None:
+            return _provider
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        if exporter is not None:
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+        else:
+            chosen = _exporter(settings or TelemetrySettings())
+            if chosen is not None:
+                provider.add_span_processor(BatchSpanProcessor(chosen))
+        trace.set_tracer_provider(provider)
+        _provider = provider
+        return provider
+
+
+def _exporter(settings: TelemetrySettings) -> SpanExporter | None:
+    match settings.destination:
+        case "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter()
+        case "file":
+            if settings.traces_file is None:
+                raise ValueError("CAG_TRACES=file needs CAG_TRACES_FILE")
+            return JsonLinesExporter(settings.traces_file)
+        case "console":
+            return ConsoleSpanExporter(out=sys.stderr)
+    return None
+
+
+def shutdown_tracing() -> None:
+    """Export what is buffered (a process about to exit)."""
+    if _provider is not None:
+        _provider.force_flush()
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+@contextmanager
+def span(name: str, **attributes: str | int | float | bool | None) -> Iterator[trace.Span]:
+    """A span of the current trace named `name`, with the attributes that are not None."""
+    with trace.get_tracer("cag").start_as_current_span(name) as current:
+        for key, value in attributes.items():
+            if value is not None:
+                current.set_attribute(key, value)
+        yield current
+
+
+def record_span(name: str, start_s: float, end_s: float, **attributes: str | int | float | bool | None) -> None:
+    """A finished span of the current trace for work timed elsewhere (an engine's thread): times are
+    time.time() readings."""
+    recorded = trace.get_tracer("cag").start_span(name, start_time=int(start_s * 1e9))
+    for key, value in attributes.items():
+        if value is not None:
+            recorded.set_attribute(key, value)
+    recorded.end(end_time=int(end_s * 1e9))
+
+
+def current_trace_id() -> str:
+    """The current trace's id (32 hex digits), "" outside any trace."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def server_interceptor() -> grpc.aio.ServerInterceptor[Any, Any]:
+    """A server span per RPC, continuing the caller's trace."""
+    interceptor: grpc.aio.ServerInterceptor[Any, Any] = aio_server_interceptor()  # type: ignore[no-untyped-call]
+    return interceptor
+
+
+def aio_channel_interceptors() -> list[Any]:
+    """Client spans for a grpc.aio channel, passing the trace on."""
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+
+
+def traced_channel(channel: grpc.Channel) -> grpc.Channel:
+    """A blocking channel whose calls get client spans and pass the trace on."""
+    return grpc.intercept_channel(channel, client_interceptor())  # type: ignore[no-untyped-call]

@@ -1,0 +1,102 @@
+"""The serving path in one process: a registry (Postgres), a cache pool (the session's tiny engine) and a router,
+each a real gRPC server, real NATS; tracing into an in-memory exporter. Tenant acme's billing route is served by
+a public shared module and acme's billing module on top of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from cag.auth.tokens import issue_user_token, load_key
+from cag.cachepool.app import CachePoolApp
+from cag.engine import Engine
+from cag.infra.ports import free_port
+from cag.kvmodule import ModuleFile
+from cag.registry.core import RegistryCore
+from cag.registry.db.store import PostgresStore
+from cag.router.app import RouterApp
+from cag.router.settings import RouterSettings
+from cag.telemetry import configure_tracing
+from cag.v1 import common_pb2, registry_pb2
+from tests.infra_fixtures import Infra
+from tests.integration.cachepool.conftest import pool_settings
+from tests.registry_server import RegistryServer, serve_registry
+
+TENANT = "acme"
+ROUTE = "billing"
+
+
+@pytest.fixture(scope="session")
+def spans() -> InMemorySpanExporter:
+    """Every span this test process records (the first configure_tracing of the process wins)."""
+    exporter = InMemorySpanExporter()
+    configure_tracing("cag-tests", exporter=exporter)
+    return exporter
+
+
+@dataclass
+class Platform:
+    registry: RegistryServer
+    pool: CachePoolApp
+    router: RouterApp
+    router_address: str
+    key: bytes
+    chain: tuple[Path, Path]
+
+    def user_token(self, tenant: str = TENANT, user: str = "alice") -> str:
+        return issue_user_token(self.key, tenant, 600, user=user)
+
+    def module_ids(self) -> list[str]:
+        return [ModuleFile.open(p).metadata.module_id for p in self.chain]
+
+
+async def publish(registry: RegistryServer, path: Path) -> common_pb2.Module:
+    module = ModuleFile.open(path)
+    admin = registry.admin()
+    await admin.register(module.metadata, storage_uri=path.as_uri(), header_sha256=module.header_sha256)
+    return await admin.publish(module.metadata.module_id)
+
+
+@pytest.fixture
+async def platform(
+    store: PostgresStore,
+    infra: Infra,
+    tiny_engine: Engine,
+    servable_chain: tuple[Path, Path],
+    spans: InMemorySpanExporter,
+    tmp_path: Path,
+    models_dir: Path,
+) -> AsyncIterator[Platform]:
+    key = load_key(infra.auth_key_file)
+    async with serve_registry(RegistryCore(store), key=key) as registry:
+        for path in servable_chain:
+            await publish(registry, path)
+        rules = registry_pb2.PutRouteRulesRequest(
+            tenant_id=TENANT,
+            routes=[registry_pb2.RouteInfo(route=ROUTE, description="invoices and refunds")],
+            rules=[registry_pb2.RouteRule(rule_id="refunds", route=ROUTE, keywords=["refund", "refunds"])],
+        )
+        await registry.admin().stub.PutRouteRules(rules)
+        settings = pool_settings(registry, infra, tmp_path / "disk", CAG_CACHEPOOL_HOME=models_dir.parent)
+        pool = CachePoolApp(settings, engine=tiny_engine)  # type: ignore[arg-type]
+        await pool.start()
+        router_address = f"127.0.0.1:{free_port()}"
+        router = RouterApp(
+            RouterSettings(
+                address=router_address,
+                registry_address=registry.address,
+                cachepool_address=settings.address,
+                instance=f"t{free_port()}",
+                infra={"nats_url": infra.nats_url, "auth_key_file": infra.auth_key_file},  # type: ignore[arg-type]
+            )
+        )
+        await router.start()
+        try:
+            yield Platform(registry, pool, router, router_address, key, servable_chain)
+        finally:
+            await router.stop()
+            await pool.stop()
