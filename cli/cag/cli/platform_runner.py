@@ -11,6 +11,8 @@ infra's state)::
 
     plan.json        addresses and environment of each service, the supervisor's pid
     platform.log     the services' output, prefixed by their names
+    traces-<service>.jsonl  each service's spans, one JSON object per line (OTEL_EXPORTER_OTLP_ENDPOINT, when
+                     set in the environment of `up`, sends them to a collector instead)
     cachepool-cache/ the cache pool's local disk tier
 """
 
@@ -190,7 +192,14 @@ class Platform:
         return PlatformPlan(
             services=[
                 ServicePlan(
-                    name=name, address=addresses[name], env={**shared, **own[name], **self.service_env.get(name, {})}
+                    name=name,
+                    address=addresses[name],
+                    env={
+                        **shared,
+                        "CAG_TRACES_FILE": str(self.dir / f"traces-{name}.jsonl"),
+                        **own[name],
+                        **self.service_env.get(name, {}),
+                    },
                 )
                 for name in DEFAULT_PORTS
             ]

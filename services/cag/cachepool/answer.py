@@ -17,6 +17,7 @@ from cag.cachepool.prompts import PromptBook
 from cag.cachepool.scheduler import Scheduler
 from cag.engine import GenerateRequest, SamplingParams, TokenEvent
 from cag.telemetry import current_trace_id, record_span, span
+from cag.telemetry.metrics import TTFT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +105,7 @@ class Answerer:
                 self.pool.leave_engine(chain, last.timings.restore_s if last else None)
         assert last is not None  # an engine stream yields at least one token
         _record_engine_spans(last, first_at, len(suffix))
+        TTFT.labels(service="cachepool", path="module").observe(first_at - arrived)
         summary = _summary(chain, last, len(suffix), queue_s=queue_s, ttft_s=first_at - arrived, arrived=arrived)
         yield dataclasses.replace(summary, trace_id=current_trace_id())
 

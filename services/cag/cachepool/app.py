@@ -19,6 +19,7 @@ from cag.cachepool.answer import Answerer
 from cag.cachepool.convert import change_of
 from cag.cachepool.core import Residency
 from cag.cachepool.handlers import subscribe_withdrawals
+from cag.cachepool.metrics import PoolCollector
 from cag.cachepool.pool import CachePool, ServingEngine
 from cag.cachepool.prompts import PromptBook
 from cag.cachepool.registry_link import RegistryLink
@@ -36,6 +37,7 @@ from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.server import build_server
 from cag.rpc.watch import RegistryFollower
 from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.telemetry.metrics import REGISTRY, serve_metrics
 from cag.v1 import cachepool_pb2_grpc, registry_pb2
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,11 @@ class CachePoolApp:
             default_max_new_tokens=s.default_max_new_tokens,
             max_new_tokens_limit=s.max_new_tokens_limit,
         )
-        servicer = CachePoolServicer(Answerer(pool, Scheduler(s.queue_limits), prompts, self.executor), limits)
+        scheduler = Scheduler(s.queue_limits)
+        servicer = CachePoolServicer(Answerer(pool, scheduler, prompts, self.executor), limits)
+        if s.metrics_port:
+            REGISTRY.register(PoolCollector(pool, scheduler))
+            log.info("metrics on http://127.0.0.1:%d/metrics", serve_metrics("127.0.0.1", s.metrics_port))
         self.server = await build_server(
             [(cachepool_pb2_grpc.add_CachePoolServiceServicer_to_server, servicer)],
             [SERVICE_NAME],

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from faststream.nats import NatsBroker
-from prometheus_client import start_http_server
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token, load_key, load_key_set
@@ -29,6 +28,7 @@ from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
 from cag.rpc.server import build_server
 from cag.rpc.watch import RegistryFollower
 from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.telemetry.metrics import serve_metrics
 from cag.v1 import router_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class RouterApp:
         await routes.caught_up.wait()
         self.tasks.append(asyncio.create_task(routes.reconcile_every(s.reconcile_interval_s), name="reconcile"))
         if s.metrics_port:
-            start_http_server(s.metrics_port, addr="127.0.0.1")
+            log.info("metrics on http://127.0.0.1:%d/metrics", serve_metrics("127.0.0.1", s.metrics_port))
         await self.server.start()
         log.info("router serving on %s", s.address)
 

@@ -6,6 +6,7 @@ shared interceptor (cag.rpc.errors)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,12 @@ from cag.errors import FallbackUnavailableError, UnavailableError
 from cag.router.audit import DecisionAudit
 from cag.router.convert import decision_message
 from cag.router.core import AnswerPath, Decision
-from cag.router.metrics import DECISIONS
 from cag.router.routing import Decider, RouteRequest
 from cag.rpc.auth import current_caller
 from cag.rpc.clients import AsyncCachePoolClient
 from cag.rpc.errors import STATUS_DETAILS_KEY, error_details
 from cag.telemetry import current_trace_id, span
+from cag.telemetry.metrics import ROUTE_DECISIONS, TTFT
 from cag.v1 import cachepool_pb2, common_pb2, router_pb2, router_pb2_grpc
 
 if TYPE_CHECKING:
@@ -60,20 +61,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         stale after the decision was sent) sends the decision and then fails with UNAVAILABLE, reason
         FALLBACK_UNAVAILABLE: there is no fallback service to answer yet. Other errors of the pool reach the
         client with their own status and details."""
+        arrived = time.perf_counter()
         with span("router.route") as routing:
             decision = await self.decider.decide(current_caller(), _request_of(request))
             attributes = {"route": decision.route, "path": decision.path.value, "basis": decision.basis.value}
             routing.set_attributes(attributes)
         self.audit.record(decision)
-        DECISIONS.labels(path=decision.path.value, basis=decision.basis.value).inc()
+        ROUTE_DECISIONS.labels(path=decision.path.value, basis=decision.basis.value).inc()
         yield common_pb2.GenerateResponse(decision=decision_message(decision))
         if decision.path is AnswerPath.FALLBACK:
             raise FallbackUnavailableError(f"{decision.reason}, and no fallback service is available")
-        async for response in self._answer(decision, request, context):
+        async for response in self._answer(decision, request, context, arrived):
             yield response
 
     async def _answer(
-        self, decision: Decision, request: router_pb2.GenerateRequest, context: Context
+        self, decision: Decision, request: router_pb2.GenerateRequest, context: Context, arrived: float
     ) -> AsyncIterator[common_pb2.GenerateResponse]:
         ask = cachepool_pb2.CachePoolGenerateRequest(
             module_ids=decision.module_ids,
@@ -83,8 +85,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             route_priority=decision.priority,
         )
         call = self.cachepool.generate(ask, timeout_s=context.time_remaining())
+        first = True
         try:
             async for response in call:
+                if first and response.HasField("token"):
+                    TTFT.labels(service="router", path="module").observe(time.perf_counter() - arrived)
+                    first = False
                 if response.HasField("done"):
                     response.done.path = common_pb2.ANSWER_PATH_MODULE
                     response.done.trace_id = response.done.trace_id or current_trace_id()
