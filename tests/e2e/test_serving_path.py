@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from cag.client import (
     AsyncCagClient,
+    CagClient,
     CagClientError,
     FallbackUnavailableError,
     InvalidArgumentError,
@@ -163,3 +164,19 @@ async def test_the_router_serves_from_its_snapshot_while_the_registry_is_down(pl
         answer = await cag.ask(QUESTION, sampling=GREEDY)
     assert decision.path == "module" and decision.route == ROUTE
     assert answer.summary.path == "module"
+
+
+async def test_a_blocking_client_starts_the_trace_the_services_continue(
+    platform: Platform, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+
+    def ask() -> str:
+        with CagClient(platform.router_address, platform.user_token()) as cag:
+            return cag.ask(QUESTION, sampling=GREEDY).summary.trace_id
+
+    trace_id = await asyncio.to_thread(ask)
+    mine = [s for s in spans.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
+    [client] = [s for s in mine if s.name == "cag.v1.RouterService/Generate" and s.kind.name == "CLIENT"]
+    [router] = [s for s in mine if s.name == "/cag.v1.RouterService/Generate"]
+    assert client.parent is None and router.parent is not None and router.parent.span_id == client.context.span_id

@@ -15,11 +15,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import grpc
-from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, client_interceptor
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -149,6 +149,54 @@ def aio_channel_interceptors() -> list[Any]:
     return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
 
 
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+if TYPE_CHECKING:
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+else:  # the runtime classes are not generic
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.UnaryStreamClientInterceptor
+
+
+class _TraceContext(_UnaryUnary, _UnaryStream):
+    """A client span for each blocking call, whose context travels in the call's metadata (traceparent).
+
+    OpenTelemetry's own blocking-channel wrapper hands back plain generators for streams, which cannot be
+    cancelled; a grpc interceptor keeps gRPC's call objects."""
+
+    def _start(self, details: grpc.ClientCallDetails) -> tuple[trace.Span, _CallDetails]:
+        method = str(details.method)
+        started = trace.get_tracer("cag").start_span(method.lstrip("/"), kind=trace.SpanKind.CLIENT)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(started))
+        metadata = [*(details.metadata or ()), *carrier.items()]
+        return started, _CallDetails(
+            method, details.timeout, metadata, details.credentials, details.wait_for_ready, details.compression
+        )
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        started, details = self._start(client_call_details)
+        try:
+            return continuation(details, request)
+        finally:
+            started.end()
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        started, details = self._start(client_call_details)
+        try:
+            return continuation(details, request)  # the stream's call object, cancellable as ever
+        finally:
+            started.end()
+
+
 def traced_channel(channel: grpc.Channel) -> grpc.Channel:
     """A blocking channel whose calls get client spans and pass the trace on."""
-    return grpc.intercept_channel(channel, client_interceptor())  # type: ignore[no-untyped-call]
+    return grpc.intercept_channel(channel, _TraceContext())
