@@ -66,8 +66,6 @@ def pool_settings(registry: RegistryServer, infra: Infra, cache_dir: Path, **ove
         "model": TINY,
         "cache_dir": cache_dir,
         "infra": {"nats_url": infra.nats_url, "auth_key_file": infra.auth_key_file},
-        # The quarantine scope is not issued yet (cag.auth.Scope): the pool reads with "read" alone.
-        "registry_scopes": ("read",),
         "instance": f"t{free_port()}",
         "max_running": 2,
         "max_queued": 2,
