@@ -130,9 +130,15 @@ class E2eReport:
 # ---------------------------------------------------------------- modules
 
 
+# Only modules whose golden questions passed can be published; the benchmark's text is arbitrary, so its one
+# question asks for the weakest thing an answer shows: the letter "e".
+GOLDEN = [{"question": "What is this document about?", "expect": ["e"]}]
+
+
 def write_source(folder: Path, text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "notes.md").write_text(f"---\ntitle: {folder.name}\nsection: notes\norder: 1\n---\n{text}\n")
+    (folder / "golden.json").write_text(json.dumps(GOLDEN))
     return folder
 
 

@@ -1,0 +1,40 @@
+"""`cag platform`: infra, registry, cache pool and router as separate processes under one supervisor — up returns
+once every service is healthy, down leaves no process behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from cag.cli.platform_runner import Platform, inherited_env
+from cag.infra.processes import children_of, pid_alive
+from cag.models import TINY
+from tests.infra_fixtures import reachable_tmp_dir
+
+
+def tree(pid: int) -> list[int]:
+    found, frontier = [pid], [pid]
+    while frontier:
+        children = children_of(frontier.pop())
+        found += children
+        frontier += children
+    return found
+
+
+def test_up_serves_every_service_and_down_leaves_no_process(models_dir: Path) -> None:
+    run_dir = reachable_tmp_dir("cag-platform-")
+    platform = Platform(run_dir, models_dir.parent, model=TINY, base_env=inherited_env())
+    try:
+        plan = platform.up(timeout_s=240)
+        assert plan.supervisor_pid is not None
+        statuses = platform.status()
+        assert [(s.name, s.serving) for s in statuses] == [("registry", True), ("cachepool", True), ("router", True)]
+        processes = tree(plan.supervisor_pid)
+        assert len(processes) >= 4  # the supervisor and (at least) one process per service
+        assert platform.up().supervisor_pid == plan.supervisor_pid  # up again: the same platform, still serving
+    finally:
+        platform.down(purge=True)
+    assert not [pid for pid in processes if pid_alive(pid)]
+    assert platform.status() == []
+    assert not platform.infra.is_up()
+    shutil.rmtree(run_dir, ignore_errors=True)
