@@ -204,7 +204,7 @@ async def test_calls_without_valid_credentials_are_unauthenticated(server: Regis
     await fails(anonymous.get("m-1"), Code.UNAUTHENTICATED, reason="UNAUTHENTICATED")
     forged = server.client("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl")
     await fails(forged.get("m-1"), Code.UNAUTHENTICATED)
-    stranger_key = RegistryServer(address=server.address, key=b"k" * 32, channel=server.channel)
+    stranger_key = RegistryServer(address=server.address, key=b"k" * 32, channel=server.channel, server=server.server)
     await fails(stranger_key.admin().get("m-1"), Code.UNAUTHENTICATED)
 
 

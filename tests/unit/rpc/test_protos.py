@@ -26,9 +26,22 @@ SERVICES = {
     "compiler": ("CompilerService", {"Compile", "GetJob"}),
     "registry": (
         "RegistryService",
-        {"Register", "Publish", "Get", "List", "ResolveRoute", "Invalidate", "Rollback", "Watch", "ListAudit"},
+        {
+            "Register",
+            "Publish",
+            "Get",
+            "List",
+            "ResolveRoute",
+            "Invalidate",
+            "Rollback",
+            "Watch",
+            "ListAudit",
+            "Quarantine",
+            "PutRouteRules",
+            "GetRouteRules",
+        },
     ),
-    "cachepool": ("CachePoolService", {"Generate", "Prefetch", "Pin", "Stats"}),
+    "cachepool": ("CachePoolService", {"Generate", "Prefetch", "Pin", "Evict", "Stats"}),
     "fallback": ("FallbackService", {"Generate", "Index", "Candidates", "Review"}),
 }
 
