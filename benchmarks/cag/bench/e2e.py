@@ -44,7 +44,7 @@ from cag.bench import ttft
 from cag.bench.output import emit_report
 from cag.bench.restore_tax import RestoreTax, measure_restore_tax
 from cag.cli.platform_runner import Platform, inherited_env
-from cag.client import CagClient, Sampling
+from cag.client import CagClient, Sampling, Summary
 from cag.compiler.pipeline import compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import GenerateRequest, SamplingParams, load_engine
@@ -92,6 +92,12 @@ class Quantiles:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Breakdown:
+    pool_ttft_ms: Quantiles  # from the request's arrival at the cache pool to its first token
+    engine_prefill_ms: Quantiles  # the engine's forward pass of the query, to the first logits
+
+
+@dataclass(frozen=True, kw_only=True)
 class ConcurrencyRow:
     clients: int
     workload: str  # "shared": every client on one module; "distinct": one module per client
@@ -116,6 +122,7 @@ class E2eReport:
     module_tokens: int
     in_process_ttft_ms: Quantiles
     router_ttft_ms: Quantiles
+    breakdown: Breakdown  # where the router path's time goes, from the answers' own records
     overhead_ms: dict[str, float]  # p50, p99: router minus in-process
     restore_tax: RestoreTax
     routing_decision_ms: Quantiles
@@ -233,18 +240,26 @@ def routing_decisions(count: int, rules_per_set: int = 300) -> Quantiles:
 
 
 def client_ttft(cag: CagClient, route: str, sampling: Sampling) -> float:
-    """Milliseconds from the call to the first token's chunk, as the client sees it; the answer is drained."""
+    return timed_answer(cag, route, sampling)[0]
+
+
+def timed_answer(cag: CagClient, route: str, sampling: Sampling) -> tuple[float, Summary]:
+    """Milliseconds from the call to the first token's chunk, as the client sees it, and the answer's record (the
+    cache pool's own TTFT and the engine's prefill in it); the answer is drained."""
     began = time.perf_counter()
     first = None
     with cag.stream(QUERY, route=route, sampling=sampling) as chunks:
         for _ in chunks:
             if first is None:
                 first = time.perf_counter()
+        summary = chunks.answer.summary
     assert first is not None, "the answer had no token"
-    return (first - began) * 1e3
+    return (first - began) * 1e3, summary
 
 
-def concurrency(address: str, token: str, clients: int, routes: Sequence[str], per_client: int) -> ConcurrencyRow:
+def concurrency(
+    address: str, token: str, clients: int, routes: Sequence[str], per_client: int, workload: str
+) -> ConcurrencyRow:
     barrier = threading.Barrier(clients)
 
     def one(i: int) -> list[float]:
@@ -258,7 +273,7 @@ def concurrency(address: str, token: str, clients: int, routes: Sequence[str], p
     elapsed = time.perf_counter() - began
     return ConcurrencyRow(
         clients=clients,
-        workload="shared" if len(set(routes)) == 1 else "distinct",
+        workload=workload,
         ttft_ms=Quantiles.of(samples),
         answers_per_s=len(samples) / elapsed,
     )
@@ -329,12 +344,13 @@ def run_benchmark(args: argparse.Namespace, settings: CagSettings, tick: Callabl
         ]  # fmt: skip
         tick("compiled the distinct modules")
         local, _ = in_process_ttft(engine, shared, args.reps)
+        module_tokens = ModuleFile.open(shared.path).token_count
         engine.evict()
         decisions = routing_decisions(10_000)
         tick("timed routing decisions")
         del engine
         results = through_platform(args, settings, workdir, shared, distinct, tick)
-    router_ttft, rows, drops = results
+    router_ttft, split, rows, drops = results
     overhead = {"p50": router_ttft.p50 - local.p50, "p99": router_ttft.p99 - local.p99}
     targets = [
         _target("overhead_p50_ms", overhead["p50"], "<=", 10.0),
@@ -347,9 +363,10 @@ def run_benchmark(args: argparse.Namespace, settings: CagSettings, tick: Callabl
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         machine=ttft.MachineInfo.current(load_before),
         model=args.model,
-        module_tokens=ModuleFile.open(shared.path).token_count if shared.path.exists() else 0,
+        module_tokens=module_tokens,
         in_process_ttft_ms=local,
         router_ttft_ms=router_ttft,
+        breakdown=split,
         overhead_ms=overhead,
         restore_tax=restore,
         routing_decision_ms=decisions,
@@ -376,7 +393,7 @@ def through_platform(
     shared: Compiled,
     distinct: list[Compiled],
     tick: Callable[[str], None],
-) -> tuple[Quantiles, list[ConcurrencyRow], Quantiles]:
+) -> tuple[Quantiles, Breakdown, list[ConcurrencyRow], Quantiles]:
     clients = str(max(CLIENTS))
     runner = Platform(
         workdir / "run",
@@ -405,19 +422,23 @@ def through_platform(
                 wait_until(serves(cag, module.route), f"the router to serve {module.route}")
                 client_ttft(cag, module.route, FIRST_TOKEN)  # loads it: every measurement below is on resident rows
             tick("published and loaded")
-            samples = [client_ttft(cag, shared.route, FIRST_TOKEN) for _ in range(args.reps)]
+            timed = [timed_answer(cag, shared.route, FIRST_TOKEN) for _ in range(args.reps)]
             tick("timed TTFT through the router")
             rows = []
             for n in CLIENTS:
-                rows.append(concurrency(plan.address_of("router"), user, n, [shared.route], args.per_client))
-                rows.append(concurrency(plan.address_of("router"), user, n, [d.route for d in distinct[:n]],
-                                        args.per_client))  # fmt: skip
+                router = plan.address_of("router")
+                rows.append(concurrency(router, user, n, [shared.route], args.per_client, "shared"))
+                rows.append(concurrency(router, user, n, [d.route for d in distinct[:n]], args.per_client, "distinct"))
                 tick(f"{n} concurrent clients")
             drops = event_to_drop(registry, pool, [d.message.module_id for d in distinct])
             tick("timed invalidation drops")
     finally:
         runner.down(purge=True)
-    return Quantiles.of(samples), rows, drops
+    split = Breakdown(
+        pool_ttft_ms=Quantiles.of([summary.ttft_ms for _, summary in timed]),
+        engine_prefill_ms=Quantiles.of([summary.prefill_ms for _, summary in timed]),
+    )
+    return Quantiles.of([ms for ms, _ in timed]), split, rows, drops
 
 
 # ---------------------------------------------------------------- command line
@@ -452,6 +473,8 @@ def render(report: E2eReport, console: Console) -> None:
     for name, q in (
         ("TTFT in-process (resident module)", report.in_process_ttft_ms),
         ("TTFT client → router → cache pool", report.router_ttft_ms),
+        ("  of which: cache pool, arrival → first token", report.breakdown.pool_ttft_ms),
+        ("  of which: engine prefill of the query", report.breakdown.engine_prefill_ms),
         ("routing decision (in-process)", report.routing_decision_ms),
         ("invalidation event → dropped from the pool", report.event_to_drop_ms),
     ):

@@ -86,7 +86,7 @@ class Answerer:
             suffix = self.prompts.suffix_tokens(records[-1], ask.query)
         # An answer ends at its first paragraph, as the module's golden questions were answered when it was
         # compiled: what is served is what was validated.
-        stops = ask.sampling.stop_sequences | self.prompts.layout_of(records[-1]).paragraph_break_sequences()
+        stops = ask.sampling.stop_sequences | self.prompts.paragraph_ends(records[-1])
         sampling = dataclasses.replace(ask.sampling, stop_sequences=stops)
         with span("cachepool.load") as loading:
             chain = await self.pool.chain(records, ask.route_priority)

@@ -18,6 +18,7 @@ class PromptBook:
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
         self._layouts: dict[str, PromptLayout] = {}
+        self._paragraph_ends: dict[str, frozenset[tuple[int, ...]]] = {}
 
     def suffix_tokens(self, leaf: ModuleRecord, query: str) -> list[int]:
         """The query rendered into the leaf's layout (QueryError for an empty query, special-token text, or one
@@ -37,6 +38,13 @@ class PromptBook:
                 )  # fmt: skip
             prompt = self._layouts[leaf.layout_hash] = PromptLayout(layout, self._tokenizer)
         return prompt
+
+    def paragraph_ends(self, leaf: ModuleRecord) -> frozenset[tuple[int, ...]]:
+        """The token sequences that end an answer's first paragraph in the leaf's layout (tokenized once)."""
+        ends = self._paragraph_ends.get(leaf.layout_hash)
+        if ends is None:
+            ends = self._paragraph_ends[leaf.layout_hash] = self.layout_of(leaf).paragraph_break_sequences()
+        return ends
 
     def decode(self, leaf: ModuleRecord, token_ids: list[int]) -> str:
         return self.layout_of(leaf).decode(token_ids)
