@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from cag.acl import AclScope
+from cag.errors import InvalidFieldError
 from cag.events.schemas import RouteDecidedV1
 from cag.router.core import (
     AnswerPath,
@@ -110,4 +113,26 @@ def decided_event(decision: Decision) -> RouteDecidedV1:
         rule=decision.rule_id,
         confidence=decision.confidence,
         reason=decision.reason[:1024],
+    )
+
+
+# The most tokens one answer may ask for; the cache pool applies its own (lower) limit too.
+MAX_NEW_TOKENS = 4096
+
+
+def sampling_message(sampling: common_pb2.SamplingParams) -> common_pb2.SamplingParams:
+    """The request's sampling, checked at the router's edge (INVALID_ARGUMENT naming the field) and copied for the
+    cache pool: a negative or huge length, a non-finite or negative temperature or a nucleus outside [0, 1] never
+    travels further."""
+    if not 0 <= sampling.max_new_tokens <= MAX_NEW_TOKENS:
+        raise InvalidFieldError("sampling.max_new_tokens", f"must be in [0, {MAX_NEW_TOKENS}]")
+    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
+        raise InvalidFieldError("sampling.temperature", "must be a finite number >= 0 (0: greedy)")
+    if not math.isfinite(sampling.top_p) or not 0 <= sampling.top_p <= 1:
+        raise InvalidFieldError("sampling.top_p", "must be in [0, 1] (0: no cut)")
+    return common_pb2.SamplingParams(
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
     )

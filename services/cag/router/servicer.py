@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from cag.errors import FallbackUnavailableError, UnavailableError
 from cag.router.audit import DecisionAudit
-from cag.router.convert import decision_message
+from cag.router.convert import decision_message, sampling_message
 from cag.router.core import AnswerPath, Decision
 from cag.router.routing import Decider, RouteRequest
 from cag.rpc.auth import current_caller
@@ -47,7 +47,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     @override
     async def Explain(self, request: router_pb2.GenerateRequest, context: Context) -> common_pb2.RouteDecision:
-        """The decision Generate would make; not audited (nothing is served)."""
+        """The decision Generate would make; not audited (nothing is served). A request Generate would refuse
+        (its sampling included) is refused here too."""
+        sampling_message(request.sampling)
         decision = await self.decider.decide(current_caller(), _request_of(request))
         return decision_message(decision)
 
@@ -62,6 +64,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         FALLBACK_UNAVAILABLE: there is no fallback service to answer yet. Other errors of the pool reach the
         client with their own status and details."""
         arrived = time.perf_counter()
+        sampling = sampling_message(request.sampling)  # refused before anything is decided or sent
         with span("router.route") as routing:
             decision = await self.decider.decide(current_caller(), _request_of(request))
             attributes = {"route": decision.route, "path": decision.path.value, "basis": decision.basis.value}
@@ -71,16 +74,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         yield common_pb2.GenerateResponse(decision=decision_message(decision))
         if decision.path is AnswerPath.FALLBACK:
             raise FallbackUnavailableError(f"{decision.reason}, and no fallback service is available")
-        async for response in self._answer(decision, request, context, arrived):
+        async for response in self._answer(decision, request.query, sampling, context, arrived):
             yield response
 
     async def _answer(
-        self, decision: Decision, request: router_pb2.GenerateRequest, context: Context, arrived: float
+        self, decision: Decision, query: str, sampling: common_pb2.SamplingParams, context: Context, arrived: float
     ) -> AsyncIterator[common_pb2.GenerateResponse]:
         ask = cachepool_pb2.CachePoolGenerateRequest(
             module_ids=decision.module_ids,
-            query=request.query,
-            sampling=request.sampling,
+            query=query,
+            sampling=sampling,
             tenant_id=decision.tenant_id,
             route_priority=decision.priority,
         )
