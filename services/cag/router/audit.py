@@ -10,11 +10,19 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import Counter
+
 from cag.events.schemas import Envelope
 from cag.router.convert import decided_event
 from cag.router.core import Decision
+from cag.telemetry.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
+
+# Operators see lost audit records here (the registry's trail then misses those decisions).
+AUDIT_DROPPED = Counter(
+    "cag_route_audit_dropped", "Route decisions whose cag.route.decided event was not published", registry=REGISTRY
+)
 
 Publish = Callable[[Envelope], Awaitable[None]]
 
@@ -28,7 +36,7 @@ class DecisionAudit:
 
     def record(self, decision: Decision) -> None:
         if len(self._in_flight) >= self._max_in_flight:
-            self.dropped += 1
+            self._drop()
             log.warning(
                 "audit of decision %s dropped: %d publishes still pending", decision.decision_id, len(self._in_flight)
             )
@@ -42,13 +50,18 @@ class DecisionAudit:
         try:
             await self._publish(envelope)
         except Exception as e:  # any publish failure: logged, never the request's
-            self.dropped += 1
+            self._drop()
             log.warning("audit of decision %s not published: %s", envelope.event_id, e)
 
+    def _drop(self) -> None:
+        self.dropped += 1
+        AUDIT_DROPPED.inc()
+
     async def drain(self, timeout_s: float) -> None:
-        """Waits up to `timeout_s` for pending publishes (at shutdown), then cancels the rest."""
+        """Waits up to `timeout_s` for pending publishes (at shutdown), then cancels the rest (counted dropped)."""
         if not self._in_flight:
             return
         _, pending = await asyncio.wait(set(self._in_flight), timeout=timeout_s)
         for task in pending:
             task.cancel()
+            self._drop()
