@@ -189,7 +189,15 @@ def spans() -> InMemorySpanExporter:
 
 
 @pytest.fixture
-async def stack(infra: Infra, fresh_database: FreshDatabase, spans: InMemorySpanExporter) -> AsyncIterator[Stack]:
+def router_overrides() -> dict[str, Any]:
+    """RouterSettings fields a test module sets differently (by overriding this fixture)."""
+    return {}
+
+
+@pytest.fixture
+async def stack(
+    infra: Infra, fresh_database: FreshDatabase, spans: InMemorySpanExporter, router_overrides: dict[str, Any]
+) -> AsyncIterator[Stack]:
     key = load_key(infra.auth_key_file)
     shared = InfraSettings(
         database_url=fresh_database.database_url, nats_url=infra.nats_url, auth_key_file=infra.auth_key_file
@@ -219,6 +227,7 @@ async def stack(infra: Infra, fresh_database: FreshDatabase, spans: InMemorySpan
                 instance=f"t{secrets.token_hex(4)}",  # a durable of its own: rule updates of this test only
                 shutdown_grace_s=0,
                 infra={"nats_url": infra.nats_url, "auth_key_file": infra.auth_key_file},  # type: ignore[arg-type]
+                **router_overrides,
             )
         )
         await router_app.start()
