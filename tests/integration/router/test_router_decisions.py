@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from cag.auth import ALL_TENANTS, Scope
 from cag.rpc.errors import error_details
 from cag.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.integration.router.conftest import MODULES, Stack
@@ -95,7 +96,7 @@ async def test_workspace_and_user_modules_serve_only_their_workspace_and_user(
 
 
 async def test_an_admin_token_for_several_tenants_names_the_tenant(stack: Stack) -> None:
-    admin = stack.registry.token("service:ops", ["admin"], ["*"])  # type: ignore[list-item]
+    admin = stack.registry.token("service:ops", [Scope.ADMIN], [ALL_TENANTS])
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.explain("an invoice", token=admin)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
