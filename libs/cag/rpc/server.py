@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection as grpc_reflection
 from cag.rpc.auth import Auth, AuthInterceptor
 from cag.rpc.errors import ErrorInterceptor
 from cag.telemetry import server_interceptor
+from cag.telemetry.requests import RequestCounter
 
 # (generated add_XServicer_to_server, servicer instance)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], object]
@@ -35,11 +36,13 @@ async def build_server(
     health checks must then authenticate (reflection too) and handlers find the caller with
     `current_caller()`; a fixed Caller runs every call as that caller; None, no authentication at
     all (tests of other things only: `current_caller()` then refuses). Tracing runs outermost (a server
-    span per call, continuing the caller's trace), then the error interceptor, so it also sees what later
-    interceptors raise; authentication runs before `interceptors`.
+    span per call, continuing the caller's trace), then the request counter (cag_requests_total by the status
+    the caller gets), then the error interceptor, so it also sees what later interceptors raise;
+    authentication runs before `interceptors`.
     """
     chain = [
         server_interceptor(),  # outermost: the server span covers errors and authentication too
+        RequestCounter(),  # counts the status the caller gets, so outside the error mapping
         ErrorInterceptor(),
         *([] if auth is None else [AuthInterceptor.for_auth(auth)]),
         *interceptors,

@@ -20,6 +20,9 @@ TTFT = Histogram(
 )
 ROUTE_DECISIONS = Counter("cag_route_decisions", "Routing decisions of served requests", ["path", "basis"],
                           registry=REGISTRY)  # fmt: skip
+# Every RPC a server answered (cag.telemetry.requests counts them): service and method from the gRPC path, code
+# the status name the caller received.
+REQUESTS = Counter("cag_requests", "RPCs answered", ["service", "method", "code"], registry=REGISTRY)
 
 
 def serve_metrics(host: str, port: int) -> int:

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
+_attached: list[SpanExporter] = []  # exporters given to configure_tracing, each attached once
 
 
 class TelemetrySettings(BaseSettings):
@@ -69,25 +70,30 @@ class JsonLinesExporter(SpanExporter):
 def configure_tracing(
     service_name: str, *, settings: TelemetrySettings | None = None, exporter: SpanExporter | None = None
 ) -> TracerProvider:
-    """The process's tracer provider (set once: later calls return the first one). `exporter`: where spans go
-    instead of what the settings say (tests pass an InMemorySpanExporter)."""
+    """The process's tracer provider, set once: later calls return the first one, named as the first call said.
+
+    `exporter`: where spans go instead of what the settings say (tests pass an InMemorySpanExporter). An exporter
+    that a later call passes is attached to the same provider (once) and gets the spans that end from then on:
+    the global provider cannot be replaced, so tests that each bring their own exporter would otherwise see
+    none."""
     global _provider
     with _lock:
-        if _provider is not None:
-            return _provider
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        if exporter is not None:
-            provider.add_span_processor(SimpleSpanProcessor(exporter))
-        else:
-            chosen = _exporter(settings or TelemetrySettings())
-            if chosen is not None:
-                provider.add_span_processor(BatchSpanProcessor(chosen))
-        trace.set_tracer_provider(provider)
-        _provider = provider
-        return provider
+        if _provider is None:
+            _provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+            if exporter is None:
+                chosen = exporter_for(settings or TelemetrySettings())
+                if chosen is not None:
+                    _provider.add_span_processor(BatchSpanProcessor(chosen))
+            trace.set_tracer_provider(_provider)
+        if exporter is not None and exporter not in _attached:
+            _provider.add_span_processor(SimpleSpanProcessor(exporter))
+            _attached.append(exporter)
+        return _provider
 
 
-def _exporter(settings: TelemetrySettings) -> SpanExporter | None:
+def exporter_for(settings: TelemetrySettings) -> SpanExporter | None:
+    """The exporter the settings choose (None: CAG_TRACES=off). Console spans go to stderr, never into the
+    output of a command that prints its answer on stdout."""
     match settings.destination:
         case "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

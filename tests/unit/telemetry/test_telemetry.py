@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from cag.telemetry.metrics import ROUTE_DECISIONS, TTFT, serve_metrics
+from cag.telemetry.metrics import REQUESTS, ROUTE_DECISIONS, TTFT, serve_metrics
 from cag.telemetry.tracing import JsonLinesExporter, TelemetrySettings, current_trace_id
 
 
@@ -45,8 +45,10 @@ def test_spans_written_as_json_lines_carry_their_trace(tmp_path: Path) -> None:
 def test_the_metrics_endpoint_serves_the_process_metrics() -> None:
     TTFT.labels(service="router", path="module").observe(0.2)
     ROUTE_DECISIONS.labels(path="module", basis="rule").inc()
+    REQUESTS.labels(service="cag.v1.RouterService", method="Generate", code="OK").inc()
     port = serve_metrics("127.0.0.1", 0)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         text = reply.read().decode()
     assert 'cag_ttft_seconds_count{path="module",service="router"}' in text
     assert 'cag_route_decisions_total{basis="rule",path="module"}' in text
+    assert 'cag_requests_total{code="OK",method="Generate",service="cag.v1.RouterService"}' in text
