@@ -29,6 +29,7 @@ from cag.registry.servicer import RegistryServicer
 from cag.registry.settings import RegistrySettings
 from cag.rpc.server import build_server
 from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.telemetry.metrics import serve_metrics
 from cag.v1 import registry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class RegistryApp:
             auth=load_key(s.auth_key_file),
             reflection=s.reflection,
         )
+        if s.metrics_port:
+            log.info("metrics on http://127.0.0.1:%d/metrics", serve_metrics("127.0.0.1", s.metrics_port))
         await self.server.start()
         log.info("registry serving on %s", s.address)
 

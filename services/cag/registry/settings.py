@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
@@ -27,6 +28,8 @@ class RegistrySettings(CagBaseSettings):
     reflection: bool = False
     # On SIGTERM: how long in-flight RPCs get to finish before they are cancelled.
     shutdown_grace_s: float = 10.0
+    # Prometheus metrics on http://127.0.0.1:<port>/metrics, as the router and the cache pool serve them.
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
     # Redelivery of events whose handling fails (docs/events.md): tries, then the delays between them.
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)

@@ -42,9 +42,14 @@ def reader_token(registry: RegistryServer) -> str:
     return registry.token("service:test-reader", [Scope.READ], [ALL_TENANTS])
 
 
-def trace_of(spans: InMemorySpanExporter, trace_id: str) -> dict[str, ReadableSpan]:
-    """The finished spans of one trace, by kind (the caller's own span under "INTERNAL")."""
-    mine = [s for s in spans.get_finished_spans() if s.context is not None and f"{s.context.trace_id:032x}" == trace_id]
+async def trace_of(spans: InMemorySpanExporter, trace_id: str) -> dict[str, ReadableSpan]:
+    """The three finished spans of one trace, by kind (the caller's own span under "INTERNAL"). The server
+    span ends after the status left for the client, so it may still be open when the call returns: wait."""
+    for _ in range(100):
+        mine = [s for s in spans.get_finished_spans() if s.context and f"{s.context.trace_id:032x}" == trace_id]
+        if len(mine) >= 3:
+            break
+        await asyncio.sleep(0.02)
     by_kind = {s.kind.name: s for s in mine}
     assert len(by_kind) == len(mine) == 3, [(s.name, s.kind.name) for s in mine]
     return by_kind
@@ -77,7 +82,7 @@ async def test_an_async_client_call_and_the_server_share_one_trace(
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await client.get("no-such-module")
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
-    assert_nested(trace_of(spans, trace_id))
+    assert_nested(await trace_of(spans, trace_id))
     assert requests_counted("NOT_FOUND") == not_found_before + 1
 
 
@@ -91,7 +96,7 @@ async def test_a_blocking_client_call_and_the_server_share_one_trace(
             return current_trace_id()
 
     trace_id = await asyncio.to_thread(ask)
-    assert_nested(trace_of(spans, trace_id))
+    assert_nested(await trace_of(spans, trace_id))
 
 
 async def test_a_refused_call_is_traced_and_counted_by_its_status(
@@ -104,7 +109,7 @@ async def test_a_refused_call_is_traced_and_counted_by_its_status(
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await client.get("no-such-module")
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
-    assert_nested(trace_of(spans, trace_id))
+    assert_nested(await trace_of(spans, trace_id))
     assert requests_counted("UNAUTHENTICATED") == before + 1
 
 

@@ -1,0 +1,44 @@
+"""The registry app serves its Prometheus metrics when a port is configured (real Postgres and NATS)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+
+from cag.auth import ALL_TENANTS, Scope
+from cag.auth.tokens import issue_token, load_key
+from cag.infra.ports import free_port
+from cag.registry.app import RegistryApp
+from cag.registry.settings import RegistrySettings
+from cag.rpc.clients import AsyncRegistryClient
+from cag.settings import InfraSettings
+from tests.infra_fixtures import FreshDatabase, Infra
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+async def test_the_registry_serves_its_request_counts_on_the_metrics_port(
+    infra: Infra, fresh_database: FreshDatabase
+) -> None:
+    shared = InfraSettings(
+        database_url=fresh_database.database_url, nats_url=infra.nats_url, auth_key_file=infra.auth_key_file
+    )
+    address, metrics_port = f"127.0.0.1:{free_port()}", free_port()
+    app = RegistryApp(RegistrySettings(infra=shared, address=address, metrics_port=metrics_port, shutdown_grace_s=0))
+    await app.start()
+    try:
+        token = issue_token(load_key(infra.auth_key_file), "service:test-reader", [Scope.READ], [ALL_TENANTS], 600)
+        async with AsyncRegistryClient(address, token=token) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.get("no-such-module")
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+        text = await asyncio.to_thread(scrape, metrics_port)
+    finally:
+        await app.stop()
+    assert 'cag_requests_total{code="NOT_FOUND",method="Get",service="cag.v1.RegistryService"}' in text
