@@ -89,7 +89,11 @@ def compile_module(
     `compile` span (cag.telemetry)."""
     with span("compile", source=request.source.name, model=request.model, parents=len(request.parents)) as compiling:
         result = _compile(request, models_dir=models_dir, engine=engine, observer=observer)
-        compiling.set_attributes({"module_id": result.metadata.module_id, "tokens": result.metadata.token_count})
+        metadata = result.metadata
+        compiling.set_attributes(
+            {"module_id": metadata.module_id, "route": metadata.route, "tenant_id": metadata.tenant_id,
+             "tokens": metadata.token_count}
+        )  # fmt: skip
         return result
 
 
