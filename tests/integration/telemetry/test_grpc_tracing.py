@@ -20,6 +20,7 @@ from cag.rpc.clients import AsyncRegistryClient, RegistryClient
 from cag.telemetry import configure_tracing, current_trace_id, span
 from cag.telemetry.metrics import REGISTRY
 from cag.v1 import registry_pb2
+from tests.registry_population import make_metadata
 from tests.registry_server import RegistryServer, serve_registry
 
 GET = "/cag.v1.RegistryService/Get"
@@ -118,3 +119,19 @@ async def test_an_answered_call_is_counted_ok(registry: RegistryServer) -> None:
     async with AsyncRegistryClient(registry.address, token=reader_token(registry)) as client:
         assert [m async for m in client.list_all(registry_pb2.ListModulesRequest())] == []
     assert requests_counted("OK", method="List") == before + 1
+
+
+async def test_a_stream_the_client_cancels_is_counted_cancelled(registry: RegistryServer) -> None:
+    before = requests_counted("CANCELLED", method="Watch")
+    admin = registry.admin()
+    await admin.register(make_metadata("m-watched"))
+    await admin.publish("m-watched")  # a change on the feed, so the stream answers once
+    async with AsyncRegistryClient(registry.address, token=reader_token(registry)) as client:
+        changes = client.watch()
+        await asyncio.wait_for(anext(changes), 5)  # the server's stream is running
+        await changes.aclose()  # the client stops listening: the call is cancelled
+    for _ in range(100):  # the server learns of the cancellation after the client let go
+        if requests_counted("CANCELLED", method="Watch") == before + 1:
+            break
+        await asyncio.sleep(0.02)
+    assert requests_counted("CANCELLED", method="Watch") == before + 1
