@@ -20,6 +20,7 @@ else:  # the runtime classes are not generic
     _Context = grpc.aio.ServicerContext
     _Handler = grpc.RpcMethodHandler
 
+# The same table as cag.rpc.errors.HANDLER_FACTORIES: cag.rpc builds on this package, not the other way round.
 _FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
