@@ -145,6 +145,13 @@ class KVCacheFullError(CagError):
     reason = "KV_CACHE_FULL"
 
 
+class UnsupportedKVLayoutError(CagError):
+    """The engine's attention backend stores KV in a page layout modules cannot be restored into."""
+
+    status = Status.FAILED_PRECONDITION
+    reason = "UNSUPPORTED_KV_LAYOUT"
+
+
 class UnknownEngineError(CagError):
     """An engine kind no installed engine answers to."""
 

@@ -311,6 +311,9 @@ class GatedSource:
     def in_memory(self) -> bool:
         return False
 
+    def tokens(self) -> list[int]:
+        return self.inner.tokens()
+
     def read_rows(self, into: RowsTarget | None = None) -> Iterator[LayerRows]:
         self.reads += 1
         assert self.gate.wait(30), "the test never opened the gate"

@@ -20,15 +20,14 @@ import torch
 
 from cag.engine.base import FinishReason, GenerateRequest, ModuleRows, ProgressCallback, RequestTimings, TokenEvent
 from cag.engine.cache import KVCache, KVShape
+from cag.engine.identity import checked_chain, engine_identity
 from cag.engine.llama import LlamaModel, PrefixRows
 from cag.engine.resident import Placement, ResidentSet
 from cag.engine.sampling import SamplingParams, TokenSampler, top_logprobs
-from cag.errors import ContextWindowExceededError, InvalidFieldError, KVCacheFullError
-from cag.kvmodule.chain import EngineIdentity, KVSource, order_chain
+from cag.errors import InvalidFieldError, KVCacheFullError
+from cag.kvmodule.chain import EngineIdentity, KVSource
 from cag.kvmodule.metadata import DTYPES
 from cag.models import ModelFiles
-
-KV_FORMAT = "kv=token-major"
 
 
 class TorchEngine:
@@ -44,27 +43,7 @@ class TorchEngine:
 
     @cached_property
     def identity(self) -> EngineIdentity:
-        c = self.model.config
-        # What makes KV reusable: architecture shape, RoPE scheme and KV layout, not the implementation.
-        fingerprint = ";".join(
-            [
-                "llama",
-                f"layers={c.layers}",
-                f"heads={c.heads}",
-                f"kv_heads={c.kv_heads}",
-                f"head_dim={c.head_dim}",
-                c.rope_fingerprint,
-                "attn=causal-gqa",
-                KV_FORMAT,
-            ]
-        )
-        return EngineIdentity(
-            model_name=self.model_files.name,
-            model_revision=self.model_files.model_revision,
-            tokenizer_revision=self.model_files.tokenizer_revision,
-            engine_fingerprint=fingerprint,
-            dtype=self.dtype_name,
-        )
+        return engine_identity(self.model_files, self.model.config, self.dtype_name, "torch")
 
     @property
     def kv_shape(self) -> KVShape:
@@ -195,16 +174,7 @@ class TorchEngine:
     # ------------------------------------------------------------ steps
 
     def _checked_chain(self, chain: Sequence[KVSource], *, extra: int) -> list[KVSource]:
-        """The chain root first, refused unless it was built for this engine and fits the context window."""
-        ordered = order_chain(chain) if chain else []
-        for module in ordered:
-            self.identity.check(module.metadata)
-        needed = sum(m.token_count for m in ordered) + extra
-        if needed > self.context_window:
-            raise ContextWindowExceededError(
-                f"{needed} tokens do not fit the context window of {self.context_window} tokens"
-            )
-        return ordered
+        return checked_chain(self.identity, self.context_window, chain, extra=extra)
 
     def _place(self, chain: list[KVSource], own: int, *, minimum: int) -> Placement:
         """The chain resident (or entering) and `own` rows for the request — fewer, down to `minimum`, when

@@ -41,6 +41,10 @@ class KVSource(Protocol):
         """True when the rows already sit in host memory: reading them is a copy, not I/O."""
         ...
 
+    def tokens(self) -> list[int]:
+        """The token ids the rows stand for (what a prompt must start with to use them)."""
+        ...
+
     def read_rows(self, into: RowsTarget | None = None) -> Iterator[LayerRows]:
         """Every layer's rows, in layer order; the iteration ends only once every byte is verified.
 
@@ -64,6 +68,8 @@ class EngineIdentity:
     tokenizer_revision: str
     engine_fingerprint: str
     dtype: str
+    # Fingerprints of other engines whose modules this one serves too (declared compatible pairs).
+    also_accepts: frozenset[str] = frozenset()
 
     def check(
         self, meta: ModuleMetadata, *, layout_hash: str | None = None, layout_of: str = "the chain's leaf"
@@ -81,7 +87,7 @@ class EngineIdentity:
         }
         for field, want in expected.items():
             have = str(getattr(meta, field))
-            if have != want:
+            if have != want and not (field == "engine_fingerprint" and have in self.also_accepts):
                 raise ModuleMismatchError(field, want, have, module=meta.module_id)
         if layout_hash is not None and meta.layout_hash != layout_hash:
             raise ModuleMismatchError(

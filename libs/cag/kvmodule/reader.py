@@ -201,6 +201,9 @@ class ModuleFile:
             raw = f.read(last.nbytes)
         return torch.frombuffer(bytearray(raw), dtype=torch.int32).tolist()
 
+    def tokens(self) -> list[int]:
+        return self.token_ids()
+
     def load(self) -> LoadedModule:
         """Map the file (zero-copy), verify every byte, and return host-RAM tensor views."""
         mapped = self._mapped()
@@ -324,6 +327,9 @@ class LoadedModule:
     @property
     def in_memory(self) -> bool:
         return True
+
+    def tokens(self) -> list[int]:
+        return [int(t) for t in self.token_ids.tolist()]
 
     def read_rows(self, into: RowsTarget | None = None) -> Iterator[LayerRows]:
         """Views of the verified rows, or (with `into`) copies of them in the caller's tensors."""

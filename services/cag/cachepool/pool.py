@@ -98,6 +98,9 @@ class WatchedSource:
     def in_memory(self) -> bool:
         return self.inner.in_memory
 
+    def tokens(self) -> list[int]:
+        return self.inner.tokens()
+
     def read_rows(self, into: RowsTarget | None = None) -> Iterator[LayerRows]:
         try:
             yield from self.inner.read_rows(into)
