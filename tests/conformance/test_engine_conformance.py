@@ -1,4 +1,4 @@
-"""What every engine promises, run against each engine kind (torch now; vLLM joins by adding a factory).
+"""What every engine promises, run against each engine kind (the torch reference engine and vLLM).
 
 An engine owns its KV memory and answers requests (chain + suffix + sampling) as a token stream: the
 answer from restored modules is the answer of a full prefill of the same tokens, whatever the engine
@@ -36,7 +36,11 @@ def _torch(model: ModelFiles, kv_capacity: int | None) -> Engine:
     return load_engine("torch", model, "fp32", kv_capacity=kv_capacity)
 
 
-FACTORIES: dict[str, EngineFactory] = {"torch": _torch}
+def _vllm(model: ModelFiles, kv_capacity: int | None) -> Engine:
+    return load_engine("vllm", model, "fp32", kv_capacity=kv_capacity)
+
+
+FACTORIES: dict[str, EngineFactory] = {"torch": _torch, "vllm": _vllm}
 SUFFIX = (300, 301, 302, 7, 8, 9, 1000)
 OTHER_SUFFIX = (42, 43, 44, 45)
 GREEDY = SamplingParams(max_new_tokens=12, logprobs=5)
@@ -48,15 +52,36 @@ MakeEngine = Callable[..., Engine]
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-def make_engine(request: pytest.FixtureRequest, tiny_model: ModelFiles) -> MakeEngine:
-    """A fresh engine of the kind under test: make_engine(kv_capacity=None)."""
-    factory = FACTORIES[request.param]
-    return lambda kv_capacity=None: factory(tiny_model, kv_capacity)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def engine(make_engine: MakeEngine) -> Engine:
-    return make_engine()
+def make_engine(kind: str, tiny_model: ModelFiles) -> MakeEngine:
+    """A fresh engine of the kind under test: make_engine(kv_capacity=None)."""
+    return lambda kv_capacity=None: FACTORIES[kind](tiny_model, kv_capacity)
+
+
+@pytest.fixture(scope="session")
+def session_vllm(tiny_model: ModelFiles) -> Iterator[Engine]:
+    engine = _vllm(tiny_model, None)
+    yield engine
+    engine.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def engine(kind: str, make_engine: MakeEngine, request: pytest.FixtureRequest) -> Engine:
+    """A fresh torch engine; vLLM's engine takes seconds to start, so one serves the session, emptied per test."""
+    if kind != "vllm":
+        return make_engine()
+    shared: Engine = request.getfixturevalue("session_vllm")
+    shared.evict()
+    return shared
+
+
+def _whole_blocks(engine: Engine, tokens: int) -> int:
+    """Of `tokens` chain tokens, those an engine keeps resident between requests (whole reuse blocks)."""
+    return tokens // engine.reuse_block_size * engine.reuse_block_size
 
 
 @pytest.fixture
@@ -152,8 +177,8 @@ def test_consecutive_requests_on_one_chain_reuse_it_and_stay_exact(engine: Engin
     _assert_same_answer(first, first_reference)
     _assert_same_answer(second, second_reference)  # the first request's suffix and answer left no trace
     assert first[-1].timings.restored_tokens == chain_tokens
-    assert second[-1].timings.reused_tokens == chain_tokens
-    assert second[-1].timings.restored_tokens == 0
+    assert second[-1].timings.reused_tokens == _whole_blocks(engine, chain_tokens)
+    assert second[-1].timings.restored_tokens == chain_tokens - _whole_blocks(engine, chain_tokens)
 
 
 def test_a_chain_extending_the_resident_one_restores_only_the_rest(engine: Engine, chain: list[ModuleFile]) -> None:
@@ -233,14 +258,23 @@ def test_a_corrupt_source_fails_the_request_before_any_token(
     _assert_same_answer(_run(engine, chain, SUFFIX), _full_prefill(engine, chain, SUFFIX))
 
 
-def test_a_damaged_copy_of_a_resident_module_is_not_read_again(
+def test_a_damaged_copy_of_a_resident_module_never_serves_its_damaged_rows(
     engine: Engine, chain: list[ModuleFile], tiny_chain: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Residency is by content (checksums): the verified rows in memory serve, the damaged file is not read."""
+    """Residency is by content (checksums). An engine holding the module whole serves its verified rows and does
+    not read the damaged file; one that must restore the module's last partial block reads the file again and
+    refuses it before any token."""
     reference = _run(engine, chain[:1], SUFFIX)
-    again = _run(engine, [_damaged_copy(tiny_chain[0], tmp_path, 0.5)], SUFFIX)
-    _assert_same_answer(again, reference)
-    assert again[0].timings.restored_tokens == 0
+    damaged = _damaged_copy(tiny_chain[0], tmp_path, 0.5)
+    if _whole_blocks(engine, chain[0].token_count) == chain[0].token_count:
+        again = _run(engine, [damaged], SUFFIX)
+        _assert_same_answer(again, reference)
+        assert again[0].timings.restored_tokens == 0
+    else:
+        tokens: list[TokenEvent] = []
+        with pytest.raises(ModuleCorruptedError, match="checksum"):
+            tokens.extend(engine.generate(GenerateRequest(chain=[damaged], suffix=SUFFIX, sampling=GREEDY)))
+        assert tokens == []
 
 
 def test_prefill_module_on_a_corrupt_parent_fails(
@@ -329,7 +363,10 @@ def test_concurrent_requests_on_one_module_answer_as_if_alone(engine: Engine, ch
         _assert_same_answer(mine, reference)
 
 
-def test_requests_needing_a_missing_module_share_one_restore(engine: Engine, chain: list[ModuleFile]) -> None:
+def test_requests_needing_a_missing_module_share_one_restore(tiny_model: ModelFiles, chain: list[ModuleFile]) -> None:
+    """The torch engine restores a module once for every request that needs it meanwhile. (vLLM's connector
+    restores per request what its prefix cache lacks; single flight of host copies is the cache pool's.)"""
+    engine = _torch(tiny_model, None)
     reference = _full_prefill(engine, chain[:1], SUFFIX)
     gate = threading.Event()
     source = GatedSource(chain[0], gate)
@@ -359,7 +396,9 @@ def test_load_resident_and_drop(engine: Engine, chain: list[ModuleFile]) -> None
     assert engine.drop(child.metadata.module_id) is False
     assert engine.resident() == {root.metadata.module_id: root.token_count}
     again = _run(engine, chain, SUFFIX)
-    assert (again[0].timings.reused_tokens, again[0].timings.restored_tokens) == (root.token_count, child.token_count)
+    kept = _whole_blocks(engine, root.token_count)
+    total = root.token_count + child.token_count
+    assert (again[0].timings.reused_tokens, again[0].timings.restored_tokens) == (kept, total - kept)
     _assert_same_answer(again, _full_prefill(engine, chain, SUFFIX))
 
 

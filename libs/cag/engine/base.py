@@ -109,6 +109,12 @@ class Engine(Protocol):
     def context_window(self) -> int: ...
 
     @property
+    def reuse_block_size(self) -> int:
+        """Residency comes in blocks of this many tokens: a resident chain's last partial block is restored again
+        by each request on it (1: chains stay resident whole)."""
+        ...
+
+    @property
     def kv_capacity(self) -> int:
         """Tokens the engine's KV memory holds; a request or load that cannot fit raises KVCacheFullError."""
         ...

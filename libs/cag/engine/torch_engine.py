@@ -54,6 +54,10 @@ class TorchEngine:
         return self.model.config.max_positions
 
     @property
+    def reuse_block_size(self) -> int:
+        return 1  # resident modules are kept whole
+
+    @property
     def kv_capacity(self) -> int:
         return self._resident.capacity
 

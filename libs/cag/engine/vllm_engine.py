@@ -48,6 +48,7 @@ import torch
 from vllm import EngineArgs, TokensPrompt
 from vllm import SamplingParams as VLLMSampling
 from vllm.config import KVTransferConfig
+from vllm.distributed.kv_transfer import kv_transfer_state
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.llm_engine import LLMEngine
@@ -57,6 +58,8 @@ VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 CPU_BLOCK_SIZE = 128
 GPU_BLOCK_SIZE = 16
 T = TypeVar("T")
+# vLLM engines in one process (tests, benchmarks comparing engines) share process globals: their steps take turns.
+_ONE_STEP_AT_A_TIME = threading.Lock()
 
 
 class VLLMEngine:
@@ -95,8 +98,13 @@ class VLLMEngine:
                 kv_connector_extra_config={DIRECTORY_KEY: self._directory_name},
             ),
         )
-        self._llm = LLMEngine.from_engine_args(args)
-        self._loop = StepLoop(self._llm)
+        with _ONE_STEP_AT_A_TIME:
+            # vLLM keeps its worker-side connector in a process global and builds one only when none exists: each
+            # engine gets its own, and binds it around each of its steps (see StepLoop).
+            kv_transfer_state._KV_CONNECTOR_AGENT = None
+            self._llm = LLMEngine.from_engine_args(args)
+            worker = kv_transfer_state._KV_CONNECTOR_AGENT
+        self._loop = StepLoop(self._llm, worker)
         self._request_ids = itertools.count()
         # Chains whose full blocks a restore put in vLLM's prefix cache: salt -> (chain, block index -> id, hash).
         self._cached: dict[str, tuple[tuple[KVSource, ...], dict[int, tuple[int, object]]]] = {}
@@ -104,6 +112,7 @@ class VLLMEngine:
 
     def close(self) -> None:
         self._loop.close()
+        self._llm.engine_core.shutdown()
         close_directory(self._directory_name)
 
     @cached_property
@@ -120,14 +129,19 @@ class VLLMEngine:
         return self.config.max_positions
 
     @property
+    def reuse_block_size(self) -> int:
+        """vLLM's prefix cache keeps full blocks: a chain's last partial block is restored by every request."""
+        return self.block_size
+
+    @property
     def kv_capacity(self) -> int:
         return self._capacity
 
     @property
     def kv_tokens_free(self) -> int:
         """Tokens of KV memory no running request holds (blocks only the prefix cache holds count as free)."""
-        free_blocks = int(self._block_pool().get_num_free_blocks())
-        return min(self._capacity, (free_blocks - 1) * self.block_size)
+        free_blocks = int(self._block_pool().get_num_free_blocks())  # the null block is never free
+        return min(self._capacity, free_blocks * self.block_size)
 
     # ------------------------------------------------------------ requests
 
@@ -342,25 +356,35 @@ class VLLMEngine:
         return resident
 
     def drop(self, module_id: str) -> bool:
-        """Take every cached chain holding the module out of vLLM's prefix cache (running requests keep their
-        blocks until they end)."""
+        """Take the module's blocks, and those after it, out of vLLM's prefix cache wherever a chain holds them; the
+        blocks before it stay (running requests keep their blocks until they end)."""
         was = module_id in self.resident()
 
         def evict() -> None:
+            doomed: set[int] = set()
             with self._cached_lock:
-                salts = [s for s, (c, _) in self._cached.items() if any(m.metadata.module_id == module_id for m in c)]
-                doomed = {e[0] for s in salts for e in self._cached.pop(s)[1].values()}
+                for salt, (chain, held) in list(self._cached.items()):
+                    start = _start_of(chain, module_id)
+                    if start is None:
+                        continue
+                    first = start // self.block_size
+                    doomed |= {block for index, (block, _) in held.items() if index >= first}
+                    self._cached[salt] = (chain, {i: e for i, e in held.items() if i < first})
             self._block_pool().evict_blocks(doomed)
 
         self._loop.call(evict)
         return was
 
     def evict(self) -> None:
+        """Empty vLLM's prefix cache (only the chains restores left there while requests still run)."""
+
         def evict_all() -> None:
             with self._cached_lock:
                 doomed = {e[0] for _, held in self._cached.values() for e in held.values()}
                 self._cached.clear()
-            self._block_pool().evict_blocks(doomed)
+            pool = self._block_pool()
+            if not pool.reset_prefix_cache():
+                pool.evict_blocks(doomed)
 
         self._loop.call(evict_all)
 
@@ -370,6 +394,16 @@ class VLLMEngine:
 
 def _chain_tokens(chain: Sequence[KVSource]) -> list[int]:
     return [t for module in chain for t in module.tokens()]
+
+
+def _start_of(chain: Sequence[KVSource], module_id: str) -> int | None:
+    """The position of the module's first token in the chain, None when the chain does not hold it."""
+    start = 0
+    for module in chain:
+        if module.metadata.module_id == module_id:
+            return start
+        start += module.token_count
+    return None
 
 
 def _salt(chain: Sequence[KVSource]) -> str:
@@ -387,8 +421,9 @@ def _top_logprobs(steps: Any, i: int, n: int) -> tuple[tuple[int, float], ...]:
 class StepLoop:
     """One thread owns the vLLM engine: it adds and aborts requests between steps and hands outputs to streams."""
 
-    def __init__(self, llm: LLMEngine) -> None:
+    def __init__(self, llm: LLMEngine, worker_connector: object) -> None:
         self._llm = llm
+        self._worker_connector = worker_connector
         self._commands: list[Callable[[], None]] = []
         self._streams: dict[str, queue.SimpleQueue[RequestOutput | BaseException]] = {}
         self._wake = threading.Condition()
@@ -464,7 +499,9 @@ class StepLoop:
 
     def _step(self) -> None:
         try:
-            outputs = self._llm.step()
+            with _ONE_STEP_AT_A_TIME:
+                kv_transfer_state._KV_CONNECTOR_AGENT = self._worker_connector
+                outputs = self._llm.step()
         except Exception as e:  # the engine is broken: every waiting stream learns why
             broken, self._streams = self._streams, {}
             for waiting in broken.values():
