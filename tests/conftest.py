@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,25 @@ def tiny_engine(tiny_model: ModelFiles) -> Engine:
 @pytest.fixture(scope="session")
 def smollm2_engine(smollm2: ModelFiles) -> Engine:
     return load_engine("torch", smollm2, "fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm(tiny_model: ModelFiles) -> Iterator[Engine]:
+    """The vLLM engine on the tiny model, for the whole session (it takes seconds to start); tests empty it."""
+    engine = load_engine("vllm", tiny_model, "fp32")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_vllm(smollm2: ModelFiles) -> Iterator[Engine]:
+    engine = load_engine("vllm", smollm2, "fp32", kv_capacity=SMOLLM2_VLLM_TOKENS)
+    yield engine
+    engine.close()
+
+
+# KV memory of the session's SmolLM2 vLLM engine: enough for the tests' prompts, not the whole 8k context.
+SMOLLM2_VLLM_TOKENS = 4096
 
 
 LAYOUT = EXAMPLES / "layouts" / "support_agent.v1.json"

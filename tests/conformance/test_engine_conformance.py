@@ -62,19 +62,12 @@ def make_engine(kind: str, tiny_model: ModelFiles) -> MakeEngine:
     return lambda kv_capacity=None: FACTORIES[kind](tiny_model, kv_capacity)
 
 
-@pytest.fixture(scope="session")
-def session_vllm(tiny_model: ModelFiles) -> Iterator[Engine]:
-    engine = _vllm(tiny_model, None)
-    yield engine
-    engine.close()  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 def engine(kind: str, make_engine: MakeEngine, request: pytest.FixtureRequest) -> Engine:
     """A fresh torch engine; vLLM's engine takes seconds to start, so one serves the session, emptied per test."""
     if kind != "vllm":
         return make_engine()
-    shared: Engine = request.getfixturevalue("session_vllm")
+    shared: Engine = request.getfixturevalue("tiny_vllm")
     shared.evict()
     return shared
 

@@ -166,6 +166,10 @@ class Engine(Protocol):
         """Drop every resident module: the next request restores its whole chain."""
         ...
 
+    def close(self) -> None:
+        """Stop serving and release what the engine holds beyond its memory (threads, runtimes)."""
+        ...
+
 
 _ENGINES = {"torch": "cag.engine.torch_engine:TorchEngine", "vllm": "cag.engine.vllm_engine:VLLMEngine"}
 

@@ -175,6 +175,9 @@ class TorchEngine:
     def evict(self) -> None:
         self._resident.clear()
 
+    def close(self) -> None:
+        return  # nothing but memory, which goes with the engine
+
     # ------------------------------------------------------------ steps
 
     def _checked_chain(self, chain: Sequence[KVSource], *, extra: int) -> list[KVSource]:

@@ -92,6 +92,11 @@ class Directory:
             self.plans[key] = plan
         return key
 
+    def outcome(self, key: str) -> Outcome:
+        """What became of the plan so far."""
+        with self.lock:
+            return Outcome(report=self.reports.get(key), saved=self.saved.get(key), cached=self.cached.get(key, {}))
+
     def close(self, key: str) -> Outcome:
         """Forget the plan; what became of it."""
         with self.lock:

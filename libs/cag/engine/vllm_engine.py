@@ -60,6 +60,7 @@ GPU_BLOCK_SIZE = 16
 T = TypeVar("T")
 # vLLM engines in one process (tests, benchmarks comparing engines) share process globals: their steps take turns.
 _ONE_STEP_AT_A_TIME = threading.Lock()
+_live_engines: set[int] = set()
 
 
 class VLLMEngine:
@@ -104,6 +105,10 @@ class VLLMEngine:
             kv_transfer_state._KV_CONNECTOR_AGENT = None
             self._llm = LLMEngine.from_engine_args(args)
             worker = kv_transfer_state._KV_CONNECTOR_AGENT
+            # vLLM's shutdown tears down process-wide state (its distributed groups) that every other engine of
+            # the process still uses: the last engine closed shuts vLLM down (close), never the garbage collector.
+            self._llm.engine_core._finalizer.detach()
+            _live_engines.add(id(self))
         self._loop = StepLoop(self._llm, worker)
         self._request_ids = itertools.count()
         # Chains whose full blocks a restore put in vLLM's prefix cache: salt -> (chain, block index -> id, hash).
@@ -111,9 +116,13 @@ class VLLMEngine:
         self._cached_lock = threading.Lock()
 
     def close(self) -> None:
+        """Stop serving; the last vLLM engine of the process closed also shuts vLLM down."""
         self._loop.close()
-        self._llm.engine_core.shutdown()
         close_directory(self._directory_name)
+        with _ONE_STEP_AT_A_TIME:
+            _live_engines.discard(id(self))
+            if not _live_engines:
+                self._llm.engine_core.shutdown()
 
     @cached_property
     def identity(self) -> EngineIdentity:
@@ -190,7 +199,7 @@ class VLLMEngine:
         finally:
             if not finished:
                 self._loop.abort(request_id)
-            self._closed(key, chain)
+            self._directory.close(key)
 
     def _first_timings(
         self,
@@ -208,12 +217,13 @@ class VLLMEngine:
         request fails (ModuleCorruptedError) rather than answer. A verified host-RAM copy that could not be
         written only costs time.
         """
-        with self._directory.lock:
-            report = self._directory.reports.get(key)
+        outcome = self._directory.outcome(key)
+        report = outcome.report
         if report is not None and report.error is not None and not all(m.in_memory for m in chain):
             if isinstance(report.error, CagError):
                 raise report.error
             raise ModuleCorruptedError(f"restoring the chain failed: {report.error}") from report.error
+        self._remember(chain, outcome)
         restored = report.restored_tokens if report is not None and report.error is None else 0
         chain_tokens = sum(m.token_count for m in chain)
         cached = output.num_cached_tokens or 0
@@ -237,12 +247,8 @@ class VLLMEngine:
             return FinishReason.STOP if reason == "stop" else FinishReason.LENGTH
         return None
 
-    def _closed(self, key: str, chain: Sequence[KVSource]) -> None:
-        """Forget the request's plan; remember what its restore left in vLLM's prefix cache."""
-        outcome = self._directory.close(key)
-        self._remember(chain, outcome)
-
     def _remember(self, chain: Sequence[KVSource], outcome: Outcome) -> None:
+        """Note what a successful restore left in vLLM's prefix cache (for `resident` and `drop`)."""
         if not chain or outcome.report is None or outcome.report.error is not None or not outcome.cached:
             return
         salt = _salt(chain)
