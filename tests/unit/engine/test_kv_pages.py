@@ -35,6 +35,7 @@ def test_slots_follow_the_block_table() -> None:
 def test_cpu_pages_are_what_vllms_own_cpu_kernel_writes(isa: str) -> None:
     """The reference: vLLM's cpu_attn_reshape_and_cache op, writing the same rows at the same slots."""
     from vllm import _custom_ops as ops
+
     k, v = _rows(70, seed=1)
     slots = Slots(BLOCK_IDS, 10, 80, BLOCK_SIZE)
     ours = _memory()
