@@ -24,6 +24,10 @@ EXAMPLES = REPO / "examples"
 os.environ.setdefault("CAG_HOME", str(REPO / ".cag"))
 # One thread in tests, whatever the shell or the Makefile says: the servers under test share the two cores.
 os.environ["CAG_NUM_THREADS"] = "1"
+# Commands and services the tests start compile and answer with the torch engine, which starts in a second; vLLM
+# (the default where installed) is tested where it is named: its conformance and connector tests, the cross-engine
+# tests and the serving path end to end.
+os.environ["CAG_ENGINE"] = "torch"
 tune_engine_runtime(CagSettings().num_threads, os.environ)
 
 import pytest

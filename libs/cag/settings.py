@@ -10,6 +10,7 @@ CAG_REGISTRY_DATABASE_URL (say) overrides them for one.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -20,6 +21,15 @@ from cag.errors import InvalidInputError
 
 SHARED_PREFIX = "CAG_"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+# The engines cag.engine.load_engine builds (named here so torch-free code can validate a choice).
+ENGINE_KINDS = ("torch", "vllm")
+
+
+def default_engine() -> str:
+    """The inference engine where none is named (CAG_ENGINE): vLLM where it is installed, else the torch engine."""
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "torch"
 
 
 def _default_home() -> Path:
@@ -118,6 +128,8 @@ class CagSettings(CagBaseSettings):
     home: Path = Field(default_factory=_default_home)
     # Threads of an engine hosted by this process (cag.engine.runtime); None: the engine's default.
     num_threads: int | None = None
+    # The engine that compiles and answers in this process (cag.engine.engine_kinds).
+    engine: str = Field(default_factory=default_engine)
     registry_address: str = "127.0.0.1:50051"
     # Where `cag ask` finds the router (CAG_ROUTER_ADDRESS; `cag platform up` prints the one it started).
     router_address: str = Field(default="127.0.0.1:50053", validation_alias="CAG_ROUTER_ADDRESS")

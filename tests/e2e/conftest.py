@@ -1,6 +1,6 @@
-"""The serving path in one process: a registry (Postgres), a cache pool (the session's tiny engine) and a router,
-each a real gRPC server, real NATS; tracing into an in-memory exporter. Tenant acme's billing route is served by
-a public shared module and acme's billing module on top of it."""
+"""The serving path in one process: a registry (Postgres), a cache pool (the session's tiny torch or vLLM engine)
+and a router, each a real gRPC server, real NATS; tracing into an in-memory exporter. Tenant acme's billing route
+is served by a public shared module and acme's billing module on top of it."""
 
 from __future__ import annotations
 
@@ -61,11 +61,19 @@ async def publish(registry: RegistryServer, path: Path) -> common_pb2.Module:
     return await admin.publish(module.metadata.module_id)
 
 
+@pytest.fixture(params=["torch", "vllm"])
+def serving_engine(request: pytest.FixtureRequest) -> Engine:
+    """The cache pool's engine: every serving-path test runs on the torch engine and on vLLM (emptied first)."""
+    engine: Engine = request.getfixturevalue(f"tiny_{'engine' if request.param == 'torch' else 'vllm'}")
+    engine.evict()
+    return engine
+
+
 @pytest.fixture
 async def platform(
     store: PostgresStore,
     infra: Infra,
-    tiny_engine: Engine,
+    serving_engine: Engine,
     servable_chain: tuple[Path, Path],
     spans: InMemorySpanExporter,
     tmp_path: Path,
@@ -82,7 +90,7 @@ async def platform(
         )
         await registry.admin().stub.PutRouteRules(rules)
         settings = pool_settings(registry, infra, tmp_path / "disk", CAG_CACHEPOOL_HOME=models_dir.parent)
-        pool = CachePoolApp(settings, engine=tiny_engine)  # type: ignore[arg-type]
+        pool = CachePoolApp(settings, engine=serving_engine)  # type: ignore[arg-type]
         await pool.start()
         router_address = f"127.0.0.1:{free_port()}"
         router = RouterApp(

@@ -48,12 +48,12 @@ def in_process_answer(engine: Engine, platform: Platform, tiny_model: ModelFiles
 
 
 async def test_the_router_answers_with_the_in_process_engines_tokens(
-    platform: Platform, tiny_engine: Engine, tiny_model: ModelFiles
+    platform: Platform, serving_engine: Engine, tiny_model: ModelFiles
 ) -> None:
     async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
         first = await cag.ask(QUESTION, sampling=GREEDY)
         again = await cag.ask(QUESTION, sampling=GREEDY)
-    expected = in_process_answer(tiny_engine, platform, tiny_model, QUESTION)
+    expected = in_process_answer(serving_engine, platform, tiny_model, QUESTION)
     assert list(first.token_ids) == expected == list(again.token_ids)
     assert first.decision is not None
     assert (first.decision.route, first.decision.basis, first.decision.rule_id) == (ROUTE, "rule", "refunds")

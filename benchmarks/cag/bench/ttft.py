@@ -594,13 +594,24 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--reps", type=_positive, default=3, help="repetitions per measurement; medians are reported")
     p.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON report is written (default {DEFAULT_OUT})"
+        "--out", type=Path, help=f"where the JSON report is written (default {DEFAULT_OUT}, vLLM: ttft_vllm.json)"
     )
     p.add_argument("--model", default=SMOLLM2, help=f"catalog name or model folder (default {SMOLLM2})")
+    p.add_argument(
+        "--engine",
+        choices=("torch", "vllm"),
+        default="torch",
+        help="torch: restores vs full prefill and the transformers tutorial; vllm: the connector's restores vs"
+        " vLLM's full prefill and warm prefix hits, and concurrent answers vs the torch engine",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
+    if args.engine == "vllm":
+        from cag.bench import ttft_vllm
+
+        return ttft_vllm.run(args, settings)
     torch.set_num_threads(settings.num_threads or 2)
     config = BenchConfig(model=args.model, sizes=args.sizes, reps=args.reps)
     stderr = Console(stderr=True)
@@ -609,7 +620,12 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
         task = progress.add_task("loading", total=config.total_steps)
         report = run_benchmark(config, settings.models_dir, lambda d: progress.update(task, advance=1, description=d))
     emit_report(
-        report.to_json(), args.out, as_json=args.json, render=lambda c: render(report, c), width=160, stderr=stderr
+        report.to_json(),
+        args.out or DEFAULT_OUT,
+        as_json=args.json,
+        render=lambda c: render(report, c),
+        width=160,
+        stderr=stderr,
     )
     if not report.first_tokens_agree:
         stderr.print("[red]first tokens disagree between paths (see *_same_first_token in the JSON)[/red]")

@@ -18,7 +18,7 @@ from cag.compiler.request import AclSpec, CompileRequest
 from cag.metadata import DTYPE_NAMES
 from cag.rpc.clients import RegistryClient
 from cag.rpc.modules import module_message
-from cag.settings import CagSettings
+from cag.settings import ENGINE_KINDS, CagSettings
 
 
 def register(sub: Any) -> None:
@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--parent", action="append", default=[], type=Path, help="parent module file (repeat for a chain)")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_NAMES))
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_KINDS,
+        help="engine computing the rows, the one serving them (default: CAG_ENGINE)",
+    )
     p.add_argument("--route", help="route name (default: from --acl or the source directory name)")
     p.add_argument("--created-at", help="ISO date of the module (default: SOURCE_DATE_EPOCH or newest 'updated')")
     p.add_argument("--ttl-days", type=int, help="module expires this many days after created_at")
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
         created_at=_created_at(args.created_at, settings),
         ttl_days=args.ttl_days,
         keep_failed=args.keep_failed,
+        engine=args.engine or settings.engine,
     )
     # Credentials are resolved before the compile: a missing token should not cost a prefill to find out.
     client = registry_client(settings, args.registry) if args.publish else None

@@ -114,7 +114,8 @@ class Demo:
     def run(self) -> int:
         shutil.rmtree(self.knowledge, ignore_errors=True)
         shutil.copytree(self.args.examples / "knowledge", self.knowledge)  # the demo edits its own copy
-        self.engine = load_engine("torch", resolve_model(self.args.model, self.settings.models_dir), "fp32")
+        model = resolve_model(self.args.model, self.settings.models_dir)
+        self.engine = load_engine(self.settings.engine, model, "fp32")
         with RegistryClient(self.plan.address_of("registry"), token=self.operator) as registry:
             parent = self.compile_and_publish(registry, PUBLIC_PARENT, "public", ())
             for tenant, routes in TENANTS.items():
@@ -132,7 +133,7 @@ class Demo:
         request = CompileRequest(
             model=self.args.model, tokenizer=None, source=self.knowledge / name,
             layout=self.args.examples / "layouts" / "support_agent.v1.json", acl=AclSpec.parse(acl),
-            out=self.args.out / "modules", parents=parents,
+            out=self.args.out / "modules", parents=parents, engine=self.settings.engine,
         )  # fmt: skip
         self.console.rule(f"compile {name} ({acl})")
         with RichCompileObserver(self.console) as observer:

@@ -9,7 +9,6 @@ run at once.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -176,11 +175,6 @@ _ENGINES = {"torch": "cag.engine.torch_engine:TorchEngine", "vllm": "cag.engine.
 
 def engine_kinds() -> list[str]:
     return sorted(_ENGINES)
-
-
-def default_engine_kind() -> str:
-    """vLLM where it is installed (production serving), else the torch reference engine."""
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "torch"
 
 
 def load_engine(kind: str, model: ModelFiles, dtype: str, *, kv_capacity: int | None = None) -> Engine:

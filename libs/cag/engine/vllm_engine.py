@@ -99,6 +99,7 @@ class VLLMEngine:
                 kv_connector_extra_config={DIRECTORY_KEY: self._directory_name},
             ),
         )
+        preload = os.environ.get("LD_PRELOAD")
         with _ONE_STEP_AT_A_TIME:
             # vLLM keeps its worker-side connector in a process global and builds one only when none exists: each
             # engine gets its own, and binds it around each of its steps (see StepLoop).
@@ -109,6 +110,13 @@ class VLLMEngine:
             # the process still uses: the last engine closed shuts vLLM down (close), never the garbage collector.
             self._llm.engine_core._finalizer.detach()
             _live_engines.add(id(self))
+        # vLLM's CPU platform sets LD_PRELOAD (libgomp, tcmalloc) for the worker processes it would spawn; it runs
+        # in this process, and the setting would only leak into every program this process starts, whose OpenMP
+        # runtime would then load before their own tuning (cag.engine_runtime) could apply.
+        if preload is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = preload
         self._loop = StepLoop(self._llm, worker)
         self._request_ids = itertools.count()
         # Chains whose full blocks a restore put in vLLM's prefix cache: salt -> (chain, block index -> id, hash).

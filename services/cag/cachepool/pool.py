@@ -272,6 +272,13 @@ class CachePool:
             tokens = sum(m.record.token_count for m in restored)
             self.residency.record_load(restored[0].source_tier, self._bytes(tokens), restore_s)
 
+    async def reconcile_engine(self) -> None:
+        """Brings the engine tier's books in line with what the engine holds now: an engine may let an idle module
+        go on its own (vLLM's prefix cache reuses its least recently used blocks)."""
+        resident = await self._run(self.engine.resident)
+        for module_id in self.residency.idle_in(Tier.ENGINE) - resident.keys():
+            self.residency.remove(module_id, Tier.ENGINE)
+
     async def recover(self, chain: Sequence[ChainModule], error: CagError) -> bool:
         """After the engine refused a copy as it restored it: discard that copy, quarantine the module, and point
         the chain at the module's origin file. False when nothing is left to try (the origin itself failed, or no

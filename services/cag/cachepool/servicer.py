@@ -102,6 +102,7 @@ class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
     async def Stats(self, request: cachepool_pb2.StatsRequest, context: Context) -> cachepool_pb2.StatsResponse:
         self._authorize()
         pool, scheduler = self.pool, self.answerer.scheduler
+        await pool.reconcile_engine()  # what the engine holds now, not as of the last request
         return stats_of(
             pool.residency.stats(pool.now()),
             origin_hits=pool.origin_hits,

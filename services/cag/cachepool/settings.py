@@ -11,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from cag.cachepool.core import POLICIES, PoolSettings, TierBudgets
 from cag.cachepool.core.admission import QueueLimits
 from cag.events.consumer import Redelivery
-from cag.settings import CagBaseSettings
+from cag.settings import CagBaseSettings, default_engine
 
 GIB = 1 << 30
 
@@ -33,7 +33,10 @@ class CachePoolSettings(CagBaseSettings):
     dtype: str = "fp32"
     # Where converted models live: <home>/models, as the command line keeps them (CAG_HOME).
     home: Path = Field(default_factory=_default_home, validation_alias=AliasChoices("CAG_CACHEPOOL_HOME", "CAG_HOME"))
-    engine: str = "torch"
+    # The engine answering (CAG_CACHEPOOL_ENGINE or CAG_ENGINE): vLLM where it is installed.
+    engine: str = Field(
+        default_factory=default_engine, validation_alias=AliasChoices("CAG_CACHEPOOL_ENGINE", "CAG_ENGINE")
+    )
     # Tokens of KV memory the engine owns; 0: the model's context window.
     kv_capacity_tokens: int = Field(default=0, ge=0)
     # Bytes each tier may hold. Engine 0: the engine's KV memory less `request_reserve_tokens` per running request.

@@ -117,7 +117,7 @@ def _compile(
     _check_context_window(model, request, parent_tokens, len(tokens), layout.max_query_tokens)
 
     obs.stage("loading model")
-    engine = engine or load_engine("torch", model, request.dtype)
+    engine = engine or load_engine(request.engine, model, request.dtype)
     the_layout_hash = layout_hash(layout)
     for parent in parents:
         engine.identity.check(

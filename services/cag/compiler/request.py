@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,6 +10,7 @@ from cag.acl import PUBLIC_TENANT, AclScope
 from cag.errors import InvalidFieldError, InvalidInputError
 from cag.identifiers import check_name
 from cag.metadata import DTYPE_NAMES
+from cag.settings import ENGINE_KINDS, default_engine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,10 +65,14 @@ class CompileRequest:
     ttl_days: int | None = None
     keep_failed: bool = False
     golden_max_new_tokens: int = 48
+    # The engine that computes the rows: the one that will serve them (vLLM where installed).
+    engine: str = field(default_factory=default_engine)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_NAMES:
             raise InvalidInputError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPE_NAMES)}")
+        if self.engine not in ENGINE_KINDS:
+            raise InvalidInputError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINE_KINDS)}")
         if self.ttl_days is not None and self.ttl_days < 1:
             raise InvalidInputError("--ttl-days must be at least 1")
         self._check_route()

@@ -347,3 +347,15 @@ def test_remove_takes_a_module_out_of_one_tier_without_counting_an_eviction() ->
     assert p.remove("a", ENGINE) is True
     assert p.resident_tiers("a") == ()
     assert all(t.evictions == 0 and t.bytes == 0 for t in p.stats(T0).tiers)
+
+
+def test_idle_in_names_the_modules_of_a_tier_no_request_uses() -> None:
+    p = pool()
+    for module in (spec("a", 1), spec("b", 1)):
+        p.admit(module, ENGINE, T0)
+    p.admit(spec("c", 1), RAM, T0)
+    p.hold("a")
+    assert p.idle_in(ENGINE) == {"b"}
+    p.release("a")
+    assert p.idle_in(ENGINE) == {"a", "b"}
+    assert p.idle_in(RAM) == {"c"}

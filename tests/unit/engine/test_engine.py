@@ -248,3 +248,10 @@ def test_invalid_sampling_params_are_invalid_input(field: str, value: object) ->
 def test_a_request_without_suffix_tokens_is_invalid_input() -> None:
     with pytest.raises(InvalidFieldError, match="suffix"):
         GenerateRequest(chain=[], suffix=[], sampling=SamplingParams())
+
+
+def test_the_engine_kinds_settings_name_are_the_engines_load_engine_builds() -> None:
+    from cag.engine import engine_kinds
+    from cag.settings import ENGINE_KINDS
+
+    assert engine_kinds() == sorted(ENGINE_KINDS)

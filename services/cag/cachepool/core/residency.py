@@ -239,6 +239,10 @@ class Residency:
         self._forget_if_unplaced(module_id)
         return True
 
+    def idle_in(self, tier: Tier) -> frozenset[str]:
+        """The modules `tier` holds that no running request uses now."""
+        return frozenset(m for m in self._tier(tier).modules if self._modules[m].holds == 0)
+
     def hold(self, module_id: str) -> None:
         """A request starts using the resident module: until `release`, no admission evicts it."""
         self._known(module_id).holds += 1
