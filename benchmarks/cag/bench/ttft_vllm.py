@@ -120,7 +120,6 @@ def measure_size(engine: Engine, w: Workload, n: int, reps: int, tick: Tick) -> 
     rows = engine.prefill_module([], prefix)
     write_module(path, module_metadata(w, prefix, path), rows.k, rows.v, prefix)
     del rows
-    loaded = ModuleFile.open(path).load()
     seen: list[float] = []
 
     def cold() -> None:
@@ -129,10 +128,12 @@ def measure_size(engine: Engine, w: Workload, n: int, reps: int, tick: Tick) -> 
 
     full, full_tok, _ = _median_of(reps, lambda: _ttft(engine, (), [*prefix, *query]), engine.evict)
     tick(f"{n}: full prefill")
-    ram, ram_tok, restored = _median_of(reps, lambda: _ttft(engine, [loaded], query), engine.evict)
-    tick(f"{n}: restore from RAM")
+    # Cold before RAM: the host-RAM copy maps the file, and mapped pages cannot be evicted.
     file_cold, cold_tok, _ = _median_of(reps, lambda: _ttft(engine, [ModuleFile.open(path)], query), cold)
     tick(f"{n}: restore from a cold file")
+    loaded = ModuleFile.open(path).load()
+    ram, ram_tok, restored = _median_of(reps, lambda: _ttft(engine, [loaded], query), engine.evict)
+    tick(f"{n}: restore from RAM")
 
     def warm() -> None:  # vLLM's prefix cache holds the text from an identical earlier prefix
         engine.evict()
