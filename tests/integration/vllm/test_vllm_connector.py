@@ -93,14 +93,23 @@ def test_the_second_request_on_a_chain_hits_the_prefix_cache(vllm: VLLMEngine, m
     assert vllm.resident() == {"root200": 200, "child150": 150}
 
 
-def _raw(vllm: VLLMEngine, prompt: list[int], plan: Plan) -> tuple[list[int], object]:
-    """One request straight to vLLM with a plan of our choosing (prompt and chain may disagree)."""
+def _raw(vllm: VLLMEngine, prompt: list[int], plan: Plan, *, salt: bool = True) -> tuple[list[int], object]:
+    """One request straight to vLLM with a plan of our choosing (prompt and chain may disagree); salted with its
+    own key unless `salt` is False. Returns the tokens and the connector's report."""
+    tokens, report, _ = _raw_counted(vllm, prompt, plan, salt=salt)
+    return tokens, report
+
+
+def _raw_counted(vllm: VLLMEngine, prompt: list[int], plan: Plan, *, salt: bool) -> tuple[list[int], object, int]:
+    """`_raw`, and how many prompt tokens vLLM found cached (its prefix cache and the connector together)."""
     from vllm import TokensPrompt
 
     key = vllm._directory.open(plan)
     sampling = vllm._sampling(GREEDY, GREEDY.max_new_tokens, key)
-    salted = TokensPrompt(prompt_token_ids=prompt, cache_salt=f"raw-{key}")
-    outputs = vllm._loop.submit(f"raw-{key}", salted, sampling)
+    tokens_prompt = TokensPrompt(prompt_token_ids=prompt)
+    if salt:
+        tokens_prompt["cache_salt"] = f"raw-{key}"
+    outputs = vllm._loop.submit(f"raw-{key}", tokens_prompt, sampling)
     tokens: list[int] = []
     while True:
         output = outputs.get()
@@ -108,7 +117,22 @@ def _raw(vllm: VLLMEngine, prompt: list[int], plan: Plan) -> tuple[list[int], ob
         tokens.extend(output.outputs[0].token_ids)
         if output.finished:
             break
-    return tokens, vllm._directory.close(key).report
+    return tokens, vllm._directory.close(key).report, output.num_cached_tokens or 0
+
+
+def test_a_plain_request_never_reuses_module_rows_from_the_prefix_cache(
+    tiny_chain: tuple[Path, Path], vllm: VLLMEngine
+) -> None:
+    """Modules compiled by the torch engine are vLLM-cached under their chain's salt: the same tokens asked
+    plainly are prefilled by vLLM itself, and a second plain request reuses only what the first computed."""
+    chain = [ModuleFile.open(p) for p in tiny_chain]
+    served = _run(vllm, chain, SUFFIX)
+    assert served[0].timings.restored_tokens == sum(m.token_count for m in chain)
+    prompt = [*(t for m in chain for t in m.tokens()), *SUFFIX]
+    _, report, cached = _raw_counted(vllm, prompt, Plan(), salt=False)
+    assert (report, cached) == (None, 0)
+    _, _, cached_again = _raw_counted(vllm, prompt, Plan(), salt=False)
+    assert cached_again == len(prompt) // vllm.block_size * vllm.block_size  # its own blocks, now cached
 
 
 def test_a_module_covering_the_whole_prompt_leaves_the_last_token_to_compute(
