@@ -125,7 +125,8 @@ class Demo:
                 version = registry.put_route_rules(tenant_id, rules, routes_info, reason="demo").version
                 self.console.print(f"[green]route rules[/green] {tenant} v{version}: {len(rules)} rules")
             rows = self.questions()
-            self.console.print(table("answers through the router (SmolLM2-135M-Instruct, greedy)", rows))
+            title = f"answers through the router (SmolLM2-135M-Instruct on {self.settings.engine}, greedy)"
+            self.console.print(table(title, rows))
             self.console.print(table("live invalidation of acme/billing", self.invalidation(registry, parent)))
         return 0
 

@@ -256,10 +256,14 @@ class Platform:
         ]
 
 
+# CAG_ settings the services inherit: the engine (which one, and its threads) is the platform's, not the command's.
+SHARED_SETTINGS = frozenset({"CAG_NUM_THREADS", "CAG_ENGINE"})
+
+
 def inherited_env() -> dict[str, str]:
     """What the services inherit from this process: everything but CAG_ settings (which name this command's own
-    registry, token, ...; the plan sets the services' own), except the engine threads."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("CAG_") or k == "CAG_NUM_THREADS"}
+    registry, token, ...; the plan sets the services' own), except the engine's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CAG_") or k in SHARED_SETTINGS}
 
 
 def supervise(run_dir: Path) -> int:

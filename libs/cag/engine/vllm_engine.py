@@ -43,9 +43,10 @@ from cag.models import ModelFiles
 
 # The connector shares plans with the engine in memory: vLLM's engine core must run in this process.
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-# vLLM logs to stdout at INFO by default; stdout belongs to the program hosting it (tables, --json reports).
+# vLLM logs to stdout at INFO by default, and warns about every token-id prompt; stdout belongs to the program
+# hosting it (tables, --json reports), and restore failures are logged by the connector itself.
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 import torch
 from vllm import EngineArgs, TokensPrompt
