@@ -87,6 +87,9 @@ class Answerer:
         async def prefetch(*args: Any) -> None:
             return None
 
+        async def reconcile_engine() -> None:
+            return None
+
         # The pure residency core itself: Pin, Evict and Stats read it.
         residency = Residency(
             PoolSettings(budgets=TierBudgets(engine_bytes=GIB, host_ram_bytes=GIB, local_disk_bytes=GIB))
@@ -95,6 +98,7 @@ class Answerer:
         self.pool = Anything(
             resolve=resolve, prefetch=prefetch, view=lambda module_id: resident, residency=residency,
             now=lambda: NOW, origin_hits=0, invalidations=0, evict=lambda module_id, tier: None,
+            reconcile_engine=reconcile_engine,
         )  # fmt: skip
         self.scheduler = Anything(queued=0, running=0)
 
