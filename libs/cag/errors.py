@@ -152,6 +152,13 @@ class UnsupportedKVLayoutError(CagError):
     reason = "UNSUPPORTED_KV_LAYOUT"
 
 
+class UnknownJobError(CagError):
+    """A compile job id the compiler does not know (or the caller may not read)."""
+
+    status = Status.NOT_FOUND
+    reason = "UNKNOWN_JOB"
+
+
 class UnknownEngineError(CagError):
     """An engine kind no installed engine answers to."""
 

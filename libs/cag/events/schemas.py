@@ -167,6 +167,19 @@ class RoutesUpdatedV1(Payload):
     version: Version
 
 
+class CompileFailedV1(Payload):
+    """The compiler could not rebuild a module that was invalidated or expired: its route stays on the fallback
+    path (the old version is not served) until a compile succeeds."""
+
+    subject = "cag.compile.failed"
+    module_id: ModuleId  # the module that was to be replaced
+    tenant_id: Name
+    route: Name
+    job_id: Label
+    reason: Text
+    trigger_event_id: OptionalEventId = ""  # the module event that started the recompile
+
+
 INVALIDATION_PAYLOADS: tuple[type[Payload], ...] = (
     SourceChangedV1,
     ModelRevisedV1,
@@ -181,6 +194,7 @@ _ALL_PAYLOADS: tuple[type[Payload], ...] = (
     ModuleExpiredV1,
     RouteDecidedV1,
     RoutesUpdatedV1,
+    CompileFailedV1,
 )
 PAYLOADS: dict[tuple[str, int], type[Payload]] = {(p.subject, p.schema_version): p for p in _ALL_PAYLOADS}
 

@@ -26,15 +26,15 @@ from cag.v1 import common_pb2 as cag_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61g/v1/compiler.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x02\n\x0e\x43ompileRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttokenizer\x18\x02 \x01(\t\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x12\n\nlayout_uri\x18\x04 \x01(\t\x12\x18\n\x03\x61\x63l\x18\x05 \x01(\x0b\x32\x0b.cag.v1.Acl\x12\r\n\x05route\x18\x06 \x01(\t\x12\x19\n\x11parent_module_ids\x18\x07 \x03(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x10\n\x08ttl_days\x18\t \x01(\x05\x12\x0f\n\x07publish\x18\n \x01(\x08\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bkeep_failed\x18\x0c \x01(\x08\".\n\x0fPrefillProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\"\xb5\x01\n\x0f\x43ompileProgress\x12\x10\n\x06job_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05stage\x18\x02 \x01(\tH\x00\x12*\n\x07prefill\x18\x03 \x01(\x0b\x32\x17.cag.v1.PrefillProgressH\x00\x12&\n\x06golden\x18\x04 \x01(\x0b\x32\x14.cag.v1.GoldenResultH\x00\x12\"\n\x08\x66inished\x18\x05 \x01(\x0b\x32\x0e.cag.v1.ModuleH\x00\x42\x07\n\x05\x65vent\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"J\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1f\n\x04info\x18\x03 \x01(\x0b\x32\x11.cag.v1.ErrorInfo\"\xd8\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1f\n\x05state\x18\x02 \x01(\x0e\x32\x10.cag.v1.JobState\x12\x1e\n\x06module\x18\x03 \x01(\x0b\x32\x0e.cag.v1.Module\x12\x1f\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x10.cag.v1.JobError\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x81\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x32}\n\x0f\x43ompilerService\x12<\n\x07\x43ompile\x12\x16.cag.v1.CompileRequest\x1a\x17.cag.v1.CompileProgress0\x01\x12,\n\x06GetJob\x12\x15.cag.v1.GetJobRequest\x1a\x0b.cag.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61g/v1/compiler.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x02\n\x0e\x43ompileRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttokenizer\x18\x02 \x01(\t\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x12\n\nlayout_uri\x18\x04 \x01(\t\x12\x18\n\x03\x61\x63l\x18\x05 \x01(\x0b\x32\x0b.cag.v1.Acl\x12\r\n\x05route\x18\x06 \x01(\t\x12\x19\n\x11parent_module_ids\x18\x07 \x03(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x10\n\x08ttl_days\x18\t \x01(\x05\x12\x0f\n\x07publish\x18\n \x01(\x08\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bkeep_failed\x18\x0c \x01(\x08\".\n\x0fPrefillProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\"\xb5\x01\n\x0f\x43ompileProgress\x12\x10\n\x06job_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05stage\x18\x02 \x01(\tH\x00\x12*\n\x07prefill\x18\x03 \x01(\x0b\x32\x17.cag.v1.PrefillProgressH\x00\x12&\n\x06golden\x18\x04 \x01(\x0b\x32\x14.cag.v1.GoldenResultH\x00\x12\"\n\x08\x66inished\x18\x05 \x01(\x0b\x32\x0e.cag.v1.ModuleH\x00\x42\x07\n\x05\x65vent\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"J\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1f\n\x04info\x18\x03 \x01(\x0b\x32\x11.cag.v1.ErrorInfo\"\xdc\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1f\n\x05state\x18\x02 \x01(\x0e\x32\x10.cag.v1.JobState\x12\x1e\n\x06module\x18\x03 \x01(\x0b\x32\x0e.cag.v1.Module\x12\x1f\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x10.cag.v1.JobError\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tqueued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x08 \x01(\t\x12\r\n\x05route\x18\t \x01(\t\x12\x12\n\nsource_uri\x18\n \x01(\t\x12\x0f\n\x07trigger\x18\x0b \x01(\t\x12\x0c\n\x04logs\x18\x0c \x03(\t\"T\n\x0fListJobsRequest\x12\x1f\n\x05state\x18\x01 \x01(\x0e\x32\x10.cag.v1.JobState\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"-\n\x10ListJobsResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.cag.v1.Job*\x81\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x32\xbc\x01\n\x0f\x43ompilerService\x12<\n\x07\x43ompile\x12\x16.cag.v1.CompileRequest\x1a\x17.cag.v1.CompileProgress0\x01\x12,\n\x06GetJob\x12\x15.cag.v1.GetJobRequest\x1a\x0b.cag.v1.Job\x12=\n\x08ListJobs\x12\x17.cag.v1.ListJobsRequest\x1a\x18.cag.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cag.v1.compiler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=928
-  _globals['_JOBSTATE']._serialized_end=1057
+  _globals['_JOBSTATE']._serialized_start=1193
+  _globals['_JOBSTATE']._serialized_end=1322
   _globals['_COMPILEREQUEST']._serialized_start=88
   _globals['_COMPILEREQUEST']._serialized_end=365
   _globals['_PREFILLPROGRESS']._serialized_start=367
@@ -46,7 +46,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBERROR']._serialized_start=632
   _globals['_JOBERROR']._serialized_end=706
   _globals['_JOB']._serialized_start=709
-  _globals['_JOB']._serialized_end=925
-  _globals['_COMPILERSERVICE']._serialized_start=1059
-  _globals['_COMPILERSERVICE']._serialized_end=1184
+  _globals['_JOB']._serialized_end=1057
+  _globals['_LISTJOBSREQUEST']._serialized_start=1059
+  _globals['_LISTJOBSREQUEST']._serialized_end=1143
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1145
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1190
+  _globals['_COMPILERSERVICE']._serialized_start=1325
+  _globals['_COMPILERSERVICE']._serialized_end=1513
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class CompilerServiceStub:
                 request_serializer=cag_dot_v1_dot_compiler__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=cag_dot_v1_dot_compiler__pb2.Job.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/cag.v1.CompilerService/ListJobs',
+                request_serializer=cag_dot_v1_dot_compiler__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=cag_dot_v1_dot_compiler__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
 
 
 class CompilerServiceServicer:
@@ -64,6 +69,13 @@ class CompilerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """Jobs, newest first: those started by Compile and the recompiles invalidations started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompilerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_CompilerServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=cag_dot_v1_dot_compiler__pb2.GetJobRequest.FromString,
                     response_serializer=cag_dot_v1_dot_compiler__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=cag_dot_v1_dot_compiler__pb2.ListJobsRequest.FromString,
+                    response_serializer=cag_dot_v1_dot_compiler__pb2.ListJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class CompilerService:
             '/cag.v1.CompilerService/GetJob',
             cag_dot_v1_dot_compiler__pb2.GetJobRequest.SerializeToString,
             cag_dot_v1_dot_compiler__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cag.v1.CompilerService/ListJobs',
+            cag_dot_v1_dot_compiler__pb2.ListJobsRequest.SerializeToString,
+            cag_dot_v1_dot_compiler__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,8 @@ class CompilerServiceStub:
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_compiler_pb2.GetJobRequest, _compiler_pb2.Job]
     """A job's current state. NOT_FOUND when unknown (or no longer retained)."""
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_compiler_pb2.ListJobsRequest, _compiler_pb2.ListJobsResponse]
+    """Jobs, newest first: those started by Compile and the recompiles invalidations started."""
 
 @_typing.type_check_only
 class CompilerServiceAsyncStub(CompilerServiceStub):
@@ -50,6 +52,8 @@ class CompilerServiceAsyncStub(CompilerServiceStub):
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_compiler_pb2.GetJobRequest, _compiler_pb2.Job]  # type: ignore[assignment]
     """A job's current state. NOT_FOUND when unknown (or no longer retained)."""
+    ListJobs: _aio.UnaryUnaryMultiCallable[_compiler_pb2.ListJobsRequest, _compiler_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Jobs, newest first: those started by Compile and the recompiles invalidations started."""
 
 class CompilerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -69,5 +73,13 @@ class CompilerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compiler_pb2.Job, _abc.Awaitable[_compiler_pb2.Job]]:
         """A job's current state. NOT_FOUND when unknown (or no longer retained)."""
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _compiler_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compiler_pb2.ListJobsResponse, _abc.Awaitable[_compiler_pb2.ListJobsResponse]]:
+        """Jobs, newest first: those started by Compile and the recompiles invalidations started."""
 
 def add_CompilerServiceServicer_to_server(servicer: CompilerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

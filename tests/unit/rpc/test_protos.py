@@ -23,7 +23,7 @@ PROTOS = sorted(p.stem for p in (REPO / "protos" / "cag" / "v1").glob("*.proto")
 # The request path of each service (ARCHITECTURE.md, services table).
 SERVICES = {
     "router": ("RouterService", {"Generate", "Explain"}),
-    "compiler": ("CompilerService", {"Compile", "GetJob"}),
+    "compiler": ("CompilerService", {"Compile", "GetJob", "ListJobs"}),
     "registry": (
         "RegistryService",
         {

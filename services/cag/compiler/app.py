@@ -1,0 +1,102 @@
+"""Wiring of the compiler service: the jobs table, the runner, the recompile consumers and the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from faststream.nats import NatsBroker
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from cag.auth import ALL_TENANTS, Scope
+from cag.auth.tokens import issue_token, load_key
+from cag.compiler.jobstore import JobStore
+from cag.compiler.recompile import Recompiler, subscribe_recompiles
+from cag.compiler.runner import Compiler, CompilerConfig
+from cag.compiler.servicer import SERVICE_NAME, CompilerServicer
+from cag.compiler.settings import CompilerSettings
+from cag.engine import Engine
+from cag.events.bus import make_broker
+from cag.events.consumer import start_broker
+from cag.lifecycle import bounded
+from cag.rpc.clients import AsyncRegistryClient
+from cag.rpc.server import build_server
+from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.v1 import compiler_pb2_grpc
+
+log = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class CompilerApp:
+    settings: CompilerSettings
+    # Given by tests that share one engine; otherwise each model's engine is loaded on its first job.
+    engine: Engine | None = None
+    database: AsyncEngine | None = None
+    compiler: Compiler | None = None
+    recompiler: Recompiler | None = None
+    registry: AsyncRegistryClient | None = None
+    broker: NatsBroker | None = None
+    server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        key = load_key(s.auth_key_file)
+        token = issue_token(key, s.subject, [Scope.WRITE], [ALL_TENANTS], s.token_ttl_s)
+        self.database = create_async_engine(s.database_url, pool_size=4, pool_pre_ping=True)
+        store = JobStore(self.database)
+        await store.create_tables()
+        self.registry = AsyncRegistryClient(s.registry_address, token=token)
+        s.modules_dir.mkdir(parents=True, exist_ok=True)
+        config = CompilerConfig(models_dir=s.models_dir, out_dir=s.modules_dir, engine_kind=s.engine, workers=s.workers)
+        self.broker = make_broker(s.nats_url)
+        compiler = self.compiler = Compiler(store, self.registry, config, engine=self.engine)
+        recompiler = self.recompiler = Recompiler(compiler, self.registry, self.broker)
+        compiler.on_finished(recompiler.job_finished)
+        subscribe_recompiles(self.broker, recompiler, s.group, s.redelivery)
+        await start_broker(self.broker)
+        log.info("compiler: %d unfinished job(s) resumed", await compiler.resume())
+        self.server = await build_server(
+            [(compiler_pb2_grpc.add_CompilerServiceServicer_to_server, CompilerServicer(compiler, store))],
+            [SERVICE_NAME],
+            s.address,
+            auth=key,
+            reflection=s.reflection,
+        )
+        await self.server.start()
+        log.info("compiler serving on %s", s.address)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=self.settings.shutdown_grace_s)
+        if self.broker is not None:
+            await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
+        if self.compiler is not None:
+            await self.compiler.close()
+        if self.registry is not None:
+            await self.registry.close()
+        if self.database is not None:
+            await self.database.dispose()
+
+
+async def serve(settings: CompilerSettings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down (the process exits 0)."""
+    configure_tracing("cag-compiler")
+    app = CompilerApp(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await app.start()
+        await stop.wait()
+        log.info("compiler stopping")
+    finally:
+        await app.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    shutdown_tracing()

@@ -1,0 +1,286 @@
+"""Running compile jobs: a bounded pool of workers, one engine per model, progress fanned out to followers.
+
+`Compiler.submit` records a job (or finds the live one with the same key) and starts it; a job reads its
+source (file://), writes its layout to a scratch file, compiles on its parents' files (their registry records
+name them), registers the module and publishes it when asked and its golden questions passed. Every stage,
+prefill step, golden answer and the outcome go to the job's log in Postgres and to whoever follows the job's
+progress (a Compile stream). A compiler that stopped resumes the jobs it left queued or running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from cag.canonical import load_source, source_checksum
+from cag.compiler.core import Job, JobError, JobSpec, JobState, new_job
+from cag.compiler.golden import GoldenResult
+from cag.compiler.jobstore import JobStore
+from cag.compiler.pipeline import CompileResult, compile_module
+from cag.compiler.request import AclSpec, CompileRequest
+from cag.engine import Engine, load_engine
+from cag.errors import CagError, InvalidFieldError
+from cag.layout import parse_layout
+from cag.models import resolve_model
+from cag.rpc.clients import AsyncRegistryClient
+from cag.rpc.modules import module_message
+from cag.v1 import common_pb2, compiler_pb2
+
+log = logging.getLogger(__name__)
+Finished = Callable[[Job], None]
+
+
+def local_path(uri: str, field: str) -> Path:
+    """The folder or file a file:// URI (or a plain absolute path) names; other schemes are refused."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        raise InvalidFieldError(field, f"{uri!r}: only file:// URIs are read by this compiler")
+    path = Path(unquote(parsed.path))
+    if not path.is_absolute() or ".." in path.parts:
+        raise InvalidFieldError(field, f"{uri!r} must be an absolute path without '..'")
+    if not path.exists():
+        raise InvalidFieldError(field, f"{uri!r} does not exist")
+    return path
+
+
+def source_content_checksum(spec: JobSpec) -> str:
+    """The canonical checksum of the spec's source as it is now (the job key depends on it)."""
+    layout = parse_layout(spec.layout_json)
+    return source_checksum(load_source(local_path(spec.source_uri, "source_uri"), layout.section_order))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompilerConfig:
+    models_dir: Path
+    out_dir: Path  # where module files are written; their file:// URI is the registered storage_uri
+    engine_kind: str
+    workers: int = 1
+
+
+class Feed:
+    """One job's progress messages for any number of followers, from the start (late followers replay)."""
+
+    def __init__(self) -> None:
+        self._messages: list[compiler_pb2.CompileProgress | CagError] = []
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    async def put(self, message: compiler_pb2.CompileProgress | CagError) -> None:
+        async with self._changed:
+            self._messages.append(message)
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    async def follow(self) -> AsyncIterator[compiler_pb2.CompileProgress | CagError]:
+        seen = 0
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda n=seen: len(self._messages) > n or self._closed)  # type: ignore[misc]
+                fresh, done = self._messages[seen:], self._closed
+            seen += len(fresh)
+            for message in fresh:
+                yield message
+            if done and seen == len(self._messages):
+                return
+
+
+class JobObserver:
+    """The pipeline's observer for one job: progress to its feed (from the compile thread) and its log."""
+
+    def __init__(self, job: Job, feed: Feed, loop: asyncio.AbstractEventLoop) -> None:
+        self._job, self._feed, self._loop = job, feed, loop
+        self._total = 0
+        self._done = 0
+
+    def _emit(self, message: compiler_pb2.CompileProgress) -> None:
+        asyncio.run_coroutine_threadsafe(self._feed.put(message), self._loop)
+
+    def stage(self, name: str) -> None:
+        self._job.logs.append(name)
+        self._emit(compiler_pb2.CompileProgress(stage=name))
+
+    def prefill_started(self, total_tokens: int) -> None:
+        self._total, self._done = total_tokens, 0
+        self._emit(compiler_pb2.CompileProgress(prefill=compiler_pb2.PrefillProgress(done=0, total=total_tokens)))
+
+    def prefill_advanced(self, tokens: int) -> None:
+        self._done += tokens
+        progress = compiler_pb2.PrefillProgress(done=self._done, total=self._total)
+        self._emit(compiler_pb2.CompileProgress(prefill=progress))
+
+    def golden_result(self, result: GoldenResult) -> None:
+        self._job.logs.append(f"golden {'pass' if result.passed else 'FAIL'}: {result.question} -> {result.answer!r}")
+        golden = common_pb2.GoldenResult(
+            question=result.question, expect=list(result.expect), answer=result.answer, passed=result.passed
+        )
+        self._emit(compiler_pb2.CompileProgress(golden=golden))
+
+
+class Compiler:
+    def __init__(
+        self,
+        store: JobStore,
+        registry: AsyncRegistryClient,
+        config: CompilerConfig,
+        *,
+        engine: Engine | None = None,
+    ) -> None:
+        self._store, self._registry, self._config = store, registry, config
+        self._given_engine = engine
+        self._engines: dict[str, Engine] = {}
+        self._engine_lock = threading.Lock()  # one compile on an engine at a time (a compile empties it first)
+        self._slots = asyncio.Semaphore(config.workers)
+        self._executor = ThreadPoolExecutor(config.workers, thread_name_prefix="compile")
+        self._feeds: dict[str, Feed] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_finished: list[Finished] = []
+
+    def on_finished(self, callback: Finished) -> None:
+        """`callback(job)` runs when a job this process ran has finished (in the event loop's thread)."""
+        self._on_finished.append(callback)
+
+    async def submit(self, spec: JobSpec, *, trigger: str) -> tuple[Job, bool]:
+        """The job for `spec` and whether it is new (False: a live job with the same key answers for it)."""
+        checksum = await asyncio.to_thread(source_content_checksum, spec)
+        job, created = await self._store.add(new_job(spec, source_checksum=checksum, trigger=trigger, now=_now()))
+        if created:
+            self._start(job)
+        return job, created
+
+    async def resume(self) -> int:
+        """Start again the jobs a stopped compiler left queued or running; how many."""
+        jobs = await self._store.unfinished()
+        for job in jobs:
+            job.state, job.started_at = JobState.QUEUED, None
+            job.logs.append("resumed after a compiler restart")
+            self._start(job)
+        return len(jobs)
+
+    def feed(self, job_id: str) -> Feed | None:
+        return self._feeds.get(job_id)
+
+    async def wait(self, job_id: str) -> None:
+        """Until the job this process runs is finished (returns at once for any other)."""
+        feed = self._feeds.get(job_id)
+        if feed is not None:
+            async for _ in feed.follow():
+                pass
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for engine in self._engines.values():
+            engine.close()
+
+    def _start(self, job: Job) -> None:
+        self._feeds[job.job_id] = Feed()
+        task = asyncio.create_task(self._run(job), name=f"compile-{job.job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: Job) -> None:
+        feed = self._feeds[job.job_id]
+        await feed.put(compiler_pb2.CompileProgress(job_id=job.job_id))
+        async with self._slots:
+            job.state, job.started_at = JobState.RUNNING, _now()
+            await self._store.save(job)
+            module: common_pb2.Module | None = None
+            try:
+                module = await self._build(job, feed)
+                job.state, job.module_id = JobState.SUCCEEDED, module.module_id
+                job.logs.append(f"{'published' if module.version else 'registered'} {module.module_id}")
+                await feed.put(compiler_pb2.CompileProgress(finished=module))
+            except CagError as e:
+                self._fail(job, e)
+                await feed.put(e)
+            except Exception as e:  # a bug: the job fails with what happened, the service goes on
+                log.exception("compile job %s failed", job.job_id)
+                error = CagError(f"compile failed unexpectedly: {type(e).__name__}: {e}")
+                self._fail(job, error)
+                await feed.put(error)
+            finally:
+                job.finished_at = _now()
+                await self._store.save(job, module.SerializeToString() if module is not None else None)
+                await feed.close()
+                self._feeds.pop(job.job_id, None)
+        for callback in self._on_finished:
+            callback(job)
+
+    def _fail(self, job: Job, error: CagError) -> None:
+        job.state = JobState.FAILED
+        job.error = JobError(code=error.status.value, reason=error.reason, message=str(error))
+        job.logs.append(f"failed: {error.reason}: {error}")
+
+    async def _build(self, job: Job, feed: Feed) -> common_pb2.Module:
+        spec = job.spec
+        parents = tuple([await self._parent_file(module_id) for module_id in spec.parent_module_ids])
+        observer = JobObserver(job, feed, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._executor, self._compile, spec, parents, observer)
+        if result.path is None:
+            raise CagError("the compile wrote no module")  # keep_failed=False raises before this
+        registered = await self._registry.register(
+            module_message(
+                result.metadata,
+                source_uri=spec.source_uri,
+                storage_uri=result.path.resolve().as_uri(),
+                header_sha256=result.header_sha256,
+            )
+        )
+        if spec.publish and result.publishable:
+            return await self._registry.publish(registered.module_id)
+        return registered
+
+    async def _parent_file(self, module_id: str) -> Path:
+        record = await self._registry.get(module_id)
+        return local_path(record.storage_uri, "parent_module_ids")
+
+    def _compile(self, spec: JobSpec, parents: tuple[Path, ...], observer: JobObserver) -> CompileResult:
+        with tempfile.TemporaryDirectory(prefix="cag-compile-") as scratch:
+            layout = Path(scratch) / "layout.json"
+            layout.write_text(spec.layout_json)
+            request = CompileRequest(
+                model=spec.model,
+                tokenizer=spec.tokenizer,
+                source=local_path(spec.source_uri, "source_uri"),
+                layout=layout,
+                acl=AclSpec.parse(spec.acl),
+                out=self._config.out_dir,
+                parents=parents,
+                dtype=spec.dtype,
+                route=spec.route,
+                created_at=spec.created_at,
+                ttl_days=spec.ttl_days,
+                keep_failed=spec.keep_failed,
+                engine=self._config.engine_kind,
+            )
+            with self._engine_lock:
+                engine = self._engine(spec.model, spec.dtype)
+                return compile_module(request, models_dir=self._config.models_dir, engine=engine, observer=observer)
+
+    def _engine(self, model_name: str, dtype: str) -> Engine:
+        if self._given_engine is not None:
+            return self._given_engine
+        key = f"{model_name}/{dtype}"
+        if key not in self._engines:
+            model = resolve_model(model_name, self._config.models_dir)
+            self._engines[key] = load_engine(self._config.engine_kind, model, dtype)
+        return self._engines[key]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
