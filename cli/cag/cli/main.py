@@ -41,6 +41,7 @@ COMMANDS = {
     "ask": "ask_cmd",
     "platform": "platform_cmd",
     "routes": "routes_cmd",
+    "sources": "sources_cmd",
 }
 
 

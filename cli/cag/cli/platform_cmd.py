@@ -1,6 +1,6 @@
 """`cag platform up|status|down`: the whole platform on this machine, each service its own process.
 
-`up` starts the embedded infra (as `cag infra up`), then the registry, cache pool and router under one
+`up` starts the embedded infra (as `cag infra up`), then the registry, cache pool, router and compiler under one
 supervisor, and returns once every service answers its health check, leaving them running; `--foreground`
 stays attached and stops everything on Ctrl-C. `down` stops the services and the infra and leaves no
 process behind. The services' output goes to `<run dir>/platform/platform.log`.
@@ -20,7 +20,7 @@ from cag.settings import CagSettings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("platform", help="run registry, cache pool and router as local processes")
+    p = sub.add_parser("platform", help="run registry, cache pool, router and compiler as local processes")
     which = p.add_subparsers(dest="platform_command", required=True)
     up = which.add_parser("up", help="start infra and every service; return once all are healthy")
     up.add_argument("--model", default=SMOLLM2, help=f"the model the cache pool serves (default {SMOLLM2})")

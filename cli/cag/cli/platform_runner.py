@@ -1,6 +1,7 @@
-"""The platform as processes on one machine: infra, then registry, cache pool and router, each its own process.
+"""The platform as processes on one machine: infra, then registry, cache pool, router and compiler, each its own
+process.
 
-`honcho` (a Procfile runner) supervises the three services: it starts them, prefixes and multiplexes their
+`honcho` (a Procfile runner) supervises the four services: it starts them, prefixes and multiplexes their
 output, and when one of them exits or it is told to stop, it stops the others (SIGTERM to each process
 group, SIGKILL after a grace period). `up` runs that supervisor detached and returns once every service
 answers its gRPC health check; `down` stops the supervisor, makes sure nothing it started is left, and
@@ -14,6 +15,7 @@ infra's state)::
     traces-<service>.jsonl  each service's spans, one JSON object per line (OTEL_EXPORTER_OTLP_ENDPOINT, when
                      set in the environment of `up`, sends them to a collector instead)
     cachepool-cache/ the cache pool's local disk tier
+    modules/         the modules the compiler service builds (recompiles after invalidations)
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ PLATFORM_DIR = "platform"
 PLAN_FILE = "plan.json"
 LOG_FILE = "platform.log"
 # Preferred ports (the ones the services default to); a busy one is replaced by a free one.
-DEFAULT_PORTS = {"registry": 50051, "cachepool": 50052, "router": 50053}
+DEFAULT_PORTS = {"registry": 50051, "cachepool": 50052, "router": 50053, "compiler": 50054}
 HEALTH_NAMES = {
     "registry": "cag.v1.RegistryService",
     "cachepool": "cag.v1.CachePoolService",
     "router": "cag.v1.RouterService",
+    "compiler": "cag.v1.CompilerService",
 }
 # The cache pool loads the model and replays the registry before it reports SERVING.
 UP_TIMEOUT_S = 300.0
@@ -188,7 +191,14 @@ class Platform:
             "CAG_ROUTER_CACHEPOOL_ADDRESS": addresses["cachepool"],
             "CAG_ROUTER_NATS_URL": infra.nats_url_for("router"),
         }
-        own = {"registry": registry, "cachepool": cachepool, "router": router}
+        compiler = {
+            "CAG_COMPILER_ADDRESS": addresses["compiler"],
+            "CAG_COMPILER_REGISTRY_ADDRESS": addresses["registry"],
+            "CAG_COMPILER_DATABASE_URL": infra.database_url,
+            "CAG_COMPILER_NATS_URL": infra.nats_url_for("compiler"),
+            "CAG_COMPILER_OUT_DIR": str(self.dir / "modules"),
+        }
+        own = {"registry": registry, "cachepool": cachepool, "router": router, "compiler": compiler}
         return PlatformPlan(
             services=[
                 ServicePlan(

@@ -18,16 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from cag.canonical import load_source, source_checksum
+from cag.canonical.uris import local_path
 from cag.compiler.core import Job, JobError, JobSpec, JobState, new_job
 from cag.compiler.golden import GoldenResult
 from cag.compiler.jobstore import JobStore
 from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import Engine, load_engine
-from cag.errors import CagError, InvalidFieldError
+from cag.errors import CagError
 from cag.layout import parse_layout
 from cag.models import resolve_model
 from cag.rpc.clients import AsyncRegistryClient
@@ -36,19 +36,6 @@ from cag.v1 import common_pb2, compiler_pb2
 
 log = logging.getLogger(__name__)
 Finished = Callable[[Job], None]
-
-
-def local_path(uri: str, field: str) -> Path:
-    """The folder or file a file:// URI (or a plain absolute path) names; other schemes are refused."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
-        raise InvalidFieldError(field, f"{uri!r}: only file:// URIs are read by this compiler")
-    path = Path(unquote(parsed.path))
-    if not path.is_absolute() or ".." in path.parts:
-        raise InvalidFieldError(field, f"{uri!r} must be an absolute path without '..'")
-    if not path.exists():
-        raise InvalidFieldError(field, f"{uri!r} does not exist")
-    return path
 
 
 def source_content_checksum(spec: JobSpec) -> str:

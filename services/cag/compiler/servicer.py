@@ -14,10 +14,11 @@ from typing_extensions import override
 
 from cag.acl import AclScope
 from cag.auth import Scope
+from cag.canonical.uris import local_path
 from cag.compiler.core import Job, JobSpec, JobState
 from cag.compiler.jobstore import JobStore
 from cag.compiler.request import AclSpec
-from cag.compiler.runner import Compiler, local_path
+from cag.compiler.runner import Compiler
 from cag.errors import CagError, InvalidFieldError, UnknownJobError
 from cag.layout import layout_json, load_layout
 from cag.metadata import DTYPE_NAMES

@@ -38,6 +38,7 @@ class Services:
     compiler: CompilerApp
     key: bytes
     knowledge: Path
+    key_file: Path
 
     def token(self) -> str:
         return issue_token(self.key, "user:ops", [Scope.ADMIN], [ALL_TENANTS], 600)
@@ -91,7 +92,9 @@ async def services(
     compiler = CompilerApp(settings, engine=tiny_engine)
     try:
         await compiler.start()
-        yield Services(registry.settings.address, compiler.settings.address, compiler, load_key(key_file), knowledge)
+        yield Services(
+            registry.settings.address, compiler.settings.address, compiler, load_key(key_file), knowledge, key_file
+        )
     finally:
         await compiler.stop()
         await registry.stop()

@@ -223,3 +223,31 @@ async def test_duplicate_and_replayed_invalidations_compile_once(services: Servi
         await channel.close()  # type: ignore[attr-defined]
     assert done.state == compiler_pb2.JOB_STATE_SUCCEEDED
     assert done.module.version == 2
+
+
+async def test_sources_sync_publishes_the_changed_sources_and_the_compiler_rebuilds_them(
+    services: Services, infra: Infra, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cag.cli.main import main
+
+    parent = (await compile_all(services, services.request("shared", PUBLIC)))[-1].finished
+    await compile_all(services, services.request("billing", ACME, parent_module_ids=[parent.module_id]))
+    policy = services.knowledge / "billing" / "refund-policy.md"
+    policy.write_text(policy.read_text().replace("30 days", "45 days"))
+    monkeypatch.setenv("CAG_AUTH_KEY_FILE", str(services.key_file))
+    monkeypatch.delenv("CAG_TOKEN", raising=False)
+    argv = ["sources", "sync", "--registry", services.registry_address, "--nats", infra.nats_url]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    assert "1 changed" in out
+    assert "published" in out
+
+    async def rebuilt() -> bool:
+        async with services.registry() as registry:
+            chain = (await registry.resolve_route("acme", "billing")).chain
+        return bool(chain) and chain[-1].version == 2
+
+    await eventually(rebuilt, "the compiler to publish acme/billing v2")
+    assert await asyncio.to_thread(main, [*argv, "--dry-run"]) == 0  # now everything is as compiled
+    assert "0 changed" in capsys.readouterr().out
