@@ -1,4 +1,5 @@
-"""Eviction policies on hand-built candidates: exact order for the cost-aware keep value and for LRU."""
+"""Eviction policies on hand-built candidates: exact order for the cost-aware keep value, LRU and LFU, and a workload
+where all three disagree."""
 
 from __future__ import annotations
 
@@ -6,21 +7,23 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cag.cachepool.core import POLICIES, Candidate, CostAwarePolicy, LRUPolicy, policy_named
+from cag.cachepool.core import POLICIES, Candidate, CostAwarePolicy, LFUPolicy, LRUPolicy, policy_named
 from cag.cachepool.core.policies import GIB
 from cag.errors import InvalidFieldError
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def candidate(module_id: str, gib: float, *, hits: int = 0, priority: int = 1, used_min: int = 0) -> Candidate:
+def candidate(
+    module_id: str, gib: float, *, hits: int = 0, priority: int = 1, used_min: int = 0, reload: float = 1000.0
+) -> Candidate:
     return Candidate(
         module_id=module_id,
         bytes=int(gib * GIB),
         hits_last_15m=hits,
         route_priority=priority,
         last_used_at=T0 + timedelta(minutes=used_min),
-        reload_ms_per_gib=1000.0,
+        reload_ms_per_gib=reload,
     )
 
 
@@ -49,6 +52,41 @@ def test_lru_orders_by_least_recently_used_first() -> None:
     assert [c.module_id for c in order] == ["b", "d", "c", "a"]
 
 
+def test_lfu_orders_by_fewest_hits_then_least_recent_first() -> None:
+    order = LFUPolicy().eviction_order(WORKLOAD, T0)
+    assert [c.module_id for c in order] == ["d", "a", "c", "b"]  # a and d both unused: d was used longer ago
+
+
+def test_lfu_breaks_equal_hits_and_recency_by_module_id() -> None:
+    twins = [candidate("n2", 1, hits=3, used_min=5), candidate("n1", 1, hits=3, used_min=5)]
+    older = candidate("n9", 1, hits=3, used_min=1)
+    assert [c.module_id for c in LFUPolicy().eviction_order([*twins, older], T0)] == ["n9", "n1", "n2"]
+
+
+# Reload costs differ by where each module would come back from, so the keep value is no longer just use.
+# keep value = reload_ms_per_gib * max(1, hits * priority)
+MIXED = [
+    candidate("p", 4, hits=5, used_min=1, reload=100.0),  # big, busy, cheap to reload: 100 * 5 = 500
+    candidate("q", 0.25, hits=1, used_min=0, reload=10_000.0),  # small, quiet, only at the origin: 10000
+    candidate("r", 1, hits=8, used_min=4, reload=1000.0),  # the busiest, used last: 8000
+    candidate("s", 1, hits=2, used_min=2, reload=1000.0),  # 2000
+]
+
+
+def test_the_three_policies_order_the_same_modules_three_ways() -> None:
+    orders = {name: [c.module_id for c in policy_named(name).eviction_order(MIXED, T0)] for name in POLICIES}
+    assert orders == {
+        "cost_aware": ["p", "s", "r", "q"],  # cheapest reload milliseconds per GiB kept first
+        "lru": ["q", "p", "s", "r"],  # used at minutes 0, 1, 2, 4
+        "lfu": ["q", "s", "p", "r"],  # 1, 2, 5, 8 hits
+    }
+
+
+def test_the_three_policies_free_one_gib_with_different_victims() -> None:
+    victims = {name: policy_named(name).victims(MIXED, GIB, T0) for name in POLICIES}
+    assert victims == {"cost_aware": ["p"], "lru": ["q", "p"], "lfu": ["q", "s"]}
+
+
 def test_the_two_policies_choose_different_victims_for_the_same_need() -> None:
     need = int(1.2 * GIB)
     assert CostAwarePolicy().victims(WORKLOAD, need, T0) == ["a", "d"]  # 1 GiB, then 1.5 GiB >= 1.2
@@ -69,7 +107,11 @@ def test_ties_break_by_module_id(name: str) -> None:
 
 
 def test_policies_register_by_name() -> None:
-    assert {name: type(policy_named(name)) for name in POLICIES} == {"cost_aware": CostAwarePolicy, "lru": LRUPolicy}
+    assert {name: type(policy_named(name)) for name in POLICIES} == {
+        "cost_aware": CostAwarePolicy,
+        "lru": LRUPolicy,
+        "lfu": LFUPolicy,
+    }
     assert all(policy_named(name).name == name for name in POLICIES)
-    with pytest.raises(InvalidFieldError, match="cost_aware, lru"):
+    with pytest.raises(InvalidFieldError, match="cost_aware, lfu, lru"):
         policy_named("fifo")

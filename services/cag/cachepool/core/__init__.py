@@ -3,7 +3,15 @@ Does no I/O and reads no clock (callers pass `now`); imports no torch, gRPC, Fas
 (an import-linter contract keeps it so)."""
 
 from cag.cachepool.core.errors import ModuleNotResidentError, TierFullError
-from cag.cachepool.core.policies import POLICIES, Candidate, CostAwarePolicy, EvictionPolicy, LRUPolicy, policy_named
+from cag.cachepool.core.policies import (
+    POLICIES,
+    Candidate,
+    CostAwarePolicy,
+    EvictionPolicy,
+    LFUPolicy,
+    LRUPolicy,
+    policy_named,
+)
 from cag.cachepool.core.residency import (
     CACHE_TIERS,
     Eviction,
@@ -24,6 +32,7 @@ __all__ = [
     "CostAwarePolicy",
     "Eviction",
     "EvictionPolicy",
+    "LFUPolicy",
     "LRUPolicy",
     "ModuleNotResidentError",
     "ModuleSpec",

@@ -1,7 +1,7 @@
 """Eviction policies: which unpinned modules of a full tier leave first to make room for another.
 
 A policy only ranks; the residency bookkeeping decides when to ask and applies the answer. Policies register by
-name in POLICIES and the pool's settings pick one ("cost_aware" by default, "lru" as the alternative).
+name in POLICIES and the pool's settings pick one ("cost_aware" by default; "lru" and "lfu" as the alternatives).
 """
 
 from __future__ import annotations
@@ -91,7 +91,17 @@ class LRUPolicy(EvictionPolicy):
         return sorted(candidates, key=lambda c: (c.last_used_at, c.module_id))
 
 
-POLICIES: dict[str, type[EvictionPolicy]] = {"cost_aware": CostAwarePolicy, "lru": LRUPolicy}
+class LFUPolicy(EvictionPolicy):
+    """Least frequently used first: fewest hits in the last 15 minutes, then least recently used, then module id.
+    Counting only the window (not all time) lets a module that was busy once and is idle now leave."""
+
+    name = "lfu"
+
+    def eviction_order(self, candidates: Sequence[Candidate], now: datetime) -> list[Candidate]:
+        return sorted(candidates, key=lambda c: (c.hits_last_15m, c.last_used_at, c.module_id))
+
+
+POLICIES: dict[str, type[EvictionPolicy]] = {"cost_aware": CostAwarePolicy, "lru": LRUPolicy, "lfu": LFUPolicy}
 
 
 def policy_named(name: str) -> EvictionPolicy:
