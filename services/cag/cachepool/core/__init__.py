@@ -12,6 +12,7 @@ from cag.cachepool.core.policies import (
     LRUPolicy,
     policy_named,
 )
+from cag.cachepool.core.promotion import Promotion, PromotionRule, is_system_parent
 from cag.cachepool.core.residency import (
     CACHE_TIERS,
     Eviction,
@@ -38,11 +39,14 @@ __all__ = [
     "ModuleSpec",
     "PoolSettings",
     "PoolStats",
+    "Promotion",
+    "PromotionRule",
     "Residency",
     "ResidentModule",
     "Tier",
     "TierBudgets",
     "TierFullError",
     "TierStats",
+    "is_system_parent",
     "policy_named",
 ]
