@@ -92,7 +92,7 @@ class Answerer:
             chain = await self.pool.chain(records, ask.route_priority)
             loading.set_attribute("tier", ",".join(m.found_in.name.lower() for m in chain))
         waiting_since = time.time()
-        async with self.scheduler.slot() as queue_s:
+        async with self.scheduler.slot(ask.tenant_id, weight=ask.route_priority) as queue_s:
             record_span("cachepool.schedule", waiting_since, time.time(), queue_ms=queue_s * 1e3)
             self.pool.enter_engine(chain)
             decoder = _Decoder(self.prompts, records[-1])

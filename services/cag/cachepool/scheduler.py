@@ -3,6 +3,7 @@
 A request holds a slot only while the engine works for it: the chain's modules are brought into a data tier
 before (so a cold load never keeps a slot from requests whose modules are resident). A waiting request that
 is cancelled (client gone, deadline passed) leaves the queue at once; a running one frees its slot at once.
+Waiting requests take turns by tenant, weighted by their route's priority (the core's deficit round robin).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ class Scheduler:
         return self._queue.queued
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Holds an engine slot for the block; yields the seconds spent waiting for it. OverloadedError (with a
-        retry delay) when the queue is full."""
+    async def slot(self, tenant_id: str, *, weight: int = 1) -> AsyncIterator[float]:
+        """Holds an engine slot for the block; yields the seconds spent waiting for it. `weight` >= 1: the share
+        of each round the tenant's requests get while this one heads them. OverloadedError (with a retry delay)
+        when the queue, or the tenant's share of it, is full."""
         ticket = next(self._tickets)
         arrived = time.perf_counter()
-        if not self._queue.arrive(ticket):
+        if not self._queue.arrive(ticket, tenant=tenant_id, weight=weight):
             turn = self._waiting[ticket] = asyncio.get_running_loop().create_future()
             try:
                 await turn

@@ -49,6 +49,12 @@ class CachePoolSettings(CagBaseSettings):
     eviction_policy: str = Field(default="cost_aware", pattern="|".join(POLICIES))
     max_running: int = Field(default=4, ge=1)
     max_queued: int = Field(default=32, ge=0)
+    # Fair scheduling: the most of max_queued one tenant may fill, the engine slots kept for tenants running
+    # nothing (a newcomer never waits behind a flood; those slots idle while one tenant is alone), and the most
+    # a route's priority weighs in the tenants' round robin.
+    tenant_queue_share: float = Field(default=0.5, gt=0, le=1)
+    reserved_slots: int = Field(default=1, ge=0)
+    max_scheduling_weight: int = Field(default=8, ge=1)
     default_max_new_tokens: int = Field(default=128, ge=1)
     max_new_tokens_limit: int = Field(default=1024, ge=1)
     # Only this service identity (and admins) may call the pool.
@@ -88,7 +94,13 @@ class CachePoolSettings(CagBaseSettings):
 
     @property
     def queue_limits(self) -> QueueLimits:
-        return QueueLimits(max_running=self.max_running, max_queued=self.max_queued)
+        return QueueLimits(
+            max_running=self.max_running,
+            max_queued=self.max_queued,
+            tenant_queue_share=self.tenant_queue_share,
+            reserved_slots=self.reserved_slots,
+            max_weight=self.max_scheduling_weight,
+        )
 
     def pool_settings(self, engine_kv_bytes: int, bytes_per_token: int) -> PoolSettings:
         """The residency core's settings once the engine's KV memory (bytes) is known."""
