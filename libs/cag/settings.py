@@ -47,6 +47,11 @@ class InfraSettings(BaseModel):
     auth_key_file: Path | None = None  # the key that signs service tokens (`cag infra up` writes one)
     # Public keys (a JWKS file) of an identity provider whose RS256/ES256 tokens the services accept too.
     auth_jwks_file: Path | None = None
+    # An S3-compatible object store for module files (s3:// storage URIs): endpoint (None: AWS), region, keys.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = Field(default=None, repr=False)
+    s3_secret_access_key: str | None = Field(default=None, repr=False)
 
 
 class _InfraEnvSource(EnvSettingsSource):

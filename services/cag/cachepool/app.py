@@ -26,12 +26,13 @@ from cag.cachepool.registry_link import RegistryLink
 from cag.cachepool.scheduler import Scheduler
 from cag.cachepool.servicer import SERVICE_NAME, CachePoolServicer, ServingLimits
 from cag.cachepool.settings import CachePoolSettings
-from cag.cachepool.tiers import DiskTier
+from cag.cachepool.tiers import DiskTier, Origins
 from cag.engine import load_engine
 from cag.events.bus import make_broker
 from cag.events.consumer import start_broker
 from cag.lifecycle import bounded
 from cag.models import resolve_model
+from cag.objectstore.s3 import S3Settings
 from cag.rpc.auth import authenticated_channel
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.server import build_server
@@ -85,7 +86,7 @@ class CachePoolApp:
             engine=engine,
             registry=RegistryLink(self.registry, self.channel),
             residency=residency,
-            disk=DiskTier(s.disk_dir),
+            disk=DiskTier(s.disk_dir, Origins(S3Settings.of(s.infra))),
             executor=self.executor,
         )
         log.info("local disk tier: %d module(s) kept from before", await asyncio.to_thread(pool.index_disk))

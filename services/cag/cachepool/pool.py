@@ -29,7 +29,7 @@ from cag.cachepool.core.snapshot import (
     check_module_ids,
     check_visible,
 )
-from cag.cachepool.tiers import DiskTier, open_checked, origin_path, ram_copy
+from cag.cachepool.tiers import DiskTier, open_checked, ram_copy
 from cag.engine import GenerateRequest, KVShape, TokenEvent
 from cag.errors import CagError, ModuleCorruptedError, ModuleMismatchError, ModuleNotServableError
 from cag.kvmodule import EngineIdentity, KVSource, LayerRows, LoadedModule, ModuleFile, RowsTarget
@@ -356,7 +356,10 @@ class CachePool:
 
     async def _open_origin(self, record: ModuleRecord) -> ModuleFile:
         """The origin file itself, header checked against the record; the engine verifies its rows as it reads."""
-        return await self._run(open_checked, origin_path(record), record, tier="origin")
+        path = self.disk.origins.local_path(record)
+        if path is None:  # an object-store origin reaches the engine through the local disk tier
+            return await self._to_disk(record)
+        return await self._run(open_checked, path, record, tier="origin")
 
     async def _to_disk(self, record: ModuleRecord) -> ModuleFile:
         module = self._files.get(record.module_id)
@@ -371,11 +374,10 @@ class CachePool:
         return await self._single_flight(record.module_id, Tier.HOST_RAM, lambda: self._load_ram(record))
 
     async def _load_disk(self, record: ModuleRecord) -> ModuleFile:
-        origin = origin_path(record)
         self._admit(self._spec(record), Tier.LOCAL_DISK)  # room first: a load never overfills its tier
         began = time.perf_counter()
         try:
-            module = await self._run(self.disk.copy_in, origin, record)
+            module = await self._run(self.disk.copy_in, record)
         except BAD_COPY as e:
             self.residency.remove(record.module_id, Tier.LOCAL_DISK)
             await self._quarantine(record, f"its origin file failed verification: {e}")

@@ -1,5 +1,6 @@
 """The pool's data tiers below the engine: host RAM (verified anonymous copies), the local disk (a cache directory of
-verified module files) and the origin (the registry record's storage_uri).
+verified module files) and the origin (the registry record's storage_uri: a file:// path, or an s3:// object that
+reaches the engine through the local disk tier).
 
 Every copy is verified as it enters its tier: its tensor checksum, and the file against the registry record
 (tensor_checksum and header_sha256: a header edited and re-signed by hand is refused too). Any failure raises
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlparse
 
 import torch
@@ -23,6 +26,8 @@ from cag.kvmodule import LoadedModule, ModuleFile
 from cag.kvmodule.atomic import atomic_writer
 from cag.kvmodule.checksum import tensors_checksum
 from cag.kvmodule.metadata import DTYPES
+from cag.objectstore import ObjectStore, is_s3_uri, parse_s3_uri
+from cag.objectstore.s3 import S3Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +35,40 @@ SUFFIX = ".safetensors"
 COPY_CHUNK = 8 << 20
 
 
-def origin_path(record: ModuleRecord) -> Path:
-    """The module file its registry record points at; UnsupportedStorageError for anything but file://."""
-    uri = urlparse(record.storage_uri)
-    if uri.scheme != "file" or uri.netloc not in ("", "localhost"):
-        raise UnsupportedStorageError(record.module_id, uri.scheme or record.storage_uri[:16])
-    return Path(unquote(uri.path))
+class Origins:
+    """Where published module files are: a local path (file://) or an object in the object store (s3://, read in
+    parallel ranges; the client is made on first use)."""
+
+    def __init__(self, s3: S3Settings | None = None) -> None:
+        self._s3 = s3
+        self._store: ObjectStore | None = None
+        self._lock = threading.Lock()
+
+    def local_path(self, record: ModuleRecord) -> Path | None:
+        """The module's file when its origin is on this machine; None for an object-store origin."""
+        if is_s3_uri(record.storage_uri):
+            return None
+        uri = urlparse(record.storage_uri)
+        if uri.scheme != "file" or uri.netloc not in ("", "localhost"):
+            raise UnsupportedStorageError(record.module_id, uri.scheme or record.storage_uri[:16])
+        return Path(unquote(uri.path))
+
+    def fill(self, record: ModuleRecord, target: IO[bytes]) -> None:
+        """Every byte of the origin into `target`; the caller verifies them."""
+        path = self.local_path(record)
+        if path is not None:
+            with path.open("rb") as source:
+                shutil.copyfileobj(source, target, COPY_CHUNK)
+            return
+        self._object_store(record).download_into(parse_s3_uri(record.storage_uri), target)
+
+    def _object_store(self, record: ModuleRecord) -> ObjectStore:
+        with self._lock:
+            if self._store is None:
+                if self._s3 is None:
+                    raise UnsupportedStorageError(record.module_id, "s3 (no object store configured)")
+                self._store = ObjectStore(self._s3)
+            return self._store
 
 
 def open_checked(path: Path, record: ModuleRecord, *, tier: str) -> ModuleFile:
@@ -70,18 +103,19 @@ def ram_copy(module: ModuleFile) -> LoadedModule:
 class DiskTier:
     """Verified module files in `folder`, one per module id, written atomically (never half a file)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, origins: Origins | None = None) -> None:
         self.folder = folder
+        self.origins = origins or Origins()
         folder.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, module_id: str) -> Path:
         return self.folder / f"{module_id}{SUFFIX}"
 
-    def copy_in(self, source: Path, record: ModuleRecord) -> ModuleFile:
-        """Copies the origin file in, then verifies the copy (header, record, every tensor byte)."""
+    def copy_in(self, record: ModuleRecord) -> ModuleFile:
+        """Copies the module in from its origin, then verifies the copy (header, record, every tensor byte)."""
         target = self.path_of(record.module_id)
-        with source.open("rb") as src, atomic_writer(target) as dst:
-            shutil.copyfileobj(src, dst, COPY_CHUNK)
+        with atomic_writer(target) as dst:
+            self.origins.fill(record, dst)
         try:
             module = open_checked(target, record, tier="local disk")
             module.verify()

@@ -59,13 +59,16 @@ async def registry(store: PostgresStore, infra: Infra) -> AsyncIterator[Registry
         yield running
 
 
-def pool_settings(registry: RegistryServer, infra: Infra, cache_dir: Path, **overrides: object) -> CachePoolSettings:
+def pool_settings(
+    registry: RegistryServer, infra: Infra, cache_dir: Path, *, s3: dict[str, str] | None = None, **overrides: object
+) -> CachePoolSettings:
+    """`s3`: the object store's CAG_S3_* infra settings, when the pool fetches s3:// origins."""
     fields: dict[str, object] = {
         "address": f"127.0.0.1:{free_port()}",
         "registry_address": registry.address,
         "model": TINY,
         "cache_dir": cache_dir,
-        "infra": {"nats_url": infra.nats_url, "auth_key_file": infra.auth_key_file},
+        "infra": {"nats_url": infra.nats_url, "auth_key_file": infra.auth_key_file, **(s3 or {})},
         "instance": f"t{free_port()}",
         "max_running": 2,
         "max_queued": 2,
