@@ -37,6 +37,10 @@ class S3Location:
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
+    def parent(self) -> S3Location:
+        """The prefix this object lies under (its key up to the last '/')."""
+        return S3Location(self.bucket, self.key.rpartition("/")[0])
+
     def child(self, name: str) -> S3Location:
         """The object `name` under this prefix."""
         prefix = self.key.strip("/")

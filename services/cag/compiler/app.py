@@ -22,6 +22,8 @@ from cag.engine import Engine
 from cag.events.bus import make_broker
 from cag.events.consumer import start_broker
 from cag.lifecycle import bounded
+from cag.objectstore import ObjectStore, parse_s3_uri
+from cag.objectstore.s3 import S3Settings
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.server import build_server
 from cag.telemetry import configure_tracing, shutdown_tracing
@@ -52,7 +54,15 @@ class CompilerApp:
         await store.create_tables()
         self.registry = AsyncRegistryClient(s.registry_address, token=token)
         s.modules_dir.mkdir(parents=True, exist_ok=True)
-        config = CompilerConfig(models_dir=s.models_dir, out_dir=s.modules_dir, engine_kind=s.engine, workers=s.workers)
+        prefix = s.object_store_prefix
+        config = CompilerConfig(
+            models_dir=s.models_dir,
+            out_dir=s.modules_dir,
+            engine_kind=s.engine,
+            workers=s.workers,
+            upload_to=parse_s3_uri(prefix.rstrip("/") + "/module").parent() if prefix else None,
+            object_store=ObjectStore(S3Settings.of(s.infra)) if prefix else None,
+        )
         self.broker = make_broker(s.nats_url)
         compiler = self.compiler = Compiler(store, self.registry, config, engine=self.engine)
         recompiler = self.recompiler = Recompiler(compiler, self.registry, self.broker)

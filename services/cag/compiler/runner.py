@@ -30,6 +30,7 @@ from cag.engine import Engine, load_engine
 from cag.errors import CagError
 from cag.layout import parse_layout
 from cag.models import resolve_model
+from cag.objectstore import ObjectStore, S3Location
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.modules import module_message
 from cag.v1 import common_pb2, compiler_pb2
@@ -50,6 +51,9 @@ class CompilerConfig:
     out_dir: Path  # where module files are written; their file:// URI is the registered storage_uri
     engine_kind: str
     workers: int = 1
+    # Where module files are uploaded (their s3:// URI is registered); None: registered by their file:// URI.
+    upload_to: S3Location | None = None
+    object_store: ObjectStore | None = None
 
 
 class Feed:
@@ -224,13 +228,22 @@ class Compiler:
             module_message(
                 result.metadata,
                 source_uri=spec.source_uri,
-                storage_uri=result.path.resolve().as_uri(),
+                storage_uri=await self._stored(result.path),
                 header_sha256=result.header_sha256,
             )
         )
         if spec.publish and result.publishable:
             return await self._registry.publish(registered.module_id)
         return registered
+
+    async def _stored(self, path: Path) -> str:
+        """The module's storage URI: uploaded to the object store when one is configured."""
+        upload_to, store = self._config.upload_to, self._config.object_store
+        if upload_to is None or store is None:
+            return path.resolve().as_uri()
+        location = upload_to.child(path.name)
+        await asyncio.to_thread(store.upload, path, location)
+        return location.uri
 
     async def _parent_file(self, module_id: str) -> Path:
         record = await self._registry.get(module_id)

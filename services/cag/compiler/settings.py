@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
+from cag.objectstore import parse_s3_uri
 from cag.settings import CagBaseSettings, default_engine
 
 
@@ -28,6 +29,9 @@ class CompilerSettings(CagBaseSettings):
     home: Path = Field(default_factory=_default_home, validation_alias=AliasChoices("CAG_COMPILER_HOME", "CAG_HOME"))
     # Where module files are written; their file:// URI is what the registry records (default <home>/modules).
     out_dir: Path | None = None
+    # s3://bucket/prefix: modules are uploaded there and registered with their s3:// URI (pools fetch them from
+    # the object store, CAG_S3_*); unset: the file:// URI of the module in `out_dir`.
+    object_store_prefix: str | None = None
     engine: str = Field(
         default_factory=default_engine, validation_alias=AliasChoices("CAG_COMPILER_ENGINE", "CAG_ENGINE")
     )
@@ -47,6 +51,13 @@ class CompilerSettings(CagBaseSettings):
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (2.0, 5.0, 15.0, 60.0, 300.0)
     event_ack_wait_s: float = 60.0
+
+    @field_validator("object_store_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_s3_uri(value.rstrip("/") + "/module", field="object_store_prefix")
+        return value
 
     @property
     def models_dir(self) -> Path:

@@ -66,8 +66,19 @@ ACME = common_pb2.Acl(scope=common_pb2.ACL_SCOPE_TENANT, tenant_id="acme")
 
 
 @pytest.fixture
+def compiler_extra() -> tuple[dict[str, str], dict[str, str]]:
+    """More (infra, settings) fields of the compiler under test; a test module may override this fixture."""
+    return {}, {}
+
+
+@pytest.fixture
 async def services(
-    infra: Infra, fresh_database: FreshDatabase, tiny_engine: Engine, models_dir: Path, tmp_path: Path
+    infra: Infra,
+    fresh_database: FreshDatabase,
+    tiny_engine: Engine,
+    models_dir: Path,
+    tmp_path: Path,
+    compiler_extra: tuple[dict[str, str], dict[str, str]],
 ) -> AsyncIterator[Services]:
     key_file = tmp_path / "auth.key"
     key_file.touch(mode=0o600)
@@ -78,14 +89,16 @@ async def services(
         shutil.copytree(KNOWLEDGE / name, knowledge / name)
         (knowledge / name / "golden.json").write_text(json.dumps(PASSING_GOLDEN))
     registry_address = f"127.0.0.1:{free_port()}"
+    infra_extra, settings_extra = compiler_extra
     settings = CompilerSettings(
-        infra=shared,
+        infra=shared.model_copy(update=infra_extra),
         address=f"127.0.0.1:{free_port()}",
         registry_address=registry_address,
         out_dir=tmp_path / "modules",
         group=f"compiler-{secrets.token_hex(4)}",
         CAG_COMPILER_HOME=models_dir.parent,
         CAG_COMPILER_ENGINE="torch",
+        **settings_extra,
     )  # type: ignore[call-arg]
     registry = RegistryApp(RegistrySettings(infra=shared, address=registry_address))
     await registry.start()
