@@ -1,4 +1,4 @@
-"""`cag bench ttft`: the restore benchmark (see benchmarks/)."""
+"""`cag bench ttft | registry | e2e | pool`: the benchmarks (see benchmarks/)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,6 @@ def register(sub: Any) -> None:
     from cag.bench import e2e
 
     e2e.register(which)
+    from cag.bench import pool
+
+    pool.register(which)
