@@ -1,4 +1,4 @@
-"""`cag platform`: infra, registry, cache pool and router as separate processes under one supervisor — up returns
+"""`cag platform`: infra, registry, cache pool, router and compiler as separate processes under one supervisor — up returns
 once every service is healthy, down leaves no process behind."""
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ def test_up_serves_every_service_and_down_leaves_no_process(models_dir: Path) ->
         plan = platform.up(timeout_s=240)
         assert plan.supervisor_pid is not None
         statuses = platform.status()
-        assert [(s.name, s.serving) for s in statuses] == [("registry", True), ("cachepool", True), ("router", True)]
+        assert [(s.name, s.serving) for s in statuses] == [
+            ("registry", True),
+            ("cachepool", True),
+            ("router", True),
+            ("compiler", True),
+        ]
         processes = tree(plan.supervisor_pid)
         assert len(processes) >= 4  # the supervisor and (at least) one process per service
         assert platform.up().supervisor_pid == plan.supervisor_pid  # up again: the same platform, still serving
