@@ -30,6 +30,6 @@ def test_a_missing_object_is_not_found_and_a_store_down_is_unavailable(s3: S3End
     store = s3.store()
     with (tmp_path / "x").open("wb") as target, pytest.raises(KVModuleNotFoundError, match="does not exist"):
         store.download_into(s3.location("nothing/here.safetensors"), target)
-    s3.server.stop()
+    s3.stop()
     with (tmp_path / "y").open("wb") as target, pytest.raises(UnavailableError, match="unreachable"):
         store.download_into(s3.location("nothing/here.safetensors"), target)

@@ -84,7 +84,7 @@ async def test_an_object_store_outage_fails_only_modules_the_pool_does_not_hold(
     await until_caught_up(s3_pool)
     async with s3_pool.client() as router:
         await router.prefetch([root], common_pb2.TIER_HOST_RAM)
-        s3.server.stop()
+        s3.stop()
         held = await outcome_of(drain(router.generate(ask([root]))))
         missing = await outcome_of(drain(router.generate(ask([root, child]))))
     assert not isinstance(held, grpc.aio.AioRpcError), held
