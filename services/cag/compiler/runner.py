@@ -186,28 +186,31 @@ class Compiler:
     async def _run(self, job: Job) -> None:
         feed = self._feeds[job.job_id]
         await feed.put(compiler_pb2.CompileProgress(job_id=job.job_id))
-        async with self._slots:
-            job.state, job.started_at = JobState.RUNNING, _now()
-            await self._store.save(job)
-            module: common_pb2.Module | None = None
-            try:
-                module = await self._build(job, feed)
-                job.state, job.module_id = JobState.SUCCEEDED, module.module_id
-                job.logs.append(f"{'published' if module.version else 'registered'} {module.module_id}")
-                await feed.put(compiler_pb2.CompileProgress(finished=module))
-            except CagError as e:
-                self._fail(job, e)
-                await feed.put(e)
-            except Exception as e:  # a bug: the job fails with what happened, the service goes on
-                log.exception("compile job %s failed", job.job_id)
-                error = CagError(f"compile failed unexpectedly: {type(e).__name__}: {e}")
-                self._fail(job, error)
-                await feed.put(error)
-            finally:
+        try:
+            async with self._slots:
+                job.state, job.started_at = JobState.RUNNING, _now()
+                await self._store.save(job)
+                module: common_pb2.Module | None = None
+                last: compiler_pb2.CompileProgress | CagError
+                try:
+                    module = await self._build(job, feed)
+                    job.state, job.module_id = JobState.SUCCEEDED, module.module_id
+                    job.logs.append(f"{'published' if module.version else 'registered'} {module.module_id}")
+                    last = compiler_pb2.CompileProgress(finished=module)
+                except CagError as e:
+                    self._fail(job, e)
+                    last = e
+                except Exception as e:  # a bug: the job fails with what happened, the service goes on
+                    log.exception("compile job %s failed", job.job_id)
+                    last = CagError(f"compile failed unexpectedly: {type(e).__name__}: {e}")
+                    self._fail(job, last)
+                # The record first: a follower told the outcome may look the job up at once.
                 job.finished_at = _now()
                 await self._store.save(job, module.SerializeToString() if module is not None else None)
-                await feed.close()
-                self._feeds.pop(job.job_id, None)
+                await feed.put(last)
+        finally:
+            await feed.close()
+            self._feeds.pop(job.job_id, None)
         for callback in self._on_finished:
             callback(job)
 
