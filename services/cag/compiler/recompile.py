@@ -138,7 +138,7 @@ class Recompiler:
             return ()
         parent = await self._registry.get(module.parent_id)
         resolved = await self._registry.resolve_route(parent.tenant_id, parent.route)
-        chain = [m for m in resolved.chain]
+        chain = list(resolved.chain)
         if not chain or chain[-1].state != common_pb2.MODULE_STATE_PUBLISHED:
             raise UnavailableError(f"parent route {parent.tenant_id}/{parent.route} is not published yet")
         return tuple(m.module_id for m in chain)
