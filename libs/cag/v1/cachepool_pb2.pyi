@@ -310,11 +310,25 @@ class StatsResponse(_message.Message):
     QUEUED_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
     INVALIDATIONS_FIELD_NUMBER: _builtins.int
+    TTFT_P50_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    TTFT_SAMPLES_FIELD_NUMBER: _builtins.int
+    TTFT_WINDOW_S_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     """Generate requests waiting for an engine slot, and running, now."""
     running: _builtins.int
     invalidations: _builtins.int
     """Modules dropped because the registry invalidated, expired or quarantined them, since the process started."""
+    ttft_p50_ms: _builtins.float
+    """Time to first token of the Generate requests answered in the last `ttft_window_s` seconds (from a request's
+    arrival at the pool; nearest-rank percentiles of at most the latest 4096): both 0 when `ttft_samples` is 0.
+    """
+    ttft_p99_ms: _builtins.float
+    ttft_samples: _builtins.int
+    ttft_window_s: _builtins.float
+    replica_id: _builtins.str
+    """The replica answering: its instance name (CAG_CACHEPOOL_INSTANCE), unique among the platform's cache pools."""
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierStats]:
         """One entry per tier, fastest first."""
@@ -329,10 +343,15 @@ class StatsResponse(_message.Message):
         queued: _builtins.int = ...,
         running: _builtins.int = ...,
         invalidations: _builtins.int = ...,
+        ttft_p50_ms: _builtins.float = ...,
+        ttft_p99_ms: _builtins.float = ...,
+        ttft_samples: _builtins.int = ...,
+        ttft_window_s: _builtins.float = ...,
+        replica_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidations", b"invalidations", "modules", b"modules", "queued", b"queued", "running", b"running", "tiers", b"tiers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidations", b"invalidations", "modules", b"modules", "queued", b"queued", "replica_id", b"replica_id", "running", b"running", "tiers", b"tiers", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p99_ms", b"ttft_p99_ms", "ttft_samples", b"ttft_samples", "ttft_window_s", b"ttft_window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

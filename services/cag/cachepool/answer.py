@@ -10,6 +10,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from cag.cachepool.core import Tier
+from cag.cachepool.core.latency import LatencyWindow
 from cag.cachepool.core.snapshot import ModuleRecord
 from cag.cachepool.engine_stream import stream_tokens
 from cag.cachepool.pool import BAD_COPY, CachePool, ChainModule
@@ -78,6 +79,8 @@ class Answerer:
         self.scheduler = scheduler
         self.prompts = prompts
         self._executor = executor
+        # Recent times to first token (perf_counter clock), for Stats; the histogram keeps the long run.
+        self.ttft = LatencyWindow()
 
     async def answer(self, ask: Ask, *, arrived: float) -> AsyncIterator[Chunk | Summary]:
         """Chunks, then the summary. `arrived`: perf_counter reading when the request reached the pool."""
@@ -106,6 +109,7 @@ class Answerer:
         assert last is not None  # an engine stream yields at least one token
         _record_engine_spans(last, first_at, len(suffix))
         TTFT.labels(service="cachepool", path="module").observe(first_at - arrived)
+        self.ttft.record(first_at - arrived, now=first_at)
         summary = _summary(chain, last, len(suffix), queue_s=queue_s, ttft_s=first_at - arrived, arrived=arrived)
         yield dataclasses.replace(summary, trace_id=current_trace_id())
 

@@ -105,7 +105,7 @@ class CachePoolApp:
             max_new_tokens_limit=s.max_new_tokens_limit,
         )
         scheduler = Scheduler(s.queue_limits)
-        servicer = CachePoolServicer(Answerer(pool, scheduler, prompts, self.executor), limits)
+        servicer = CachePoolServicer(Answerer(pool, scheduler, prompts, self.executor), limits, replica_id=s.instance)
         if s.metrics_port:
             REGISTRY.register(PoolCollector(pool, scheduler))
             log.info("metrics on http://127.0.0.1:%d/metrics", serve_metrics("127.0.0.1", s.metrics_port))

@@ -7,6 +7,7 @@ import math
 from cag.acl import AclScope
 from cag.cachepool.answer import Ask, Chunk, Summary
 from cag.cachepool.core import PoolStats, ResidentModule, Tier
+from cag.cachepool.core.latency import LatencySummary
 from cag.cachepool.core.snapshot import ModuleRecord, ModuleState, StateChange
 from cag.engine import SamplingParams
 from cag.errors import InvalidFieldError
@@ -145,6 +146,9 @@ def stats_of(
     queued: int,
     running: int,
     invalidations: int,
+    ttft: LatencySummary,
+    ttft_window_s: float,
+    replica_id: str,
 ) -> cachepool_pb2.StatsResponse:
     tiers = [
         cachepool_pb2.TierStats(
@@ -171,4 +175,9 @@ def stats_of(
         queued=queued,
         running=running,
         invalidations=invalidations,
+        ttft_p50_ms=ttft.p50_s * 1000,
+        ttft_p99_ms=ttft.p99_s * 1000,
+        ttft_samples=ttft.samples,
+        ttft_window_s=ttft_window_s,
+        replica_id=replica_id,
     )

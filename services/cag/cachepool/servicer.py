@@ -43,10 +43,11 @@ class ServingLimits:
 
 
 class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
-    def __init__(self, answerer: Answerer, limits: ServingLimits) -> None:
+    def __init__(self, answerer: Answerer, limits: ServingLimits, *, replica_id: str) -> None:
         self.answerer = answerer
         self.pool = answerer.pool
         self.limits = limits
+        self.replica_id = replica_id  # this process's instance name, as Stats reports it
 
     def _authorize(self) -> None:
         caller = current_caller()
@@ -103,6 +104,7 @@ class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
         self._authorize()
         pool, scheduler = self.pool, self.answerer.scheduler
         await pool.reconcile_engine()  # what the engine holds now, not as of the last request
+        ttft = self.answerer.ttft
         return stats_of(
             pool.residency.stats(pool.now()),
             origin_hits=pool.origin_hits,
@@ -110,4 +112,7 @@ class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
             queued=scheduler.queued,
             running=scheduler.running,
             invalidations=pool.invalidations,
+            ttft=ttft.summary(time.perf_counter()),
+            ttft_window_s=ttft.window_s,
+            replica_id=self.replica_id,
         )

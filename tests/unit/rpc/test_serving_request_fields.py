@@ -15,6 +15,7 @@ from cag.auth.caller import SYSTEM
 from cag.cachepool import servicer as cachepool_servicer
 from cag.cachepool.answer import Summary
 from cag.cachepool.core import ModuleSpec, PoolSettings, Residency, ResidentModule, Tier, TierBudgets
+from cag.cachepool.core.latency import LatencyWindow
 from cag.router import servicer as router_servicer
 from cag.router.core import AnswerPath, Basis, Decision
 from cag.v1 import cachepool_pb2, common_pb2, router_pb2
@@ -101,6 +102,7 @@ class Answerer:
             reconcile_engine=reconcile_engine,
         )  # fmt: skip
         self.scheduler = Anything(queued=0, running=0)
+        self.ttft = LatencyWindow()
 
     async def answer(self, ask: Any, *, arrived: float) -> AsyncIterator[Summary]:
         yield Summary(
@@ -115,7 +117,7 @@ def servicer_for(service: str) -> Any:
     limits = cachepool_servicer.ServingLimits(
         router_subject="service:router", default_max_new_tokens=8, max_new_tokens_limit=64
     )
-    return cachepool_servicer.CachePoolServicer(cast("Any", Answerer()), limits)
+    return cachepool_servicer.CachePoolServicer(cast("Any", Answerer()), limits, replica_id="pool-a")
 
 
 async def call(servicer: Any, method: str, request: Message) -> Reads:
