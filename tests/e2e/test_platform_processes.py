@@ -1,4 +1,4 @@
-"""`cag platform`: infra, registry, cache pool, router and compiler as separate processes under one supervisor — up returns
+"""`cag platform`: infra, local S3 endpoint, registry, cache pool, router and compiler as separate processes under one supervisor — up returns
 once every service is healthy, down leaves no process behind."""
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ def test_up_serves_every_service_and_down_leaves_no_process(models_dir: Path) ->
         assert plan.supervisor_pid is not None
         statuses = platform.status()
         assert [(s.name, s.serving) for s in statuses] == [
+            ("s3", True),
             ("registry", True),
             ("cachepool", True),
             ("router", True),
             ("compiler", True),
         ]
         processes = tree(plan.supervisor_pid)
-        assert len(processes) >= 4  # the supervisor and (at least) one process per service
+        assert len(processes) >= 6  # the supervisor and (at least) one process per service
         assert platform.up().supervisor_pid == plan.supervisor_pid  # up again: the same platform, still serving
     finally:
         platform.down(purge=True)

@@ -132,7 +132,7 @@ class Demo:
             rows = self.questions()
             title = f"answers through the router (SmolLM2-135M-Instruct on {self.settings.engine}, greedy)"
             self.console.print(table(title, rows))
-            self.console.print(table("live invalidation of acme/billing", self.invalidation()))
+            self.console.print(table("live invalidation of acme/billing", self.invalidation(registry)))
         return 0
 
     def compile_and_publish(self, registry: RegistryClient, name: str, acl: str, parents: tuple[Path, ...]) -> Path:
@@ -187,7 +187,7 @@ class Demo:
             return Row(who, question, f"refused: {e.code.name}", "-", "-", None, e.message)
         return answer_row(who, question, answer)
 
-    def invalidation(self) -> list[Row]:
+    def invalidation(self, registry: RegistryClient) -> list[Row]:
         tenant, route = EDITED_ROUTE
         source = self.knowledge / route
         policy = source / "refund-policy.md"
@@ -212,8 +212,12 @@ class Demo:
                     "the compiler service to publish the new version",
                     timeout_s=RECOMPILE_S,
                 )
-            version = cag.explain(EDITED_QUESTION).module_version
-            self.console.print(f"[green]the compiler service published[/green] {tenant}/{route} v{version}")
+            decision = cag.explain(EDITED_QUESTION)
+            uploaded = registry.get(decision.module_ids[-1]).storage_uri
+            self.console.print(
+                f"[green]the compiler service published[/green] {tenant}/{route} v{decision.module_version}, "
+                f"uploaded to {uploaded}"
+            )
             rows.append(self.ask(cag, tenant, EDITED_QUESTION))
         return rows
 

@@ -1,10 +1,10 @@
-"""The platform as processes on one machine: infra, then registry, cache pool, router and compiler, each its own
-process.
+"""The platform as processes on one machine: infra, then a local S3 endpoint, registry, cache pool, router and
+compiler, each its own process.
 
-`honcho` (a Procfile runner) supervises the four services: it starts them, prefixes and multiplexes their
-output, and when one of them exits or it is told to stop, it stops the others (SIGTERM to each process
-group, SIGKILL after a grace period). `up` runs that supervisor detached and returns once every service
-answers its gRPC health check; `down` stops the supervisor, makes sure nothing it started is left, and
+`honcho` (a Procfile runner) supervises the S3 endpoint and the four services: it starts them, prefixes and
+multiplexes their output, and when one of them exits or it is told to stop, it stops the others (SIGTERM to each
+process group, SIGKILL after a grace period). `up` runs that supervisor detached and returns once every service
+answers its gRPC health check (and the endpoint holds the module bucket); `down` stops the supervisor, makes sure nothing it started is left, and
 stops the infra.
 
 Layout under `<run dir>/platform/` (the plan holds the services' credentials, so it is 0600 like the
@@ -15,7 +15,9 @@ infra's state)::
     traces-<service>.jsonl  each service's spans, one JSON object per line (OTEL_EXPORTER_OTLP_ENDPOINT, when
                      set in the environment of `up`, sends them to a collector instead)
     cachepool-cache/ the cache pool's local disk tier
-    modules/         the modules the compiler service builds (recompiles after invalidations)
+    modules/         the modules the compiler service builds (recompiles after invalidations) before it uploads
+                     them to the local S3 endpoint (bucket `cag-modules`, prefix `modules/`), which the cache
+                     pool fetches them from by their s3:// URI; the endpoint keeps objects in memory only
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -36,6 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cag.errors import UnavailableError
 from cag.infra.ports import LOOPBACK, is_port_free
 from cag.infra.processes import children_of, pid_alive, terminate, wait_until
+from cag.infra.s3_endpoint import LocalS3
 from cag.infra.secret_files import PRIVATE_DIR_MODE, write_secret
 from cag.infra.stack import InfraStack, InfraState
 
@@ -43,7 +47,7 @@ PLATFORM_DIR = "platform"
 PLAN_FILE = "plan.json"
 LOG_FILE = "platform.log"
 # Preferred ports (the ones the services default to); a busy one is replaced by a free one.
-DEFAULT_PORTS = {"registry": 50051, "cachepool": 50052, "router": 50053, "compiler": 50054}
+DEFAULT_PORTS = {"s3": 50050, "registry": 50051, "cachepool": 50052, "router": 50053, "compiler": 50054}
 HEALTH_NAMES = {
     "registry": "cag.v1.RegistryService",
     "cachepool": "cag.v1.CachePoolService",
@@ -56,17 +60,17 @@ UP_TIMEOUT_S = 300.0
 # own rows (SmolLM2 fp32 takes 46 KiB per token: about 1.1 GiB).
 ENGINE_KV_TOKENS = 24576
 STOP_TIMEOUT_S = 30.0
+# The compiler service uploads the modules it builds here; the cache pool fetches them by their s3:// URI.
+MODULE_BUCKET = "cag-modules"
+OBJECT_STORE_PREFIX = f"s3://{MODULE_BUCKET}/modules/"
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServicePlan:
     name: str
     address: str
+    command: str
     env: dict[str, str] = field(repr=False)  # credentials inside: never printed
-
-    @property
-    def command(self) -> str:
-        return f"{sys.executable} -m cag.{self.name}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,7 +173,9 @@ class Platform:
         return plan
 
     def plan(self, infra: InfraState) -> PlatformPlan:
-        addresses = {name: f"{LOOPBACK}:{_port(preferred)}" for name, preferred in DEFAULT_PORTS.items()}
+        ports = {name: _port(preferred) for name, preferred in DEFAULT_PORTS.items()}
+        addresses = {name: f"{LOOPBACK}:{port}" for name, port in ports.items()}
+        s3 = LocalS3(port=ports["s3"], buckets=(MODULE_BUCKET,))
         key = infra.auth_key_file
         shared = {**self.base_env, "CAG_HOME": str(self.home), "CAG_AUTH_KEY_FILE": key}
         registry = {
@@ -184,6 +190,7 @@ class Platform:
             "CAG_CACHEPOOL_MODEL": self.model,
             "CAG_CACHEPOOL_CACHE_DIR": str(self.dir / "cachepool-cache"),
             "CAG_CACHEPOOL_KV_CAPACITY_TOKENS": str(ENGINE_KV_TOKENS),
+            **s3.env("CAG_CACHEPOOL_"),
         }
         router = {
             "CAG_ROUTER_ADDRESS": addresses["router"],
@@ -197,13 +204,17 @@ class Platform:
             "CAG_COMPILER_DATABASE_URL": infra.database_url,
             "CAG_COMPILER_NATS_URL": infra.nats_url_for("compiler"),
             "CAG_COMPILER_OUT_DIR": str(self.dir / "modules"),
+            "CAG_COMPILER_OBJECT_STORE_PREFIX": OBJECT_STORE_PREFIX,
+            **s3.env("CAG_COMPILER_"),
         }
-        own = {"registry": registry, "cachepool": cachepool, "router": router, "compiler": compiler}
+        own = {"s3": {}, "registry": registry, "cachepool": cachepool, "router": router, "compiler": compiler}
+        commands = {name: f"{sys.executable} -m cag.{name}" for name in DEFAULT_PORTS} | {"s3": shlex.join(s3.argv())}
         return PlatformPlan(
             services=[
                 ServicePlan(
                     name=name,
                     address=addresses[name],
+                    command=commands[name],
                     env={
                         **shared,
                         "CAG_TRACES_FILE": str(self.dir / f"traces-{name}.jsonl"),
@@ -296,7 +307,10 @@ def _port(preferred: int) -> int:
 
 
 def _serving(name: str, address: str) -> bool:
-    """The service answers its health check with SERVING (health checks need no credentials)."""
+    """The service answers its health check with SERVING (health checks need no credentials); the S3 endpoint
+    holds the module bucket."""
+    if name == "s3":
+        return LocalS3(port=int(address.rpartition(":")[2]), buckets=(MODULE_BUCKET,)).is_ready()
     try:
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)

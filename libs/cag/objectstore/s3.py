@@ -103,10 +103,6 @@ class ObjectStore:
             config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=30),
         )
 
-    def create_bucket(self, bucket: str) -> None:
-        with _errors(f"s3://{bucket}"):
-            self._client.create_bucket(Bucket=bucket)
-
     def upload(self, path: Path, location: S3Location) -> None:
         with _errors(location.uri):
             self._client.upload_file(str(path), location.bucket, location.key)

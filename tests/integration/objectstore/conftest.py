@@ -1,28 +1,21 @@
-"""An S3 endpoint on loopback: moto's standalone server in a process of its own, one per test, bucket created.
-
-A process, not moto in this one: moto's server imports Flask, whose context proxies break the scan vLLM runs
-over every loaded module when it starts an engine (later tests of this session start vLLM engines).
-"""
+"""An S3 endpoint on loopback: the platform's local endpoint (moto's standalone server in a process of its own),
+one per test, bucket created."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from cag.infra.ports import free_port
+from cag.infra.s3_endpoint import LocalS3
 from cag.objectstore import ObjectStore, S3Location
 from cag.objectstore.s3 import S3Settings
 from tests.integration.cachepool.conftest import registry  # noqa: F401  (the cache pool tests' registry fixture)
 
 BUCKET = "cag-modules"
-START_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -42,36 +35,20 @@ class S3Endpoint:
         self.process.wait(timeout=10)
 
 
-def _wait_serving(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not answer on {url} within {START_TIMEOUT_S:g} s")
-
-
 @pytest.fixture
 def s3() -> Iterator[S3Endpoint]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    local = LocalS3(port=free_port(), buckets=(BUCKET,))
+    process = local.start()
     endpoint = S3Endpoint(
-        process, S3Settings(endpoint_url=url, region="us-east-1", access_key_id="test", secret_access_key="test")
+        process,
+        S3Settings(
+            endpoint_url=local.url,
+            region=local.region,
+            access_key_id=local.access_key_id,
+            secret_access_key=local.secret_access_key,
+        ),
     )
     try:
-        _wait_serving(url, process)
-        endpoint.store().create_bucket(BUCKET)
         yield endpoint
     finally:
         if process.poll() is None:
