@@ -4,7 +4,8 @@ and an allow-list of subjects (everything not listed is refused; anonymous conne
 Events: each service publishes only its own events (only the registry publishes `cag.module.published`,
 `.invalidated` and `.expired`), every service may dead-letter to `cag.dlq.>`, and ops tooling publishes
 the `cag.invalidate.>` triggers. Reading is not restricted by subject: any service may consume any
-event of the `cag` stream through a durable pull consumer.
+event of the `cag` stream through a durable pull consumer. `monitor` (operators' read-only views, `cag top`)
+only reads: it may create ephemeral consumers and nothing else.
 
 JetStream needs, per client (checked with nats-py and FastStream against the real server):
 
@@ -30,8 +31,9 @@ STREAM = "cag"
 
 SERVICES = ("registry", "router", "cachepool", "compiler", "fallback")
 OPS = "ops"
+MONITOR = "monitor"
 ADMIN = "admin"
-IDENTITIES = (*SERVICES, OPS, ADMIN)
+IDENTITIES = (*SERVICES, OPS, MONITOR, ADMIN)
 
 INBOX = "_INBOX.>"
 DEAD_LETTERS = "cag.dlq.>"
@@ -56,6 +58,31 @@ CONSUMER_API = (
 STREAM_DECLARE_API = (f"$JS.API.STREAM.CREATE.{STREAM}", f"$JS.API.STREAM.INFO.{STREAM}")
 STREAM_OWNER_API = (f"$JS.API.STREAM.UPDATE.{STREAM}",)
 STREAM_OWNER = "registry"
+# The legacy ephemeral-create subject, exactly: the server names the consumer and refuses a durable name on it, so
+# whoever may only publish here can neither touch the services' durables nor pull from them. The consumer pushes
+# to the creator's inbox without acks and goes away once nobody listens.
+EPHEMERAL_CONSUMER_API = (f"$JS.API.CONSUMER.CREATE.{STREAM}",)
+
+# The cache-pool replicas' announcements (`cag.events.replicas.BUCKET`), a key-value bucket outside the `cag`
+# stream: cache pools create it and put their keys; routers read and watch it (an ordered push consumer, its
+# flow-control replies included); no one else may write a key.
+REPLICA_BUCKET = "cag_replicas"
+REPLICA_STREAM = f"KV_{REPLICA_BUCKET}"
+REPLICA_ANNOUNCE_API = (
+    "$JS.API.INFO",  # the server's API level: the bucket's expiry markers need 2.11 or later
+    f"$JS.API.STREAM.CREATE.{REPLICA_STREAM}",
+    f"$JS.API.STREAM.INFO.{REPLICA_STREAM}",
+    f"$KV.{REPLICA_BUCKET}.*",
+)
+REPLICA_WATCH_API = (
+    f"$JS.API.STREAM.INFO.{REPLICA_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{REPLICA_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{REPLICA_STREAM}.>",
+    f"$JS.API.CONSUMER.INFO.{REPLICA_STREAM}.>",
+    f"$JS.API.CONSUMER.DELETE.{REPLICA_STREAM}.>",
+    f"$JS.FC.{REPLICA_STREAM}.>",
+)
+REPLICA_API: Mapping[str, tuple[str, ...]] = {"cachepool": REPLICA_ANNOUNCE_API, "router": REPLICA_WATCH_API}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,9 +97,12 @@ def permissions_for(identity: str) -> Permissions:
         return Permissions(publish=(">",), subscribe=(">",))
     if identity == OPS:  # publishes triggers and waits for JetStream's ack; consumes nothing
         return Permissions(publish=EVENTS_PUBLISHED[OPS], subscribe=(INBOX,))
+    if identity == MONITOR:  # reads events through ephemeral push consumers; publishes no event
+        return Permissions(publish=EPHEMERAL_CONSUMER_API, subscribe=(INBOX,))
     if identity not in SERVICES:
         raise ValueError(f"unknown NATS identity {identity!r}: expected one of {', '.join(IDENTITIES)}")
     publish = [*EVENTS_PUBLISHED.get(identity, ()), DEAD_LETTERS, *STREAM_DECLARE_API, *CONSUMER_API]
+    publish += REPLICA_API.get(identity, ())
     if identity == STREAM_OWNER:
         publish += STREAM_OWNER_API
     return Permissions(publish=tuple(publish), subscribe=(INBOX,))

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 
 import grpc
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
 from transformers import AutoTokenizer
 
 from cag.auth import ALL_TENANTS
 from cag.auth.tokens import issue_token, load_key
+from cag.cachepool.announcer import Announcer, AnnouncerSettings, state_of
 from cag.cachepool.answer import Answerer
 from cag.cachepool.convert import change_of
 from cag.cachepool.core import Residency
@@ -30,6 +32,8 @@ from cag.cachepool.tiers import DiskTier, Origins
 from cag.engine import load_engine
 from cag.events.bus import make_broker
 from cag.events.consumer import start_broker
+from cag.events.replica_bucket import AnnouncementWriter, create_bucket
+from cag.events.replica_bucket import connect as connect_nats
 from cag.lifecycle import bounded
 from cag.models import resolve_model
 from cag.objectstore.s3 import S3Settings
@@ -70,6 +74,9 @@ class CachePoolApp:
     channel: grpc.aio.Channel | None = None
     executor: ThreadPoolExecutor | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    announcer: Announcer | None = None
+    announcing: asyncio.Task[None] | None = None
+    announcements: NatsClient | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -118,10 +125,35 @@ class CachePoolApp:
         )
         await self.server.start()
         log.info("cache pool serving on %s", s.address)
+        if s.announce:
+            await self._announce(pool, scheduler)
+
+    async def _announce(self, pool: CachePool, scheduler: Scheduler) -> None:
+        """Announces this replica (what it holds, its load) in the replica bucket, from now until `stop`."""
+        s = self.settings
+        nc = self.announcements = await connect_nats(s.nats_url)
+        bucket = await create_bucket(nc, s.announce_ttl_s)
+        settings = AnnouncerSettings(
+            replica_id=s.replica, address=s.address, capacity=s.max_running,
+            heartbeat_s=s.announce_heartbeat_s, poll_s=s.announce_poll_s,
+        )  # fmt: skip
+        self.announcer = Announcer(
+            settings,
+            AnnouncementWriter(bucket, s.replica),
+            lambda: state_of(pool.residency.stats(pool.now()), queued=scheduler.queued, running=scheduler.running),
+        )
+        await self.announcer.announce_if_due()  # routers may choose this replica from now on
+        self.announcing = asyncio.create_task(self.announcer.run(), name="announcer")
+        log.info("announcing as replica %s", s.replica)
 
     async def stop(self) -> None:
         """Graceful, bounded: new RPCs are refused, in-flight ones get `shutdown_grace_s`, then the feed, the
         consumers and the registry channels stop."""
+        if self.announcing is not None:
+            self.announcing.cancel()  # it only waits on NATS: cancelling is safe
+            await asyncio.gather(self.announcing, return_exceptions=True)
+        if self.announcer is not None:
+            await self.announcer.withdraw()  # routers stop sending requests here before the server refuses them
         if self.server is not None:
             await self.server.stop(grace=self.settings.shutdown_grace_s)
         for task in self.tasks:
@@ -129,6 +161,8 @@ class CachePoolApp:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.broker is not None:
             await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
+        if self.announcements is not None:
+            await bounded(self.announcements.close(), "NATS announcements", STOP_TIMEOUT_S)
         if self.registry is not None:
             await self.registry.close()
         if self.channel is not None:

@@ -74,6 +74,15 @@ class CachePoolSettings(CagBaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
     reflection: bool = False
     shutdown_grace_s: float = 10.0
+    # This replica among several (cag.events.replicas): its key in the announcement bucket; "" takes `instance`
+    # (unique per pool process already: it names the process's NATS durables). It announces what it holds and
+    # its load when they change (looked at every poll), and as a heartbeat; its key expires `announce_ttl_s`
+    # after the last put (a few heartbeats: routers then drop it).
+    replica_id: str = Field(default="", pattern=r"^([a-z0-9][a-z0-9_-]{0,63})?$")
+    announce: bool = True
+    announce_heartbeat_s: float = Field(default=2.0, gt=0)
+    announce_poll_s: float = Field(default=0.25, gt=0)
+    announce_ttl_s: float = Field(default=6.0, gt=0)
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
     event_ack_wait_s: float = 60.0
@@ -85,6 +94,11 @@ class CachePoolSettings(CagBaseSettings):
     @property
     def disk_dir(self) -> Path:
         return self.cache_dir or self.home / "cachepool"
+
+    @property
+    def replica(self) -> str:
+        """The replica id: the setting, else the instance name."""
+        return self.replica_id or self.instance
 
     @property
     def redelivery(self) -> Redelivery:
