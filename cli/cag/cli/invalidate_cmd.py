@@ -113,10 +113,16 @@ def shown(url: str) -> str:
 
 def ops_nats_url(args: argparse.Namespace, settings: CagSettings) -> str:
     """--nats, else CAG_NATS_URL, else the ops identity of the servers `cag infra up` started here."""
-    if args.nats:
-        return str(args.nats)
+    return identity_nats_url(args.nats, settings, OPS)
+
+
+def identity_nats_url(given: str | None, settings: CagSettings, identity: str) -> str:
+    """`given` (a --nats option), else CAG_NATS_URL, else `identity`'s URL for the servers `cag infra up` started
+    here (cag.infra.nats_auth)."""
+    if given:
+        return given
     if "nats_url" not in settings.infra_given:
-        recorded = local_service_urls(settings.run_dir, OPS)
+        recorded = local_service_urls(settings.run_dir, identity)
         if recorded is not None and recorded.nats_url:
             return recorded.nats_url
     return settings.nats_url

@@ -42,6 +42,7 @@ COMMANDS = {
     "platform": "platform_cmd",
     "routes": "routes_cmd",
     "sources": "sources_cmd",
+    "top": "top_cmd",
 }
 
 

@@ -163,7 +163,7 @@ def test_cli_up_status_down_leaves_no_process() -> None:
         state = json.loads((run_dir / "state.json").read_text())
         assert exports["CAG_NATS_URL"] == state["nats"]["urls"]["admin"]
         assert set(state["nats"]["urls"]) == {"registry", "router", "cachepool", "compiler", "fallback", "ops",
-                                              "admin"}  # fmt: skip
+                                              "monitor", "admin"}  # fmt: skip
         pids = [state["nats"]["pid"], state["postgres"]["pid"]]
         assert all(pid_alive(pid) for pid in pids)
         for secret_file in ("state.json", "admin.env", "auth.key", "nats/credentials.json", "nats/nats-server.conf",

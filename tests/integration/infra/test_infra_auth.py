@@ -4,6 +4,7 @@ and each NATS identity may publish only its own events. Against real servers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import stat
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -15,7 +16,8 @@ import pytest
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.client import Client as NatsClient
-from nats.js.api import StreamConfig
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, StreamConfig
 
 from cag.infra.errors import InfraError
 from cag.infra.nats import NatsConfig, NatsServer
@@ -169,6 +171,7 @@ ALLOWED = {
     "router": {"cag.route.decided"},
     "fallback": {"cag.fallback.answered", "cag.candidate.proposed"},
     "ops": {"cag.invalidate.source"},
+    "monitor": set(),
     "admin": set(SUBJECTS),
 }
 DEAD_LETTER = "cag.dlq.cag.invalidate.source"
@@ -209,6 +212,51 @@ async def test_ops_cannot_consume(secured_nats: NatsServer) -> None:
         assert await client.outcome(pull) == "denied"
     finally:
         await client.close()
+
+
+async def test_monitor_reads_events_through_an_ephemeral_push_consumer(secured_nats: NatsServer) -> None:
+    admin = await _client(secured_nats, "admin")
+    monitor = await _client(secured_nats, "monitor")
+    assert admin.nc is not None and monitor.nc is not None
+    try:
+        await admin.nc.jetstream().publish("cag.module.invalidated", b"module-1")
+        inbox = monitor.nc.new_inbox()
+        delivered = await monitor.nc.subscribe(inbox)
+        config = ConsumerConfig(deliver_subject=inbox, ack_policy=JsAckPolicy.NONE, filter_subject="cag.module.>")
+        info = await monitor.nc.jetstream().add_consumer("cag", config)
+        assert info.num_pending == 1
+        msg = await delivered.next_msg(timeout=OUTCOME_TIMEOUT_S)
+        assert msg.data == b"module-1" and msg.metadata.num_pending == 0
+    finally:
+        await monitor.close()
+        await admin.close()
+
+
+async def test_monitor_can_neither_publish_nor_touch_the_services_durables(secured_nats: NatsServer) -> None:
+    admin = await _client(secured_nats, "admin")
+    monitor = await _client(secured_nats, "monitor")
+    assert admin.nc is not None and monitor.nc is not None
+    service_durable = ConsumerConfig(durable_name="registry-watched", filter_subject="cag.invalidate.>",
+                                     ack_policy=JsAckPolicy.EXPLICIT)  # fmt: skip
+    await admin.nc.jetstream().add_consumer("cag", service_durable)
+    js = monitor.nc.jetstream()
+    try:
+        assert await monitor.outcome(js.publish("cag.invalidate.source", b"{}", timeout=2)) == "denied"
+        assert await monitor.outcome(js.pull_subscribe("cag.>", durable="monitor-snoop", stream="cag")) == "denied"
+        next_message = monitor.nc.request("$JS.API.CONSUMER.MSG.NEXT.cag.registry-watched", b"1", timeout=2)
+        assert await monitor.outcome(next_message) == "denied"
+        assert await monitor.outcome(js.delete_consumer("cag", "registry-watched")) == "denied"
+        # On the one subject it may use, the server refuses a durable's name: no service's consumer can be changed.
+        for field in ("durable_name", "name"):
+            request = {"stream_name": "cag", "config": {field: "registry-watched", "filter_subject": "cag.>",
+                                                        "deliver_subject": monitor.nc.new_inbox()}}  # fmt: skip
+            reply = await monitor.nc.request("$JS.API.CONSUMER.CREATE.cag", json.dumps(request).encode(), timeout=2)
+            assert "error" in json.loads(reply.data), reply.data
+        kept = await admin.nc.jetstream().consumer_info("cag", "registry-watched")
+        assert kept.config.filter_subject == "cag.invalidate.>" and kept.config.deliver_subject is None
+    finally:
+        await monitor.close()
+        await admin.close()
 
 
 async def test_a_service_consumes_with_a_durable_pull_consumer_and_acks(secured_nats: NatsServer) -> None:
