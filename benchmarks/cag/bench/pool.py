@@ -1,19 +1,21 @@
 """`cag bench pool`: the cache pool's eviction policies under a Zipf workload, compared by modeled TTFT.
 
-TTFT here is MODELED from measured restore costs, not timed end to end. At the start, on this machine, one real
-module file of the benchmark model (random KV, the model's shape and dtype) is timed through the pool's own
-paths: a restore from a host-RAM copy (`read_rows` into preallocated engine-shaped buffers), a hit on the local
-disk (the pool copies the cold file into RAM, verifying it, then restores from the copy), a miss to the origin
-(a cold origin file copied atomically into the disk tier and verified, then copied into RAM and restored), and
-the query's prefill on the torch engine with the module already resident. A streaming restore straight from a
-warm and from a cold file are reported for reference. Each restore cost becomes seconds per GiB.
+TTFT here is MODELED from measured restore costs, not timed end to end. At the start, on this machine, real
+module files of the benchmark model (random KV, the model's shape and dtype; 512 and 4096 tokens) are timed
+through the pool's own paths: a restore from a host-RAM copy (`read_rows` into preallocated engine-shaped
+buffers), a hit on the local disk (the pool copies the cold file into RAM, verifying it, then restores from the
+copy), a miss to the origin (a cold origin file copied atomically into the disk tier and verified, then copied
+into RAM and restored), and the query's prefill on the torch engine with the module already resident. A
+streaming restore straight from a warm and from a cold file are reported for reference. Each path's cost is the
+line through its two sizes: a fixed cost per load plus seconds per GiB.
 
 Then a Zipf workload (popularity uncorrelated with size) of requests over more modules, and more bytes, than
 host RAM holds runs through the real residency core (`cag.cachepool.core.Residency`, engine, host RAM and
 local disk budgets) once per eviction policy, with the same request sequence for each. As the pool does, a
-request is served from the fastest tier holding its module and then copies it into every faster tier (disk,
-then RAM, then the engine), the policy choosing what leaves each. A request's TTFT = the query prefill + the
-module's GiB x the measured cost of the tier it was served from (the engine: 0). Reading a cold file and the
+request is served from the fastest tier holding its module, which is then copied where the pool's promotion
+rule (default thresholds) and the policy's admission test put it (see `serve`), the policy choosing what leaves
+each tier. A request's TTFT = the query prefill + the fixed cost of a load from the tier it was served from +
+the module's GiB x that tier's cost per GiB (the engine: 0). Reading a cold file and the
 query's forward pass are not overlapped in the model, as the pool's RAM path does not overlap them either.
 """
 
@@ -43,7 +45,7 @@ from rich.table import Table
 from cag.acl import AclScope
 from cag.bench.output import emit_report
 from cag.bench.ttft import Timing, ensure_cold
-from cag.cachepool.core import CACHE_TIERS, ModuleSpec, PoolSettings, Residency, Tier, TierBudgets
+from cag.cachepool.core import CACHE_TIERS, ModuleSpec, PoolSettings, PromotionRule, Residency, Tier, TierBudgets
 from cag.cachepool.core.policies import GIB
 from cag.cachepool.tiers import ram_copy
 from cag.canonical.checksum import chain_hash
@@ -62,16 +64,19 @@ DEFAULT_SKEWS = (0.6, 0.9, 1.2)
 DEFAULT_OUT = Path("benchmarks/results/pool.json")
 DTYPE: DtypeName = "fp32"
 MEASURE_TOKENS = 4096
+# The second size each restore path is timed at: the line through the two gives a fixed cost per load.
+SMALL_MEASURE_TOKENS = 512
 QUERY_TOKENS = 24
 COPY_CHUNK = 8 << 20
 # Where a request can be served from, fastest first.
 SERVED_FROM = (*CACHE_TIERS, Tier.OBJECT_STORE)
-MEASURE_STEPS = 5  # query prefill, RAM, disk hit, origin miss, streaming restore (warm and cold counted as one)
+MEASURE_STEPS = 8  # RAM, disk hit, origin miss at each size, query prefill, streaming restore (warm and cold)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 TTFT_MODEL = (
     "TTFT is modeled from measured restore costs: query prefill (timed on the engine with the module resident) + "
-    "module GiB x the measured seconds per GiB of the tier that served it (engine 0); the request sequence runs "
-    "through the real residency core, but no request is timed end to end"
+    "the measured fixed cost per load + module GiB x the measured seconds per GiB of the tier that served it "
+    "(engine 0); the request sequence runs through the real residency core and promotion rule, but no request "
+    "is timed end to end"
 )
 
 
@@ -80,40 +85,76 @@ TTFT_MODEL = (
 
 @dataclass(frozen=True, kw_only=True)
 class TierCosts:
-    """What a request pays before its first token, by the tier its module was served from."""
+    """What a request pays before its first token, by the tier its module was served from: the query's prefill,
+    then a fixed cost per load plus the module's GiB times the tier's cost per GiB."""
 
     query_prefill_s: float
     # Seconds per GiB to bring a module into the engine from each tier (Tier value -> s/GiB; ENGINE is 0).
     reload_s_per_gib: dict[str, float]
+    # Seconds every load from a tier costs whatever its size (Tier value -> s; ENGINE is 0).
+    load_fixed_s: dict[str, float]
 
     def __post_init__(self) -> None:
-        if set(self.reload_s_per_gib) != {t.value for t in SERVED_FROM} or self.reload_s_per_gib[Tier.ENGINE] != 0:
-            raise ValueError(f"reload_s_per_gib needs every tier of {[t.value for t in SERVED_FROM]}, ENGINE at 0")
+        for name, costs in (("reload_s_per_gib", self.reload_s_per_gib), ("load_fixed_s", self.load_fixed_s)):
+            if set(costs) != {t.value for t in SERVED_FROM} or costs[Tier.ENGINE] != 0 or min(costs.values()) < 0:
+                raise ValueError(f"{name} needs every tier of {[t.value for t in SERVED_FROM]} >= 0, ENGINE at 0")
 
     def ttft_s(self, served_from: Tier, nbytes: int) -> float:
-        return self.query_prefill_s + self.reload_s_per_gib[served_from] * nbytes / GIB
+        tier = served_from.value
+        return self.query_prefill_s + self.load_fixed_s[tier] + self.reload_s_per_gib[tier] * nbytes / GIB
 
-    def reload_ms_per_gib(self) -> dict[Tier, float]:
-        """The costs as the residency core is configured with them (its cost-aware policy weighs them)."""
-        return {Tier(t): s * 1000 for t, s in self.reload_s_per_gib.items()}
+    def pool_settings(self, budgets: TierBudgets, policy: str) -> PoolSettings:
+        """The residency core configured with these costs, as measured (its cost-aware policy weighs them)."""
+        return PoolSettings(
+            budgets=budgets,
+            eviction_policy=policy,
+            initial_reload_ms_per_gib={Tier(t): s * 1000 for t, s in self.reload_s_per_gib.items()},
+            load_fixed_ms={Tier(t): s * 1000 for t, s in self.load_fixed_s.items()},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathTimings:
+    """The pool's three restore paths, timed on one module file of `file_bytes` (`tokens` tokens)."""
+
+    tokens: int
+    file_bytes: int
+    ram_restore: Timing  # read_rows from the pool's verified host-RAM copy into engine-shaped buffers
+    disk_hit: Timing  # ram_copy of the cold disk-tier file (verified), then the RAM restore
+    origin_miss: Timing  # cold origin file copied into the disk tier and verified, then ram_copy and restore
+
+    def median_s(self, tier: Tier) -> float:
+        return {Tier.HOST_RAM: self.ram_restore, Tier.LOCAL_DISK: self.disk_hit, Tier.OBJECT_STORE: self.origin_miss}[
+            tier
+        ].median_s
+
+
+def fit_load_cost(small: PathTimings, large: PathTimings, tier: Tier) -> tuple[float, float]:
+    """(fixed seconds per load, seconds per GiB) of a tier: the line through its median load times at the two
+    sizes. Noise can tilt it: below the origin it becomes proportional to size (through the large load), and a
+    negative slope becomes flat (the small load's time for every size)."""
+    small_gib, large_gib = small.file_bytes / GIB, large.file_bytes / GIB
+    per_gib = max(0.0, (large.median_s(tier) - small.median_s(tier)) / (large_gib - small_gib))
+    fixed = small.median_s(tier) - per_gib * small_gib
+    if fixed < 0:
+        return 0.0, large.median_s(tier) / large_gib
+    return fixed, per_gib
 
 
 @dataclass(frozen=True, kw_only=True)
 class CostMeasurement:
-    """The timings the costs come from: one module file of `file_bytes`, `reps` times each (medians used)."""
+    """The timings the costs come from: the pool's restore paths on module files of two sizes, `reps` times each
+    (medians used); each tier's fixed cost per load and cost per GiB are the line through the two."""
 
     model: str
     engine: str
     dtype: str
-    module_tokens: int
     query_tokens: int
-    file_bytes: int
     kv_bytes_per_token: int
     reps: int
-    query_prefill: Timing  # generate's first token with the module already resident in the engine
-    ram_restore: Timing  # read_rows from the pool's verified host-RAM copy into engine-shaped buffers
-    disk_hit: Timing  # ram_copy of the cold disk-tier file (verified), then the RAM restore
-    origin_miss: Timing  # cold origin file copied into the disk tier and verified, then ram_copy and restore
+    query_prefill: Timing  # generate's first token with the large module already resident in the engine
+    small: PathTimings
+    large: PathTimings
     stream_warm: Timing  # reference: ModuleFile.read_rows from the file while it is in the page cache
     stream_cold: Timing  # reference: ModuleFile.read_rows from the cold file
     cold_resident_fractions: list[float]  # mincore before every cold repetition
@@ -125,15 +166,11 @@ class CostMeasurement:
     costs: TierCosts = field(init=False)
 
     def __post_init__(self) -> None:
-        gib = self.file_bytes / GIB
-        per_gib = {
-            Tier.ENGINE: 0.0,
-            Tier.HOST_RAM: self.ram_restore.median_s / gib,
-            Tier.LOCAL_DISK: self.disk_hit.median_s / gib,
-            Tier.OBJECT_STORE: self.origin_miss.median_s / gib,
-        }
+        fitted = {tier: fit_load_cost(self.small, self.large, tier) for tier in SERVED_FROM[1:]}
         costs = TierCosts(
-            query_prefill_s=self.query_prefill.median_s, reload_s_per_gib={t.value: s for t, s in per_gib.items()}
+            query_prefill_s=self.query_prefill.median_s,
+            reload_s_per_gib={Tier.ENGINE.value: 0.0} | {t.value: per_gib for t, (_, per_gib) in fitted.items()},
+            load_fixed_s={Tier.ENGINE.value: 0.0} | {t.value: fixed for t, (fixed, _) in fitted.items()},
         )
         object.__setattr__(self, "costs", costs)
 
@@ -159,6 +196,8 @@ class WorkloadSpec:
     engine_fraction: float = 0.08
     host_ram_fraction: float = 0.25
     local_disk_fraction: float = 0.6
+    # The router's confidence in the routes, as the promotion rule weighs it (rule and metadata routes: 1).
+    route_confidence: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -225,26 +264,41 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[max(0, math.ceil(q / 100 * len(sorted_values)) - 1)]
 
 
+def serve(residency: Residency, rule: PromotionRule, module: ModuleSpec, confidence: float, now: datetime) -> Tier:
+    """One request, as the pool places its module: served from the fastest tier holding it; copied onto the
+    local disk when it came from the origin; into host RAM when the promotion rule grants it and the policy
+    admits it there; restored into the engine (which must hold it to serve it) and kept there only when the
+    rule grants it. Returns the tier it was served from."""
+    served_from = residency.hit(module.module_id, now) or Tier.OBJECT_STORE
+    promotion = rule.decide(
+        hits_last_15m=residency.hits_last_15m(module.module_id, now), confidence=confidence, found_in=served_from,
+        acl_scope=AclScope.TENANT, parent_id="",
+    )  # fmt: skip
+    # Never TierFullError: nothing is pinned or held and every budget holds the largest module.
+    if served_from is Tier.OBJECT_STORE:
+        residency.admit(module, Tier.LOCAL_DISK, now)
+    if promotion.to_host_ram and residency.worth_admitting(module, Tier.HOST_RAM, now):
+        residency.admit(module, Tier.HOST_RAM, now)
+    if served_from is not Tier.ENGINE:
+        residency.admit(module, Tier.ENGINE, now)
+        if not promotion.to_engine:
+            residency.remove(module.module_id, Tier.ENGINE)
+    return served_from
+
+
 def simulate(
-    policy: str, workload: Workload, requests: Sequence[tuple[float, int]], costs: TierCosts, warmup: int
+    policy: str, workload: Workload, requests: Sequence[tuple[float, int]], costs: TierCosts, spec: WorkloadSpec
 ) -> PolicyResult:
     """Every request through a fresh residency core with `policy`; TTFT modeled per request."""
-    residency = Residency(
-        PoolSettings(
-            budgets=workload.budgets, eviction_policy=policy, initial_reload_ms_per_gib=costs.reload_ms_per_gib()
-        )
-    )
+    residency = Residency(costs.pool_settings(workload.budgets, policy))
     served = dict.fromkeys(SERVED_FROM, 0)
     ttfts: list[float] = []
     now = T0
     for i, (at, index) in enumerate(requests):
         now = T0 + timedelta(seconds=at)
         module = workload.modules[index]
-        tier = residency.hit(module.module_id, now) or Tier.OBJECT_STORE
-        for faster in reversed(CACHE_TIERS[: SERVED_FROM.index(tier)]):  # disk, then RAM, then the engine
-            # Never TierFullError: nothing is pinned or held and every budget holds the largest module.
-            residency.admit(module, faster, now)
-        if i >= warmup:
+        tier = serve(residency, PromotionRule(), module, spec.route_confidence, now)
+        if i >= spec.warmup_requests:
             served[tier] += 1
             ttfts.append(costs.ttft_s(tier, module.bytes))
     ttfts.sort()
@@ -275,7 +329,7 @@ def run_simulation(
         requests = zipf_requests(spec, skew)
         by_policy = {}
         for policy in policies:
-            by_policy[policy] = simulate(policy, workload, requests, costs, spec.warmup_requests)
+            by_policy[policy] = simulate(policy, workload, requests, costs, spec)
             tick(f"skew {skew}: {policy}")
         best = min(by_policy, key=lambda p: (by_policy[p].mean_ttft_s, p))
         results.append(SkewResult(skew=skew, policies=by_policy, lowest_mean_ttft=best))
@@ -407,23 +461,51 @@ def _copy_in(origin: Path, target: Path) -> ModuleFile:
     return module
 
 
+def _module_file(engine: Engine, path: Path, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Writes a module of `tokens` random rows (they restore exactly as fast as real ones) to `path`; returns
+    engine-shaped buffers k, v [layers, tokens, kv_heads, head_dim] to restore it into."""
+    shape = engine.kv_shape
+    ids = [i % 1000 + 10 for i in range(tokens)]
+    k, v = (torch.randn(shape.layers, tokens, shape.kv_heads, shape.head_dim, dtype=shape.dtype) for _ in "kv")
+    write_module(path, _metadata(engine, ids), k, v, ids)
+    return k, v
+
+
+def _time_paths(engine: Engine, workdir: Path, tokens: int, reps: int, seen: list[float], tick: Tick) -> PathTimings:
+    """The pool's three restore paths for a module file of `tokens` tokens (see the module docstring)."""
+    origin, disk = workdir / f"origin-{tokens}.safetensors", workdir / f"disk-{tokens}.safetensors"
+    k, v = _module_file(engine, origin, tokens)
+    copy = ram_copy(ModuleFile.open(origin))
+    ram = _repeat(reps, lambda: _restore(copy, k, v))
+    tick(f"{tokens} tokens: restore from host RAM")
+    _copy_in(origin, disk)
+    disk_hit = _repeat(reps, lambda: _restore(ram_copy(ModuleFile.open(disk)), k, v), lambda: ensure_cold(disk, seen))
+    tick(f"{tokens} tokens: disk hit (cold file, RAM, restore)")
+
+    def cold_origin() -> None:
+        disk.unlink(missing_ok=True)
+        ensure_cold(origin, seen)
+
+    miss = _repeat(reps, lambda: _restore(ram_copy(_copy_in(origin, disk)), k, v), cold_origin)
+    tick(f"{tokens} tokens: origin miss (copy in, RAM, restore)")
+    return PathTimings(
+        tokens=tokens, file_bytes=origin.stat().st_size, ram_restore=ram, disk_hit=disk_hit, origin_miss=miss
+    )
+
+
 def measure_costs(model_name: str, models_dir: Path, workdir: Path, reps: int, tick: Tick) -> CostMeasurement:
-    """Times one real module file through the pool's restore paths on this machine (see the module docstring)."""
+    """Times real module files through the pool's restore paths on this machine (see the module docstring)."""
     load_before = os.getloadavg()
     model = resolve_model(model_name, models_dir)
     engine = load_engine("torch", model, DTYPE, kv_capacity=MEASURE_TOKENS + QUERY_TOKENS + 8)
-    shape = engine.kv_shape
-    ids = [i % 1000 + 10 for i in range(MEASURE_TOKENS)]
-    query = [i % 1000 + 20 for i in range(QUERY_TOKENS)]
-    # k, v: [layers, tokens, kv_heads, head_dim]; random rows restore exactly as fast as real ones.
-    k, v = (torch.randn(shape.layers, MEASURE_TOKENS, shape.kv_heads, shape.head_dim, dtype=shape.dtype) for _ in "kv")
-    origin, disk = workdir / "origin.safetensors", workdir / "disk.safetensors"
-    write_module(origin, _metadata(engine, ids), k, v, ids)
-    tick("wrote the module file")
     seen: list[float] = []
+    small = _time_paths(engine, workdir, SMALL_MEASURE_TOKENS, reps, seen, tick)
+    large = _time_paths(engine, workdir, MEASURE_TOKENS, reps, seen, tick)
 
+    origin, disk = workdir / f"origin-{MEASURE_TOKENS}.safetensors", workdir / f"disk-{MEASURE_TOKENS}.safetensors"
     module = ModuleFile.open(origin)
     engine.load([module])
+    query = [i % 1000 + 20 for i in range(QUERY_TOKENS)]
     first = SamplingParams(max_new_tokens=1)
 
     def prefill() -> None:
@@ -434,19 +516,9 @@ def measure_costs(model_name: str, models_dir: Path, workdir: Path, reps: int, t
     tick("query prefill (module resident)")
     engine.evict()
 
-    copy = ram_copy(module)
-    ram = _repeat(reps, lambda: _restore(copy, k, v))
-    tick("restore from host RAM")
+    shape = engine.kv_shape
+    k, v = (torch.empty(shape.layers, MEASURE_TOKENS, shape.kv_heads, shape.head_dim, dtype=shape.dtype) for _ in "kv")
     _copy_in(origin, disk)
-    disk_hit = _repeat(reps, lambda: _restore(ram_copy(ModuleFile.open(disk)), k, v), lambda: ensure_cold(disk, seen))
-    tick("disk hit (cold file, RAM, restore)")
-
-    def cold_origin() -> None:
-        disk.unlink(missing_ok=True)
-        ensure_cold(origin, seen)
-
-    miss = _repeat(reps, lambda: _restore(ram_copy(_copy_in(origin, disk)), k, v), cold_origin)
-    tick("origin miss (copy in, RAM, restore)")
     stream = ModuleFile.open(disk)
     _restore(stream, k, v)  # the file is in the page cache now
     warm = _repeat(reps, lambda: _restore(stream, k, v))
@@ -456,15 +528,12 @@ def measure_costs(model_name: str, models_dir: Path, workdir: Path, reps: int, t
         model=model.name,
         engine="torch",
         dtype=DTYPE,
-        module_tokens=MEASURE_TOKENS,
         query_tokens=QUERY_TOKENS,
-        file_bytes=origin.stat().st_size,
-        kv_bytes_per_token=shape.bytes_per_token,
+        kv_bytes_per_token=engine.kv_shape.bytes_per_token,
         reps=reps,
         query_prefill=query_prefill,
-        ram_restore=ram,
-        disk_hit=disk_hit,
-        origin_miss=miss,
+        small=small,
+        large=large,
         stream_warm=warm,
         stream_cold=cold,
         cold_resident_fractions=seen,
@@ -527,7 +596,7 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     stderr = Console(stderr=True)
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr) as progress:
-        total = 1 + MEASURE_STEPS + len(args.skews) * len(POLICY_NAMES)
+        total = MEASURE_STEPS + len(args.skews) * len(POLICY_NAMES)
         task = progress.add_task("measuring restore costs", total=total)
         report = run_benchmark(
             args.model, settings.models_dir, args.reps, args.seed, args.skews, args.requests,
@@ -548,10 +617,12 @@ def costs_table(report: PoolReport) -> Table:
     c = report.costs
     table = Table(title="measured costs")
     table.add_column("cost")
-    table.add_column("ms", justify="right")
-    table.add_row("query prefill, module resident", f"{c.query_prefill_s * 1e3:,.1f}")
+    table.add_column("ms per load", justify="right")
+    table.add_column("ms per GiB", justify="right")
+    table.add_row("query prefill, module resident", f"{c.query_prefill_s * 1e3:,.1f}", "")
     for tier in SERVED_FROM:
-        table.add_row(f"reload from {tier.value}, per GiB", f"{c.reload_s_per_gib[tier.value] * 1e3:,.1f}")
+        fixed, per_gib = c.load_fixed_s[tier.value], c.reload_s_per_gib[tier.value]
+        table.add_row(f"reload from {tier.value}", f"{fixed * 1e3:,.1f}", f"{per_gib * 1e3:,.1f}")
     return table
 
 

@@ -8,18 +8,30 @@ from typing import Any
 
 import pytest
 
-from cag.bench.pool import POLICY_NAMES, TierCosts, WorkloadSpec, build_report, percentile, zipf_requests
-from cag.cachepool.core import Tier
+from cag.bench.pool import (
+    POLICY_NAMES,
+    PathTimings,
+    TierCosts,
+    WorkloadSpec,
+    build_report,
+    fit_load_cost,
+    percentile,
+    zipf_requests,
+)
+from cag.bench.ttft import Timing
+from cag.cachepool.core import Tier, TierBudgets
 from cag.cachepool.core.policies import GIB
 
 COSTS = TierCosts(
     query_prefill_s=0.01,
     reload_s_per_gib={"ENGINE": 0.0, "HOST_RAM": 0.1, "LOCAL_DISK": 1.0, "OBJECT_STORE": 5.0},
+    load_fixed_s={"ENGINE": 0.0, "HOST_RAM": 0.001, "LOCAL_DISK": 0.005, "OBJECT_STORE": 0.02},
 )
 SPEC = WorkloadSpec(
     bytes_per_token=1 << 16, modules=10, min_tokens=64, max_tokens=1024, requests=500, warmup_requests=50, seed=7
 )
 SKEWS = (0.6, 1.2)
+BUDGETS = TierBudgets(engine_bytes=GIB, host_ram_bytes=2 * GIB, local_disk_bytes=4 * GIB)
 TIERS = {"ENGINE", "HOST_RAM", "LOCAL_DISK", "OBJECT_STORE"}
 
 
@@ -74,12 +86,39 @@ def test_a_higher_skew_concentrates_requests_on_fewer_modules() -> None:
     assert times == sorted(times) and times[0] > 0
 
 
-def test_ttft_is_prefill_plus_the_serving_tiers_cost_per_gib() -> None:
+def test_ttft_is_prefill_plus_the_serving_tiers_fixed_cost_and_cost_per_gib() -> None:
     assert COSTS.ttft_s(Tier.ENGINE, GIB) == 0.01
-    assert COSTS.ttft_s(Tier.LOCAL_DISK, GIB // 2) == pytest.approx(0.01 + 0.5)
-    assert COSTS.reload_ms_per_gib()[Tier.OBJECT_STORE] == 5000.0
+    assert COSTS.ttft_s(Tier.LOCAL_DISK, GIB // 2) == pytest.approx(0.01 + 0.005 + 0.5)
+    settings = COSTS.pool_settings(BUDGETS, "lfu")
+    assert (settings.initial_reload_ms_per_gib[Tier.OBJECT_STORE], settings.load_fixed_ms[Tier.OBJECT_STORE]) == (
+        5000.0,
+        20.0,
+    )
     with pytest.raises(ValueError, match="ENGINE at 0"):
-        TierCosts(query_prefill_s=0.0, reload_s_per_gib={"HOST_RAM": 1.0})
+        TierCosts(query_prefill_s=0.0, reload_s_per_gib={"HOST_RAM": 1.0}, load_fixed_s={})
+
+
+def timings(file_bytes: int, ram_s: float, disk_s: float, origin_s: float) -> PathTimings:
+    return PathTimings(
+        tokens=1,
+        file_bytes=file_bytes,
+        ram_restore=Timing.of([ram_s]),
+        disk_hit=Timing.of([disk_s]),
+        origin_miss=Timing.of([origin_s]),
+    )
+
+
+def test_each_tier_is_fitted_a_fixed_cost_and_a_cost_per_gib_through_two_sizes() -> None:
+    small = timings(GIB // 4, ram_s=0.25, disk_s=0.3, origin_s=0.05)
+    large = timings(GIB, ram_s=1.0, disk_s=1.2, origin_s=0.02)
+    assert fit_load_cost(small, large, Tier.HOST_RAM) == pytest.approx((0.0, 1.0))  # proportional: no fixed part
+    assert fit_load_cost(small, large, Tier.LOCAL_DISK) == pytest.approx((0.0, 1.2))  # 0.3 + 0.9 per 0.75 GiB
+    # A large load measured faster than a small one (noise): flat, the small load's time for every size.
+    assert fit_load_cost(small, large, Tier.OBJECT_STORE) == pytest.approx((0.05, 0.0))
+    with_fixed = timings(GIB, ram_s=1.1, disk_s=1.3, origin_s=1.0)
+    assert fit_load_cost(timings(GIB // 2, 0.6, 0.7, 0.5), with_fixed, Tier.HOST_RAM) == pytest.approx((0.1, 1.0))
+    # The line would cross below the origin (0.5 s at 1/2 GiB, 1.2 s at 1 GiB): proportional to size instead.
+    assert fit_load_cost(timings(GIB // 2, 0.6, 0.5, 0.5), with_fixed, Tier.LOCAL_DISK) == pytest.approx((0.0, 1.3))
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -1,5 +1,5 @@
-"""Eviction policies on hand-built candidates: exact order for the cost-aware keep value, LRU and LFU, and a workload
-where all three disagree."""
+"""Eviction policies on hand-built candidates: exact order for the cost-aware keep value, LRU and LFU, a workload
+where all three disagree, fixed per-load costs, and the cost-aware admission test."""
 
 from __future__ import annotations
 
@@ -15,19 +15,29 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def candidate(
-    module_id: str, gib: float, *, hits: int = 0, priority: int = 1, used_min: int = 0, reload: float = 1000.0
+    module_id: str,
+    gib: float,
+    *,
+    hits: int = 0,
+    priority: int = 1,
+    used_min: int = 0,
+    reload: float = 1000.0,
+    fixed_ms: float = 0.0,
+    served_ms: float = 0.0,
 ) -> Candidate:
+    """`reload` ms per GiB plus `fixed_ms` per load to come back; `served_ms` to load from where it is now."""
     return Candidate(
         module_id=module_id,
         bytes=int(gib * GIB),
         hits_last_15m=hits,
         route_priority=priority,
         last_used_at=T0 + timedelta(minutes=used_min),
-        reload_ms_per_gib=reload,
+        reload_ms=fixed_ms + gib * reload,
+        served_ms=served_ms,
     )
 
 
-# keep value = (size_gib * 1000) * max(1, hits * priority) / size_gib
+# keep value = max(1, hits * priority) * (size_gib * 1000 - 0) / size_gib
 WORKLOAD = [
     candidate("a", 1, hits=0, priority=1, used_min=4),  # 1000 * 1  = 1000
     candidate("b", 2, hits=10, priority=1, used_min=1),  # 1000 * 10 = 10000
@@ -37,9 +47,11 @@ WORKLOAD = [
 
 
 def test_the_keep_value_and_its_parts() -> None:
-    c = candidate("x", 2, hits=3, priority=2)
-    assert (c.size_gib, c.reload_cost_ms, c.keep_value) == (2.0, 2000.0, 2000.0 * 6 / 2.0)
-    assert candidate("y", 1, hits=0, priority=5).keep_value == 1000.0  # max(1, 0 * 5): unused modules count once
+    c = candidate("x", 2, hits=3, priority=2, fixed_ms=50.0, served_ms=250.0)
+    # uses 3 * 2 = 6; each saves (50 + 2 * 1000) - 250 = 1800 ms; 6 * 1800 = 10800 ms over 2 GiB
+    assert (c.size_gib, c.uses, c.saved_ms, c.keep_value) == (2.0, 6, 10_800.0, 5_400.0)
+    assert candidate("y", 1, hits=0, priority=5).uses == 1  # max(1, 0 * 5): unused modules count once
+    assert candidate("z", 1, served_ms=3000.0).saved_ms == 0.0  # slower here than from below: saves nothing
 
 
 def test_cost_aware_orders_by_lowest_keep_value_first() -> None:
@@ -64,7 +76,7 @@ def test_lfu_breaks_equal_hits_and_recency_by_module_id() -> None:
 
 
 # Reload costs differ by where each module would come back from, so the keep value is no longer just use.
-# keep value = reload_ms_per_gib * max(1, hits * priority)
+# keep value = max(1, hits * priority) * reload ms per GiB
 MIXED = [
     candidate("p", 4, hits=5, used_min=1, reload=100.0),  # big, busy, cheap to reload: 100 * 5 = 500
     candidate("q", 0.25, hits=1, used_min=0, reload=10_000.0),  # small, quiet, only at the origin: 10000
@@ -98,6 +110,46 @@ def test_victims_stop_as_soon_as_enough_is_freed() -> None:
     assert CostAwarePolicy().victims(WORKLOAD, GIB, T0) == ["a"]
     assert CostAwarePolicy().victims(WORKLOAD, GIB + 1, T0) == ["a", "d"]
     assert CostAwarePolicy().victims(WORKLOAD, 10 * GIB, T0) == ["a", "d", "c", "b"]  # all there is
+
+
+# Every load costs 100 ms more than its bytes: a small module saves more per GiB kept than a large one used as
+# often, so size matters to cost_aware where LFU sees only hits and LRU only recency.
+# keep value = max(1, hits) * (100 + gib * 1000) / gib
+FIXED = [
+    candidate("big", 4, hits=3, used_min=0, fixed_ms=100.0),  # 3 * 4100 / 4 = 3075
+    candidate("small", 0.25, hits=3, used_min=1, fixed_ms=100.0),  # 3 * 350 / 0.25 = 4200
+    candidate("mid", 1, hits=2, used_min=2, fixed_ms=100.0),  # 2 * 1100 / 1 = 2200
+    candidate("hot", 2, hits=4, used_min=3, fixed_ms=100.0),  # 4 * 2100 / 2 = 4200
+]
+
+
+def test_a_fixed_cost_per_load_makes_small_modules_dearer_per_gib() -> None:
+    orders = {name: [c.module_id for c in policy_named(name).eviction_order(FIXED, T0)] for name in POLICIES}
+    assert orders == {
+        "cost_aware": ["mid", "big", "hot", "small"],  # 2200, 3075, 4200 and 4200 (hot < small by id)
+        "lru": ["big", "small", "mid", "hot"],  # used at minutes 0, 1, 2, 3
+        "lfu": ["mid", "big", "small", "hot"],  # 2, 3 (used at 0), 3 (used at 1), 4 hits
+    }
+    victims = {name: policy_named(name).victims(FIXED, 5 * GIB, T0) for name in POLICIES}
+    assert victims == {"cost_aware": ["mid", "big"], "lru": ["big", "small", "mid"], "lfu": ["mid", "big"]}
+
+
+# A newcomer that saves less than its victims together is refused by cost_aware, admitted by the others.
+VICTIMS = [candidate("v1", 1, hits=2), candidate("v2", 1, hits=1)]  # save 2000 + 1000 = 3000 ms
+
+
+@pytest.mark.parametrize(
+    ("hits", "admitted"),
+    [
+        (1, False),  # 1 * (2000 - 0) = 2000 < 3000
+        (2, True),  # 4000 >= 3000
+    ],
+)
+def test_cost_aware_admits_a_module_only_when_it_saves_what_it_evicts(hits: int, admitted: bool) -> None:
+    newcomer = candidate("new", 2, hits=hits)
+    assert CostAwarePolicy().admits(newcomer, VICTIMS) is admitted
+    assert CostAwarePolicy().admits(newcomer, []) is True  # evicting nothing costs nothing
+    assert LRUPolicy().admits(newcomer, VICTIMS) is LFUPolicy().admits(newcomer, VICTIMS) is True
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

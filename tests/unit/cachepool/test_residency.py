@@ -1,4 +1,5 @@
-"""Residency bookkeeping on tiny pools: exact evictions, pins, budgets, the 15-minute window, reload costs."""
+"""Residency bookkeeping on tiny pools: exact evictions per policy, admission, pins, budgets, the 15-minute window
+(resident or not), reload costs."""
 
 from __future__ import annotations
 
@@ -22,16 +23,25 @@ from cag.cachepool.core.policies import GIB
 from cag.errors import InvalidFieldError, Status
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
-ENGINE, RAM, DISK = Tier.ENGINE, Tier.HOST_RAM, Tier.LOCAL_DISK
+ENGINE, RAM, DISK, ORIGIN = Tier.ENGINE, Tier.HOST_RAM, Tier.LOCAL_DISK, Tier.OBJECT_STORE
+# No fixed cost per load unless a test sets one, so that the worked numbers stay round: a load from a tier costs its
+# GiB times the default guesses (RAM 250, disk 1000, origin 10 000 ms/GiB).
+NO_FIXED = dict.fromkeys(Tier, 0.0)
 
 
 def minutes(m: float) -> datetime:
     return T0 + timedelta(minutes=m)
 
 
-def pool(policy: str = "cost_aware", engine_gib: int = 4, ram_gib: int = 8, disk_gib: int = 16) -> Residency:
+def pool(
+    policy: str = "cost_aware",
+    engine_gib: int = 4,
+    ram_gib: int = 8,
+    disk_gib: int = 16,
+    fixed_ms: dict[Tier, float] = NO_FIXED,
+) -> Residency:
     budgets = TierBudgets(engine_bytes=engine_gib * GIB, host_ram_bytes=ram_gib * GIB, local_disk_bytes=disk_gib * GIB)
-    return Residency(PoolSettings(budgets=budgets, eviction_policy=policy))
+    return Residency(PoolSettings(budgets=budgets, eviction_policy=policy, load_fixed_ms=fixed_ms))
 
 
 def spec(module_id: str, gib: int, priority: int = 1) -> ModuleSpec:
@@ -72,6 +82,37 @@ def test_lru_evicts_least_recently_used_first_exactly() -> None:
     p = workload("lru")
     assert evicted(p.admit(spec("e", 2), ENGINE, minutes(6))) == ["a", "b"]
     assert p.resident_tiers("c") == (ENGINE,)
+
+
+def three_in_the_engine(policy: str) -> Residency:
+    """Engine of 4 GiB, full: x (1 GiB, 3 hits, last at 1 min), y (1 GiB, priority 5, 1 hit at 2 min), z (2 GiB,
+    2 hits, last at 3 min), all only at the origin (10 000 ms/GiB).
+    LFU, fewest hits: y 1, z 2, x 3. Cost-aware, max(1, hits * priority) * 10 000 ms per GiB: z 2 * 20 000 / 2 =
+    20 000, x 3 * 10 000 = 30 000, y 5 * 10 000 = 50 000. LRU: x (1), y (2), z (3)."""
+    p = pool(policy)
+    for module in (spec("x", 1), spec("y", 1, priority=5), spec("z", 2)):
+        p.admit(module, ENGINE, T0)
+    for at, module_id in ((0.5, "x"), (0.7, "x"), (1, "x"), (2, "y"), (2.5, "z"), (3, "z")):
+        p.hit(module_id, minutes(at))
+    return p
+
+
+@pytest.mark.parametrize(("policy", "victim"), [("lfu", "y"), ("cost_aware", "z"), ("lru", "x")])
+def test_each_policy_evicts_its_own_victim_for_one_gib(policy: str, victim: str) -> None:
+    p = three_in_the_engine(policy)
+    assert evicted(p.admit(spec("n", 1), ENGINE, minutes(6))) == [victim]
+    assert p.resident_tiers(victim) == ()
+
+
+def test_lfu_evicts_fewest_hits_first_exactly() -> None:
+    """Two GiB needed: LFU takes y (1 hit), then z (2 hits); the priority that keeps y under cost_aware is not
+    counted."""
+    p = three_in_the_engine("lfu")
+    assert p.admit(spec("n", 2), ENGINE, minutes(6)) == [
+        Eviction(module_id="y", tier=ENGINE, bytes=GIB),
+        Eviction(module_id="z", tier=ENGINE, bytes=2 * GIB),
+    ]
+    assert p.resident_tiers("x") == (ENGINE,)
 
 
 def test_a_module_held_by_a_cheaper_lower_tier_leaves_first() -> None:
@@ -204,6 +245,82 @@ def test_a_measured_reload_cost_changes_the_eviction_order() -> None:
     assert evicted(measured.admit(spec("x", 1), ENGINE, T0)) == ["on_disk"]
 
 
+def ram_full_of_disk_modules() -> Residency:
+    """Host RAM of 2 GiB holding v (3 hits) and w (2 hits), 1 GiB each, both also on disk. A RAM copy saves each
+    use disk 1000 - RAM 250 = 750 ms: v 3 * 750 = 2250, w 2 * 750 = 1500."""
+    p = pool(ram_gib=2)
+    for module_id, hits in (("v", 3), ("w", 2)):
+        p.admit(spec(module_id, 1), DISK, T0)
+        p.admit(spec(module_id, 1), RAM, T0)
+        for _ in range(hits):
+            p.hit(module_id, minutes(1))
+    return p
+
+
+def test_cost_aware_admits_into_a_full_tier_only_a_module_that_saves_what_it_evicts() -> None:
+    p = ram_full_of_disk_modules()
+    p.admit(spec("n", 1), DISK, minutes(2))
+    p.hit("n", minutes(2))
+    assert not p.worth_admitting(spec("n", 1), RAM, minutes(2))  # 1 * 750 < w's 1500
+    p.hit("n", minutes(3))
+    assert p.worth_admitting(spec("n", 1), RAM, minutes(3))  # 2 * 750 = 1500 >= 1500
+    p.hit("far", minutes(3))  # only at the origin: 10 000 - 250 = 9750 >= 1500 on its first hit
+    assert p.worth_admitting(spec("far", 1), RAM, minutes(3))
+    assert p.resident_tiers("n") == (DISK,)  # asking admits nothing
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+def test_lru_and_lfu_admit_whatever_asks(policy: str) -> None:
+    p = pool(policy, ram_gib=2)
+    p.admit(spec("v", 1), RAM, T0)
+    p.admit(spec("w", 1), RAM, T0)
+    for _ in range(5):
+        p.hit("v", minutes(1))
+        p.hit("w", minutes(1))
+    assert p.worth_admitting(spec("n", 1), RAM, minutes(2))
+
+
+def test_a_module_that_fits_or_is_resident_is_always_worth_admitting() -> None:
+    p = ram_full_of_disk_modules()
+    assert p.worth_admitting(spec("v", 1), RAM, minutes(2))  # there already
+    assert p.worth_admitting(spec("n", 1), ENGINE, minutes(2))  # the engine has room
+
+
+def test_hits_are_counted_for_modules_no_tier_holds() -> None:
+    p = pool()
+    p.hit("m", minutes(1))
+    p.hit("m", minutes(2))
+    assert p.hits_last_15m("m", minutes(2)) == 2
+    p.admit(spec("m", 1), DISK, minutes(2))  # admitted, it keeps them
+    assert p.module("m", minutes(2)).hits_last_15m == 2
+    p.hit("m", minutes(3))
+    p.remove("m", DISK)  # no tier holds it: forgotten but for its hits
+    assert p.hits_last_15m("m", minutes(3)) == 3
+    assert p.hits_last_15m("m", minutes(17)) == 1  # those of minutes 1 and 2 aged out
+    p.hit("other", minutes(20))  # hits after the window drop stale records
+    assert p.hits_last_15m("m", minutes(20)) == 0
+
+
+def test_a_fixed_cost_per_load_is_counted_apart_from_the_bytes() -> None:
+    p = pool(fixed_ms={**NO_FIXED, DISK: 100.0})
+    assert p.load_ms(DISK, 2 * GIB) == 100.0 + 2 * 1000.0
+    assert p.record_load(DISK, GIB, 0.6, loads=2) == 400.0  # (600 - 2 * 100) ms over 1 GiB
+    assert p.load_ms(DISK, 2 * GIB) == 100.0 + 2 * 400.0
+    assert p.load_ms(ENGINE, 2 * GIB) == 0.0
+    assert p.record_load(DISK, GIB, 0.05) == pytest.approx(0.2 * 0.0 + 0.8 * 400.0)  # faster than fixed: 0 per GiB
+
+
+def test_a_fixed_cost_per_load_keeps_the_smaller_of_two_equally_used_modules() -> None:
+    """Origin loads cost 2000 ms each plus 10 000 ms/GiB; a (1 GiB) and b (2 GiB) have 1 use each. Per GiB kept:
+    a (2000 + 10 000) / 1 = 12 000, b (2000 + 20 000) / 2 = 11 000: b leaves. Without the fixed cost both are
+    worth 10 000 and the id tie-break takes a."""
+    for fixed, victim in ((2000.0, "b"), (0.0, "a")):
+        p = pool(engine_gib=3, fixed_ms={**NO_FIXED, ORIGIN: fixed})
+        p.admit(spec("a", 1), ENGINE, T0)
+        p.admit(spec("b", 2), ENGINE, T0)
+        assert evicted(p.admit(spec("n", 1), ENGINE, T0)) == [victim]
+
+
 def test_reload_cost_is_an_exponentially_weighted_average_of_measured_loads() -> None:
     p = pool()
     assert p.reload_ms_per_gib(DISK) == 1000.0  # the configured guess
@@ -252,6 +369,9 @@ def test_stats_list_tiers_fastest_first_and_modules_by_id() -> None:
         ),
         lambda: ModuleSpec(module_id="m", bytes=1, token_count=1, route_priority=0),
         lambda: ModuleSpec(module_id="m", bytes=0, token_count=1),
+        lambda: PoolSettings(
+            budgets=TierBudgets(engine_bytes=1, host_ram_bytes=1, local_disk_bytes=1), load_fixed_ms={ENGINE: 0.0}
+        ),
     ],
 )
 def test_settings_and_specs_are_validated(make: object) -> None:
@@ -309,7 +429,7 @@ def check_invariants(p: Residency, pinned: set[str], now: datetime) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(policy=st.sampled_from(["cost_aware", "lru"]), ops=st.lists(OPS, max_size=60))
+@given(policy=st.sampled_from(["cost_aware", "lru", "lfu"]), ops=st.lists(OPS, max_size=60))
 def test_any_sequence_keeps_tiers_within_budget_and_pinned_modules_resident(
     policy: str, ops: list[tuple[object, ...]]
 ) -> None:

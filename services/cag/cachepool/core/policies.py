@@ -1,6 +1,7 @@
 """Eviction policies: which unpinned modules of a full tier leave first to make room for another.
 
-A policy only ranks; the residency bookkeeping decides when to ask and applies the answer. Policies register by
+A policy ranks, and may refuse a module the room it asks for; the residency bookkeeping decides when to ask and
+applies the answer. Policies register by
 name in POLICIES and the pool's settings pick one ("cost_aware" by default; "lru" and "lfu" as the alternatives).
 """
 
@@ -18,7 +19,7 @@ GIB = 1 << 30
 
 @dataclass(frozen=True, kw_only=True)
 class Candidate:
-    """An unpinned module resident in the tier being made room in, as a policy sees it."""
+    """A module as a policy sees it: one resident in the tier being made room in (unpinned), or one asking in."""
 
     module_id: str
     bytes: int
@@ -27,23 +28,31 @@ class Candidate:
     # How much a route relies on the module, >= 1.
     route_priority: int
     last_used_at: datetime
-    # Measured cost, per GiB, of bringing the module back from where it would be reloaded from, milliseconds.
-    reload_ms_per_gib: float
+    # Measured time to bring the module into the engine from where it would be reloaded from once it leaves this
+    # tier (the next slower tier holding it, else its origin), and from this tier: what a request pays after the
+    # eviction and before it. Each is a per-load latency plus the module's GiB times the tier's ms per GiB.
+    reload_ms: float
+    served_ms: float
 
     @property
     def size_gib(self) -> float:
         return self.bytes / GIB
 
     @property
-    def reload_cost_ms(self) -> float:
-        """What reloading the module would cost, milliseconds."""
-        return self.size_gib * self.reload_ms_per_gib
+    def uses(self) -> int:
+        """Requests expected in the next 15 minutes, weighted by the route: `max(1, hits_last_15m * route_priority)`
+        (a module about to be used, or just admitted, counts once)."""
+        return max(1, self.hits_last_15m * self.route_priority)
+
+    @property
+    def saved_ms(self) -> float:
+        """TTFT milliseconds the tier's copy saves over the next 15 minutes: `uses * (reload_ms - served_ms)`."""
+        return self.uses * max(0.0, self.reload_ms - self.served_ms)
 
     @property
     def keep_value(self) -> float:
-        """Reload milliseconds saved per GiB kept: `reload_cost_ms * max(1, hits_last_15m * route_priority) /
-        size_gib`. Low means cheap to bring back and rarely used, so it leaves first."""
-        return self.reload_cost_ms * max(1, self.hits_last_15m * self.route_priority) / self.size_gib
+        """TTFT milliseconds saved per GiB of the tier's budget: `saved_ms / size_gib`. Low leaves first."""
+        return self.saved_ms / self.size_gib
 
 
 class EvictionPolicy(ABC):
@@ -67,19 +76,31 @@ class EvictionPolicy(ABC):
             freed += candidate.bytes
         return chosen
 
+    def admits(self, newcomer: Candidate, victims: Sequence[Candidate]) -> bool:
+        """Whether a module may take a tier's room from `victims` (those it would evict). Admit all by default."""
+        return True
+
 
 class CostAwarePolicy(EvictionPolicy):
-    """Lowest keep value first: the bytes whose loss costs the fewest reload milliseconds go first.
+    """Fewest TTFT milliseconds saved per GiB first, and no admission that saves less than it evicts.
 
-    The seed's score, `size_gb * reload_cost_ms / max(1, hits_last_15m * route_priority)`, has the right parts
-    but the wrong direction for two of them: taken lowest-first it evicts the busiest modules, taken
-    highest-first the dearest to reload. Its inverse per byte (GreedyDual-Size's rule) keeps both busy and
-    costly modules: value = reload cost x use / size."""
+    A tier's copy of a module saves each of its requests the difference between loading it from where it would
+    come back from and loading it from this tier, per-load latency included; over the next 15 minutes that is
+    its uses (hits in the last 15, times the route's priority) times that difference, and per byte of budget
+    that divided by its size (GreedyDual-Size's rule, with a cost that is not proportional to size). The seed's
+    score, `size_gb * reload_cost_ms / max(1, hits_last_15m * route_priority)`, has these parts with two of them
+    the wrong way round: taken lowest-first it evicts the busiest modules.
+
+    Admission (TinyLFU's doorkeeper, by cost): a module asking into a full tier enters only when it saves at
+    least what the modules it would evict save together; a module seen once does not push out busier ones."""
 
     name = "cost_aware"
 
     def eviction_order(self, candidates: Sequence[Candidate], now: datetime) -> list[Candidate]:
         return sorted(candidates, key=lambda c: (c.keep_value, c.module_id))
+
+    def admits(self, newcomer: Candidate, victims: Sequence[Candidate]) -> bool:
+        return newcomer.saved_ms >= sum(v.saved_ms for v in victims)
 
 
 class LRUPolicy(EvictionPolicy):

@@ -2,12 +2,15 @@
 
 Pure bookkeeping in the manner of vLLM's block pool: no I/O, no clock (every time is passed in as `now`), no
 locks (the service serialises calls). The caller moves bytes and then tells this core what happened: `admit`
-answers which modules to evict first, `hit` which tier serves a lookup, `record_load` how long a load took.
+answers which modules to evict first (and `worth_admitting` whether a module is worth what it would evict),
+`hit` which tier serves a lookup, `record_load` how long a load took. Hits of a module no tier holds are
+remembered for the 15-minute window too: a module coming back counts the requests it missed.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -38,6 +41,14 @@ DEFAULT_RELOAD_MS_PER_GIB = {
     Tier.HOST_RAM: 250.0,
     Tier.LOCAL_DISK: 1_000.0,
     Tier.OBJECT_STORE: 10_000.0,
+}
+# What every load from a tier costs whatever its size, ms: opening and checking a file, an object store's
+# first byte. Guesses of the order `cag bench pool` measures; the per-GiB part is measured net of them.
+DEFAULT_LOAD_FIXED_MS = {
+    Tier.ENGINE: 0.0,
+    Tier.HOST_RAM: 1.0,
+    Tier.LOCAL_DISK: 5.0,
+    Tier.OBJECT_STORE: 20.0,
 }
 
 
@@ -77,13 +88,19 @@ class PoolSettings:
     reload_ewma_alpha: float = 0.2
     # ms per GiB assumed for a tier until a load from it is measured.
     initial_reload_ms_per_gib: dict[Tier, float] = field(default_factory=lambda: dict(DEFAULT_RELOAD_MS_PER_GIB))
+    # ms every load from a tier costs on top of its bytes.
+    load_fixed_ms: dict[Tier, float] = field(default_factory=lambda: dict(DEFAULT_LOAD_FIXED_MS))
 
     def __post_init__(self) -> None:
         policy_named(self.eviction_policy)  # fails early on an unknown name
         if not 0 < self.reload_ewma_alpha <= 1:
             raise InvalidFieldError("reload_ewma_alpha", "must be in (0, 1]")
-        if set(self.initial_reload_ms_per_gib) != set(Tier) or min(self.initial_reload_ms_per_gib.values()) < 0:
-            raise InvalidFieldError("initial_reload_ms_per_gib", "must give every tier a cost >= 0")
+        for name, costs in (
+            ("initial_reload_ms_per_gib", self.initial_reload_ms_per_gib),
+            ("load_fixed_ms", self.load_fixed_ms),
+        ):
+            if set(costs) != set(Tier) or min(costs.values()) < 0:
+                raise InvalidFieldError(name, "must give every tier a cost >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,14 +184,11 @@ class _Entry:
     hit_times: deque[datetime] = field(default_factory=deque)
 
     def hits_last_15m(self, now: datetime) -> int:
-        """Hits in the 15 minutes before `now` (a hit exactly 15 minutes old no longer counts)."""
-        return sum(1 for t in self.hit_times if t > now - HIT_WINDOW)
+        return _hits_within_window(self.hit_times, now)
 
     def record_hit(self, now: datetime) -> None:
-        self.hit_times.append(now)
+        _record_hit(self.hit_times, now)
         self.last_used_at = max(self.last_used_at, now)
-        while self.hit_times and self.hit_times[0] <= now - HIT_WINDOW:
-            self.hit_times.popleft()
 
 
 @dataclass(kw_only=True)
@@ -195,6 +209,8 @@ class Residency:
         self._policy = policy_named(settings.eviction_policy)
         self._tiers = {tier: _TierState(capacity=settings.budgets.of(tier)) for tier in CACHE_TIERS}
         self._modules: dict[str, _Entry] = {}
+        # Hit times of modules no tier holds, least recently hit first, kept while within the window.
+        self._unplaced_hits: OrderedDict[str, deque[datetime]] = OrderedDict()
         self._reload_ms_per_gib = dict(settings.initial_reload_ms_per_gib)
         self._measured: set[Tier] = set()
 
@@ -215,6 +231,22 @@ class Residency:
         state.modules.add(module.module_id)
         state.used += module.bytes
         return evictions
+
+    def worth_admitting(self, module: ModuleSpec, tier: Tier, now: datetime) -> bool:
+        """Whether the policy lets `module` into `tier` at the price of what `admit` would evict for it (see
+        EvictionPolicy.admits). True when it is there already or fits, and when pinned modules leave too little
+        room (`admit` says so)."""
+        state = self._tier(tier)
+        entry = self._modules.get(module.module_id)
+        needed = state.used + module.bytes - state.capacity
+        if needed <= 0 or (entry is not None and tier in entry.tiers):
+            return True
+        candidates = self._evictable(state, tier, now)
+        if sum(c.bytes for c in candidates) < needed:
+            return True
+        chosen = set(self._policy.victims(candidates, needed, now))
+        newcomer = self._newcomer(module, entry, tier, now)
+        return self._policy.admits(newcomer, [c for c in candidates if c.module_id in chosen])
 
     def drop(self, module_id: str) -> tuple[Tier, ...]:
         """Removes a module from every tier, pinned or not (an invalidated module must never be served). Returns
@@ -275,15 +307,22 @@ class Residency:
             self._tiers[tier].misses += 1
         if entry:
             entry.record_hit(now)
+        else:
+            _record_hit(self._unplaced_hits.setdefault(module_id, deque()), now)
+            self._unplaced_hits.move_to_end(module_id)
+        self._forget_stale_hits(now)
         return serving
 
-    def record_load(self, tier: Tier, nbytes: int, seconds: float) -> float:
-        """Folds a measured load of `nbytes` from `tier` into the engine, taking `seconds`, into the tier's reload
-        cost. The first measurement replaces the configured guess; later ones enter an exponentially weighted
-        average. Returns the new cost, ms per GiB."""
-        if nbytes <= 0 or seconds < 0:
-            raise InvalidFieldError("load", f"needs bytes > 0 and seconds >= 0, got {nbytes} bytes, {seconds} s")
-        measured = seconds * 1000 / (nbytes / GIB)
+    def record_load(self, tier: Tier, nbytes: int, seconds: float, loads: int = 1) -> float:
+        """Folds a measured load of `nbytes` (in `loads` modules) from `tier` into the engine, taking `seconds`, into
+        the tier's reload cost per GiB, net of the tier's fixed cost per load. The first measurement replaces the
+        configured guess; later ones enter an exponentially weighted average. Returns the new cost, ms per GiB."""
+        if nbytes <= 0 or seconds < 0 or loads < 1:
+            raise InvalidFieldError(
+                "load", f"needs bytes > 0, seconds >= 0 and loads >= 1, got {nbytes} bytes, {seconds} s, {loads}"
+            )
+        net_ms = max(0.0, seconds * 1000 - loads * self._settings.load_fixed_ms[tier])
+        measured = net_ms / (nbytes / GIB)
         alpha = self._settings.reload_ewma_alpha if tier in self._measured else 1.0
         self._reload_ms_per_gib[tier] = alpha * measured + (1 - alpha) * self._reload_ms_per_gib[tier]
         self._measured.add(tier)
@@ -297,12 +336,22 @@ class Residency:
         return _fastest_first(entry.tiers) if entry else ()
 
     def reload_ms_per_gib(self, tier: Tier) -> float:
-        """Current reload cost from `tier` into the engine, ms per GiB."""
+        """Current reload cost from `tier` into the engine, ms per GiB (net of the fixed cost per load)."""
         return self._reload_ms_per_gib[tier]
 
+    def load_ms(self, tier: Tier, nbytes: int) -> float:
+        """What loading `nbytes` from `tier` into the engine costs now, ms: the tier's fixed cost per load plus the
+        bytes at its measured ms per GiB (the engine itself: 0)."""
+        if tier is Tier.ENGINE:
+            return 0.0
+        return self._settings.load_fixed_ms[tier] + nbytes / GIB * self._reload_ms_per_gib[tier]
+
     def hits_last_15m(self, module_id: str, now: datetime) -> int:
+        """Requests for the module in the 15 minutes before `now`, whether a tier held it or not."""
         entry = self._modules.get(module_id)
-        return entry.hits_last_15m(now) if entry else 0
+        if entry is not None:
+            return entry.hits_last_15m(now)
+        return _hits_within_window(self._unplaced_hits.get(module_id, ()), now)
 
     def module(self, module_id: str, now: datetime) -> ResidentModule:
         """A resident module's view; ModuleNotResidentError when no tier holds it."""
@@ -320,8 +369,7 @@ class Residency:
         needed = state.used + module.bytes - state.capacity
         if needed <= 0:
             return []
-        candidates = [self._candidate(self._modules[m], tier, now) for m in state.modules]
-        candidates = [c for c in candidates if not self._unevictable(c.module_id)]
+        candidates = self._evictable(state, tier, now)
         if sum(c.bytes for c in candidates) < needed:
             self._forget_if_unplaced(module.module_id)
             pinned = state.used - sum(c.bytes for c in candidates)  # pinned or held by running requests
@@ -330,6 +378,10 @@ class Residency:
                 pinned_bytes=pinned,
             )  # fmt: skip
         return [self._evict(module_id, tier) for module_id in self._policy.victims(candidates, needed, now)]
+
+    def _evictable(self, state: _TierState, tier: Tier, now: datetime) -> list[Candidate]:
+        candidates = [self._candidate(self._modules[m], tier, now) for m in state.modules]
+        return [c for c in candidates if not self._unevictable(c.module_id)]
 
     def _unevictable(self, module_id: str) -> bool:
         entry = self._modules[module_id]
@@ -346,17 +398,28 @@ class Residency:
         return Eviction(module_id=module_id, tier=tier, bytes=entry.spec.bytes)
 
     def _candidate(self, entry: _Entry, tier: Tier, now: datetime) -> Candidate:
-        """The module as the policy sees it; it would be reloaded from the fastest slower tier still holding it,
-        else from the object store."""
-        slower = [t for t in CACHE_TIERS[CACHE_TIERS.index(tier) + 1 :] if t in entry.tiers]
+        """A resident module as the policy sees it."""
+        return self._as_candidate(entry.spec, entry.tiers, tier, entry.hits_last_15m(now), entry.last_used_at)
+
+    def _newcomer(self, module: ModuleSpec, entry: _Entry | None, tier: Tier, now: datetime) -> Candidate:
+        """A module asking into `tier` as the policy sees it: used now."""
+        tiers = entry.tiers if entry is not None else set()
+        return self._as_candidate(module, tiers, tier, self.hits_last_15m(module.module_id, now), now)
+
+    def _as_candidate(
+        self, spec: ModuleSpec, tiers: set[Tier], tier: Tier, hits: int, last_used_at: datetime
+    ) -> Candidate:
+        """It would be reloaded from the fastest slower tier holding it, else from the object store."""
+        slower = [t for t in CACHE_TIERS[CACHE_TIERS.index(tier) + 1 :] if t in tiers]
         source = slower[0] if slower else Tier.OBJECT_STORE
         return Candidate(
-            module_id=entry.spec.module_id,
-            bytes=entry.spec.bytes,
-            hits_last_15m=entry.hits_last_15m(now),
-            route_priority=entry.spec.route_priority,
-            last_used_at=entry.last_used_at,
-            reload_ms_per_gib=self._reload_ms_per_gib[source],
+            module_id=spec.module_id,
+            bytes=spec.bytes,
+            hits_last_15m=hits,
+            route_priority=spec.route_priority,
+            last_used_at=last_used_at,
+            reload_ms=self.load_ms(source, spec.bytes),
+            served_ms=self.load_ms(tier, spec.bytes),
         )
 
     def _entry_for(self, module: ModuleSpec, now: datetime) -> _Entry:
@@ -364,7 +427,8 @@ class Residency:
         priority (routes change; a module id's bytes do not)."""
         entry = self._modules.get(module.module_id)
         if entry is None:
-            entry = self._modules[module.module_id] = _Entry(spec=module, last_used_at=now)
+            hit_times = self._unplaced_hits.pop(module.module_id, deque())
+            entry = self._modules[module.module_id] = _Entry(spec=module, last_used_at=now, hit_times=hit_times)
         elif (entry.spec.bytes, entry.spec.token_count) != (module.bytes, module.token_count):
             raise InvalidFieldError("bytes", f"of module {module.module_id} differ from those it is resident with")
         else:
@@ -372,10 +436,21 @@ class Residency:
         return entry
 
     def _forget_if_unplaced(self, module_id: str) -> None:
-        """A module no tier holds is forgotten, hit history included (the pool tracks residents only)."""
+        """A module no tier holds is forgotten, but for its hits in the window."""
         entry = self._modules.get(module_id)
         if entry is not None and not entry.tiers:
             del self._modules[module_id]
+            if entry.hit_times:
+                self._unplaced_hits[module_id] = entry.hit_times
+
+    def _forget_stale_hits(self, now: datetime) -> None:
+        """Drops unplaced modules whose last hit left the window, least recently hit first (a module forgotten
+        after others were hit may wait behind them: it goes within one window)."""
+        while self._unplaced_hits:
+            module_id, times = next(iter(self._unplaced_hits.items()))
+            if times and times[-1] > now - HIT_WINDOW:
+                return
+            del self._unplaced_hits[module_id]
 
     def _known(self, module_id: str) -> _Entry:
         entry = self._modules.get(module_id)
@@ -416,3 +491,14 @@ class Residency:
 
 def _fastest_first(tiers: set[Tier]) -> tuple[Tier, ...]:
     return tuple(t for t in CACHE_TIERS if t in tiers)
+
+
+def _hits_within_window(hit_times: Iterable[datetime], now: datetime) -> int:
+    """Hits in the 15 minutes before `now` (a hit exactly 15 minutes old no longer counts)."""
+    return sum(1 for t in hit_times if t > now - HIT_WINDOW)
+
+
+def _record_hit(hit_times: deque[datetime], now: datetime) -> None:
+    hit_times.append(now)
+    while hit_times and hit_times[0] <= now - HIT_WINDOW:
+        hit_times.popleft()
