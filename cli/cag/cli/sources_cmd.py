@@ -1,5 +1,6 @@
 """`cag sources sync [--tenant T]`: recompute the canonical checksum of every registered source and publish
-`cag.invalidate.source` for each one that changed — what a CI job or a cron in ops automation runs.
+`cag.invalidate.source` for each one that changed — what a CI job or a cron in ops automation runs. file://
+folders are read in place; s3:// prefixes are fetched (CAG_S3_* name the store).
 
 The sources are those of the modules the registry serves (published) or last served (stale). Each is read as
 the compiler reads it (canonical form, the section order of the module's layout), so an edit that changes no
@@ -18,12 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from cag.canonical import load_source, source_checksum
-from cag.canonical.uris import local_path
 from cag.cli.invalidate_cmd import DEFAULT_TIMEOUT_S, ops_nats_url, publish
 from cag.cli.registry_client import registry_client, run_with_rpc_errors
 from cag.errors import CagError
 from cag.events.schemas import Envelope, SourceChangedV1
 from cag.layout import parse_layout
+from cag.objectstore import ObjectStore
+from cag.objectstore.s3 import S3Settings
+from cag.objectstore.sources import readable_source
 from cag.settings import CagSettings
 from cag.v1 import common_pb2, registry_pb2
 
@@ -72,8 +75,9 @@ def registered_sources(args: argparse.Namespace, settings: CagSettings) -> list[
     ]  # fmt: skip
 
 
-def current_checksum(source: Source) -> str:
-    return source_checksum(load_source(local_path(source.uri, "source_uri"), source.section_order))
+def current_checksum(source: Source, store: ObjectStore) -> str:
+    with readable_source(source.uri, store) as folder:
+        return source_checksum(load_source(folder, source.section_order))
 
 
 def run(args: argparse.Namespace, settings: CagSettings) -> int:
@@ -87,9 +91,10 @@ def sync(args: argparse.Namespace, settings: CagSettings) -> int:
         table.add_column(name)
     changed = unreadable = 0
     nats_url = ops_nats_url(args, settings)
+    store = ObjectStore(S3Settings.of(settings.infra))
     for source in registered_sources(args, settings):
         try:
-            checksum = current_checksum(source)
+            checksum = current_checksum(source, store)
         except CagError as e:
             unreadable += 1
             table.add_row(source.tenant_id, source.uri, str(source.modules), f"[yellow]not read: {e}[/yellow]")

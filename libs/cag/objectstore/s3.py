@@ -107,6 +107,18 @@ class ObjectStore:
         with _errors(location.uri):
             self._client.upload_file(str(path), location.bucket, location.key)
 
+    def list_under(self, prefix: S3Location, limit: int) -> list[tuple[str, int]]:
+        """(key, size) of the objects whose keys start with `prefix`'s key, in key order: at most `limit` + 1 (one
+        more says there are too many)."""
+        found: list[tuple[str, int]] = []
+        with _errors(prefix.uri):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key)
+            for page in pages:
+                found += [(str(o["Key"]), int(o["Size"])) for o in page.get("Contents", [])]
+                if len(found) > limit:
+                    return found[: limit + 1]
+        return found
+
     def size(self, location: S3Location) -> int:
         with _errors(location.uri):
             return int(self._client.head_object(Bucket=location.bucket, Key=location.key)["ContentLength"])

@@ -61,7 +61,7 @@ class CompilerApp:
             engine_kind=s.engine,
             workers=s.workers,
             upload_to=parse_s3_uri(prefix.rstrip("/") + "/module").parent() if prefix else None,
-            object_store=ObjectStore(S3Settings.of(s.infra)) if prefix else None,
+            object_store=ObjectStore(S3Settings.of(s.infra)),
         )
         self.broker = make_broker(s.nats_url)
         compiler = self.compiler = Compiler(store, self.registry, config, engine=self.engine)

@@ -1,8 +1,9 @@
 """Running compile jobs: a bounded pool of workers, one engine per model, progress fanned out to followers.
 
 `Compiler.submit` records a job (or finds the live one with the same key) and starts it; a job reads its
-source (file://), writes its layout to a scratch file, compiles on its parents' files (their registry records
-name them), registers the module and publishes it when asked and its golden questions passed. Every stage,
+source (a file:// folder, or an s3:// prefix copied to a scratch folder), writes its layout to a scratch file,
+compiles on its parents' files (their registry records name them: a local file, or an object fetched into the
+scratch folder), registers the module and publishes it when asked and its golden questions passed. Every stage,
 prefill step, golden answer and the outcome go to the job's log in Postgres and to whoever follows the job's
 progress (a Compile stream). A compiler that stopped resumes the jobs it left queued or running.
 """
@@ -27,10 +28,11 @@ from cag.compiler.jobstore import JobStore
 from cag.compiler.pipeline import CompileResult, compile_module
 from cag.compiler.request import AclSpec, CompileRequest
 from cag.engine import Engine, load_engine
-from cag.errors import CagError
+from cag.errors import CagError, InvalidFieldError
 from cag.layout import parse_layout
 from cag.models import resolve_model
-from cag.objectstore import ObjectStore, S3Location
+from cag.objectstore import ObjectStore, S3Location, is_s3_uri, parse_s3_uri
+from cag.objectstore.sources import readable_source
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.modules import module_message
 from cag.v1 import common_pb2, compiler_pb2
@@ -39,10 +41,11 @@ log = logging.getLogger(__name__)
 Finished = Callable[[Job], None]
 
 
-def source_content_checksum(spec: JobSpec) -> str:
+def source_content_checksum(spec: JobSpec, store: ObjectStore | None) -> str:
     """The canonical checksum of the spec's source as it is now (the job key depends on it)."""
     layout = parse_layout(spec.layout_json)
-    return source_checksum(load_source(local_path(spec.source_uri, "source_uri"), layout.section_order))
+    with readable_source(spec.source_uri, store) as source:
+        return source_checksum(load_source(source, layout.section_order))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,7 @@ class CompilerConfig:
     workers: int = 1
     # Where module files are uploaded (their s3:// URI is registered); None: registered by their file:// URI.
     upload_to: S3Location | None = None
+    # Reads s3:// sources and parents, and takes the uploads; None: only file:// URIs work.
     object_store: ObjectStore | None = None
 
 
@@ -144,7 +148,7 @@ class Compiler:
 
     async def submit(self, spec: JobSpec, *, trigger: str) -> tuple[Job, bool]:
         """The job for `spec` and whether it is new (False: a live job with the same key answers for it)."""
-        checksum = await asyncio.to_thread(source_content_checksum, spec)
+        checksum = await asyncio.to_thread(source_content_checksum, spec, self._config.object_store)
         job, created = await self._store.add(new_job(spec, source_checksum=checksum, trigger=trigger, now=_now()))
         if created:
             self._start(job)
@@ -221,7 +225,7 @@ class Compiler:
 
     async def _build(self, job: Job, feed: Feed) -> common_pb2.Module:
         spec = job.spec
-        parents = tuple([await self._parent_file(module_id) for module_id in spec.parent_module_ids])
+        parents = tuple([(await self._registry.get(module_id)).storage_uri for module_id in spec.parent_module_ids])
         observer = JobObserver(job, feed, asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self._executor, self._compile, spec, parents, observer)
@@ -248,22 +252,35 @@ class Compiler:
         await asyncio.to_thread(store.upload, path, location)
         return location.uri
 
-    async def _parent_file(self, module_id: str) -> Path:
-        record = await self._registry.get(module_id)
-        return local_path(record.storage_uri, "parent_module_ids")
+    def _parent_file(self, storage_uri: str, scratch: Path) -> Path:
+        """A parent module's file: where it lies (file://), or fetched into `scratch` (s3://). Either way the
+        compile verifies its checksums as it restores it."""
+        if not is_s3_uri(storage_uri):
+            return local_path(storage_uri, "parent_module_ids")
+        store = self._config.object_store
+        if store is None:
+            raise InvalidFieldError("parent_module_ids", f"{storage_uri}: no object store is configured here")
+        location = parse_s3_uri(storage_uri, "parent_module_ids")
+        path = scratch / location.key.rpartition("/")[2]
+        with path.open("wb") as f:
+            store.download_into(location, f)
+        return path
 
-    def _compile(self, spec: JobSpec, parents: tuple[Path, ...], observer: JobObserver) -> CompileResult:
-        with tempfile.TemporaryDirectory(prefix="cag-compile-") as scratch:
+    def _compile(self, spec: JobSpec, parent_uris: tuple[str, ...], observer: JobObserver) -> CompileResult:
+        with (
+            tempfile.TemporaryDirectory(prefix="cag-compile-") as scratch,
+            readable_source(spec.source_uri, self._config.object_store) as source,
+        ):
             layout = Path(scratch) / "layout.json"
             layout.write_text(spec.layout_json)
             request = CompileRequest(
                 model=spec.model,
                 tokenizer=spec.tokenizer,
-                source=local_path(spec.source_uri, "source_uri"),
+                source=source,
                 layout=layout,
                 acl=AclSpec.parse(spec.acl),
                 out=self._config.out_dir,
-                parents=parents,
+                parents=tuple(self._parent_file(uri, Path(scratch)) for uri in parent_uris),
                 dtype=spec.dtype,
                 route=spec.route,
                 created_at=spec.created_at,

@@ -22,6 +22,7 @@ from cag.compiler.runner import Compiler
 from cag.errors import CagError, InvalidFieldError, UnknownJobError
 from cag.layout import layout_json, load_layout
 from cag.metadata import DTYPE_NAMES
+from cag.objectstore.sources import check_source_uri
 from cag.rpc.auth import current_caller
 from cag.rpc.timestamps import datetime_of, timestamp_of
 from cag.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
@@ -59,7 +60,7 @@ def spec_of(request: compiler_pb2.CompileRequest) -> JobSpec:
             raise InvalidFieldError(name, "is required")
         if len(value) > MAX_URI or "\x00" in value:
             raise InvalidFieldError(name, f"must be at most {MAX_URI} characters without NUL")
-    local_path(request.source_uri, "source_uri")
+    check_source_uri(request.source_uri)
     layout = load_layout(local_path(request.layout_uri, "layout_uri"))
     if request.dtype and request.dtype not in DTYPE_NAMES:
         raise InvalidFieldError("dtype", f"{request.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
