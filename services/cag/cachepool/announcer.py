@@ -55,11 +55,13 @@ class Announcer:
         settings: AnnouncerSettings,
         writer: AnnouncementWriter,
         read_state: Callable[[], ReplicaState],
+        ready: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self._writer = writer
         self._read_state = read_state
+        self._ready = ready
         self._clock = clock
         self._sequence = 0
         self._last: ReplicaState | None = None
@@ -80,7 +82,10 @@ class Announcer:
         )
 
     async def announce_if_due(self) -> bool:
-        """Puts the document when the state changed or a heartbeat is due; True when it put one."""
+        """Puts the document when the state changed or a heartbeat is due; True when it put one. Nothing is put
+        before the replica is ready to serve (a router would send it requests it refuses)."""
+        if not self._ready():
+            return False
         state = self._read_state()
         due = time.monotonic() - self._last_put >= self.settings.heartbeat_s
         if state == self._last and not due:

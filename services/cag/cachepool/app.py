@@ -141,8 +141,8 @@ class CachePoolApp:
             settings,
             AnnouncementWriter(bucket, s.replica),
             lambda: state_of(pool.residency.stats(pool.now()), queued=scheduler.queued, running=scheduler.running),
+            ready=lambda: pool.snapshot.caught_up,  # it serves once it has the registry's snapshot
         )
-        await self.announcer.announce_if_due()  # routers may choose this replica from now on
         self.announcing = asyncio.create_task(self.announcer.run(), name="announcer")
         log.info("announcing as replica %s", s.replica)
 

@@ -11,15 +11,20 @@ from dataclasses import dataclass, field
 
 import grpc
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token, load_key, load_key_set
 from cag.events.bus import make_broker, publish_event
 from cag.events.consumer import start_broker
+from cag.events.replica_bucket import connect as connect_nats
+from cag.events.replica_bucket import follow_replicas
 from cag.lifecycle import bounded
 from cag.router.audit import DecisionAudit
 from cag.router.core import Classifier, Router, RouteSnapshot
+from cag.router.core.replica_directory import ReplicaDirectory
 from cag.router.handlers import subscribe_rule_updates
+from cag.router.replicas import STATIC_REPLICA, CachePoolReplicas
 from cag.router.routes import RegistryRoutes
 from cag.router.routing import Decider
 from cag.router.servicer import SERVICE_NAME, RouterServicer
@@ -49,7 +54,8 @@ class RouterApp:
     server: grpc.aio.Server | None = None
     broker: NatsBroker | None = None
     registry: AsyncRegistryClient | None = None
-    cachepool: AsyncCachePoolClient | None = None
+    replicas: CachePoolReplicas | None = None
+    announcements: NatsClient | None = None
     audit: DecisionAudit | None = None
     routes: RegistryRoutes | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -70,7 +76,7 @@ class RouterApp:
         await start_broker(self.broker)
         broker = self.broker
         self.audit = DecisionAudit(lambda envelope: publish_event(broker, envelope))
-        self.cachepool = AsyncCachePoolClient(s.cachepool_address, token=token)
+        self.replicas = await self._replicas(token)
         decider = Decider(
             Router(classifier, threshold=s.classifier_threshold), routes, max_query_chars=s.max_query_chars
         )
@@ -78,7 +84,7 @@ class RouterApp:
             [
                 (
                     router_pb2_grpc.add_RouterServiceServicer_to_server,
-                    RouterServicer(decider, self.cachepool, self.audit),
+                    RouterServicer(decider, self.replicas, self.audit),
                 )
             ],
             [SERVICE_NAME],
@@ -93,6 +99,20 @@ class RouterApp:
         await self.server.start()
         log.info("router serving on %s", s.address)
 
+    async def _replicas(self, token: str) -> CachePoolReplicas:
+        """The cache-pool replicas: the one configured, or with discovery those the replica bucket announces (the
+        watcher hands over every current one at once, then each change)."""
+        s = self.settings
+        replicas = CachePoolReplicas(
+            ReplicaDirectory(), s.replica_policy, lambda address: AsyncCachePoolClient(address, token=token)
+        )
+        if not s.replica_discovery:
+            replicas.directory.add_static(STATIC_REPLICA, s.cachepool_address)
+            return replicas
+        self.announcements = await connect_nats(s.nats_url)
+        self.tasks.append(asyncio.create_task(follow_replicas(self.announcements, replicas.on_change), name="replicas"))
+        return replicas
+
     async def stop(self) -> None:
         """Graceful, bounded: new RPCs are refused, in-flight ones get `shutdown_grace_s`, pending audit events
         a last chance, then the feed, NATS and the channels stop."""
@@ -105,7 +125,9 @@ class RouterApp:
             await self.audit.drain(STOP_TIMEOUT_S)
         if self.broker is not None:
             await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
-        for closing in (self.cachepool, self.registry):
+        if self.announcements is not None:
+            await bounded(self.announcements.close(), "NATS announcements", STOP_TIMEOUT_S)
+        for closing in (self.replicas, self.registry):
             if closing is not None:
                 await closing.close()
 

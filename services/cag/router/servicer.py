@@ -8,21 +8,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from prometheus_client import Counter
 from typing_extensions import override
 
 from cag.errors import FallbackUnavailableError, UnavailableError
 from cag.router.audit import DecisionAudit
 from cag.router.convert import decision_message, sampling_message
 from cag.router.core import AnswerPath, Decision
+from cag.router.replicas import CachePoolReplicas, NoReplicaError, ReplicaLostError
 from cag.router.routing import Decider, RouteRequest
 from cag.rpc.auth import current_caller
-from cag.rpc.clients import AsyncCachePoolClient
 from cag.rpc.errors import STATUS_DETAILS_KEY, error_details
 from cag.telemetry import current_trace_id, span
-from cag.telemetry.metrics import ROUTE_DECISIONS, TTFT
+from cag.telemetry.metrics import REGISTRY, ROUTE_DECISIONS, TTFT
 from cag.v1 import cachepool_pb2, common_pb2, router_pb2, router_pb2_grpc
 
 if TYPE_CHECKING:
@@ -33,6 +35,21 @@ log = logging.getLogger(__name__)
 
 # The pool refusing the router's own credentials is the router's misconfiguration, not the caller's.
 _OURS = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# Replicas a request is sent to at most: the best, then once the next best when the first is unavailable.
+ATTEMPTS = 2
+REPLICA_CHOICES = Counter(
+    "cag_replica_choices",
+    "Requests sent to each cache-pool replica, by why it was chosen (prefix, hash, retry)",
+    ["replica", "basis"],
+    registry=REGISTRY,
+)
+
+
+@dataclass
+class _Answered:
+    """Whether the replica streaming the answer has sent its first token (after it, a failure cannot be retried)."""
+
+    first_token: bool = False
 
 
 def _request_of(request: router_pb2.GenerateRequest) -> RouteRequest:
@@ -40,9 +57,9 @@ def _request_of(request: router_pb2.GenerateRequest) -> RouteRequest:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, decider: Decider, cachepool: AsyncCachePoolClient, audit: DecisionAudit) -> None:
+    def __init__(self, decider: Decider, replicas: CachePoolReplicas, audit: DecisionAudit) -> None:
         self.decider = decider
-        self.cachepool = cachepool
+        self.replicas = replicas
         self.audit = audit
 
     @override
@@ -80,28 +97,64 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _answer(
         self, decision: Decision, query: str, sampling: common_pb2.SamplingParams, context: Context, arrived: float
     ) -> AsyncIterator[common_pb2.GenerateResponse]:
+        """The answer from the best replica for the chain. A replica UNAVAILABLE before its first token is marked
+        failed and the next best gets the request (once); one lost after it ends the call with REPLICA_LOST."""
         ask = cachepool_pb2.CachePoolGenerateRequest(
             module_ids=decision.module_ids,
             query=query,
             sampling=sampling,
             tenant_id=decision.tenant_id,
             route_priority=decision.priority,
+            route_confidence=decision.confidence,
         )
-        call = self.cachepool.generate(ask, timeout_s=context.time_remaining())
-        first = True
+        order = self.replicas.order(decision.module_ids)
+        tries = order.replica_ids[:ATTEMPTS]
+        for attempt, replica_id in enumerate(tries, start=1):
+            with span("router.replica") as chosen:
+                chosen.set_attributes({"replica": replica_id, "basis": order.basis.value, "attempt": attempt})
+            REPLICA_CHOICES.labels(replica=replica_id, basis=order.basis.value if attempt == 1 else "retry").inc()
+            answered = _Answered()
+            try:
+                async for response in self._stream(replica_id, ask, context, arrived, answered):
+                    yield response
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() is not grpc.StatusCode.UNAVAILABLE or self.replicas.directory.is_static(replica_id):
+                    await self._pool_failed(e, context)
+                    return
+                self.replicas.failed(replica_id, e.details() or "unavailable")
+                if answered.first_token:
+                    raise ReplicaLostError(
+                        f"the cache-pool replica serving this answer ({replica_id}) went away after it began; the "
+                        "answer is incomplete: send the request again (another replica serves it)"
+                    ) from None
+                if attempt == len(tries):
+                    raise NoReplicaError(
+                        f"no cache-pool replica could take the request (the last tried, {replica_id}, is unavailable)"
+                    ) from None
+
+    async def _stream(
+        self,
+        replica_id: str,
+        ask: cachepool_pb2.CachePoolGenerateRequest,
+        context: Context,
+        arrived: float,
+        answered: _Answered,
+    ) -> AsyncIterator[common_pb2.GenerateResponse]:
+        call = self.replicas.client(replica_id).generate(ask, timeout_s=context.time_remaining())
+        self.replicas.directory.started(replica_id)
         try:
             async for response in call:
-                if first and response.HasField("token"):
+                if not answered.first_token and response.HasField("token"):
                     TTFT.labels(service="router", path="module").observe(time.perf_counter() - arrived)
-                    first = False
+                    answered.first_token = True
                 if response.HasField("done"):
                     response.done.path = common_pb2.ANSWER_PATH_MODULE
                     response.done.trace_id = response.done.trace_id or current_trace_id()
                 yield response
-        except grpc.aio.AioRpcError as e:
-            await self._pool_failed(e, context)
         finally:
             call.cancel()  # the client went away or the stream ended: free the pool's slot either way
+            self.replicas.directory.finished(replica_id)
 
     async def _pool_failed(self, error: grpc.aio.AioRpcError, context: Context) -> None:
         details = error_details(error)

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
+from cag.router.core.replicas import ReplicaPolicy
 from cag.settings import CagBaseSettings
 
 
@@ -19,7 +20,14 @@ class RouterSettings(CagBaseSettings):
 
     address: str = "127.0.0.1:50053"
     registry_address: str = "127.0.0.1:50051"
+    # The one cache pool answering, unless `replica_discovery`: then every replica that announces itself in the
+    # replica bucket (cag.events.replicas), each request going to the one holding most of its chain.
     cachepool_address: str = "127.0.0.1:50052"
+    replica_discovery: bool = False
+    # A replica not heard from for this long is not chosen (its heartbeats come every 2 s by default).
+    replica_stale_after_s: float = Field(default=6.0, gt=0)
+    # c of consistent hashing with bounded loads: no replica takes a request at ceil(c x mean load) or more.
+    replica_load_factor: float = Field(default=1.25, gt=1)
     # The router's identity towards the registry and the cache pool (a token minted from the signing key at
     # start); the cache pool serves only this subject.
     subject: str = "service:router"
@@ -41,6 +49,10 @@ class RouterSettings(CagBaseSettings):
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
     event_ack_wait_s: float = 60.0
+
+    @property
+    def replica_policy(self) -> ReplicaPolicy:
+        return ReplicaPolicy(stale_after_s=self.replica_stale_after_s, load_factor=self.replica_load_factor)
 
     @property
     def redelivery(self) -> Redelivery:

@@ -25,12 +25,14 @@ class RecordingWriter:
         raise AssertionError("not withdrawn in these tests")
 
 
-def announcer(state: list[ReplicaState], heartbeat_s: float = 3600.0) -> tuple[Announcer, RecordingWriter]:
+def announcer(
+    state: list[ReplicaState], heartbeat_s: float = 3600.0, *, ready: bool = True
+) -> tuple[Announcer, RecordingWriter]:
     writer = RecordingWriter()
     settings = AnnouncerSettings(
         replica_id="pool-a", address="127.0.0.1:1", capacity=2, heartbeat_s=heartbeat_s, poll_s=0.1
     )
-    return Announcer(settings, writer, lambda: state[-1], clock=lambda: NOW), writer  # type: ignore[arg-type]
+    return Announcer(settings, writer, lambda: state[-1], ready=lambda: ready, clock=lambda: NOW), writer  # type: ignore[arg-type]
 
 
 def test_state_of_names_each_modules_fastest_tier() -> None:
@@ -69,3 +71,9 @@ async def test_a_due_heartbeat_puts_the_same_state_again() -> None:
     assert await subject.announce_if_due()
     assert await subject.announce_if_due()
     assert [d.sequence for d in writer.put_documents] == [1, 2]
+
+
+async def test_nothing_is_put_before_the_replica_is_ready() -> None:
+    subject, writer = announcer([ReplicaState(modules=(), queued=0, running=0, bytes_per_tier=())], ready=False)
+    assert not await subject.announce_if_due()
+    assert writer.put_documents == []

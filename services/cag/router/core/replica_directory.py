@@ -71,6 +71,10 @@ class ReplicaDirectory:
         else:
             self._in_flight.pop(replica_id, None)
 
+    def is_static(self, replica_id: str) -> bool:
+        known = self._known.get(replica_id)
+        return known is not None and known.static
+
     def address_of(self, replica_id: str) -> str | None:
         known = self._known.get(replica_id)
         return known.view.address if known is not None else None
