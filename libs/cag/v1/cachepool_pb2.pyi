@@ -32,12 +32,17 @@ class CachePoolGenerateRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     ROUTE_PRIORITY_FIELD_NUMBER: _builtins.int
+    ROUTE_CONFIDENCE_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """The user's question; rendered into the layout's query suffix."""
     tenant_id: _builtins.str
     """The tenant asking (the router checked its ACL); every module must be public or of this tenant."""
     route_priority: _builtins.int
     """The route's priority (from the tenant's route rules; 0 = 1): weighs the module's hits in eviction."""
+    route_confidence: _builtins.float
+    """The router's confidence in the route, in [0, 1] (RouteDecision.confidence): a confident route earns its
+    modules a copy in host RAM and in the engine with fewer hits.
+    """
     @_builtins.property
     def module_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Module chain to restore, root first (as resolved by the registry)."""
@@ -52,10 +57,11 @@ class CachePoolGenerateRequest(_message.Message):
         sampling: _common_pb2.SamplingParams | None = ...,
         tenant_id: _builtins.str = ...,
         route_priority: _builtins.int = ...,
+        route_confidence: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_ids", b"module_ids", "query", b"query", "route_priority", b"route_priority", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["module_ids", b"module_ids", "query", b"query", "route_confidence", b"route_confidence", "route_priority", b"route_priority", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,7 @@ class Ask:
     sampling: SamplingParams
     tenant_id: str
     route_priority: int  # >= 1
+    route_confidence: float  # in [0, 1]; 0 when the router sent none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +93,7 @@ class Answerer:
         stops = ask.sampling.stop_sequences | self.prompts.paragraph_ends(records[-1])
         sampling = dataclasses.replace(ask.sampling, stop_sequences=stops)
         with span("cachepool.load") as loading:
-            chain = await self.pool.chain(records, ask.route_priority)
+            chain = await self.pool.chain(records, ask.route_priority, ask.route_confidence)
             loading.set_attribute("tier", ",".join(m.found_in.name.lower() for m in chain))
         waiting_since = time.time()
         async with self.scheduler.slot(ask.tenant_id, weight=ask.route_priority) as queue_s:

@@ -76,12 +76,15 @@ def sampling_of(sampling: common_pb2.SamplingParams, *, default_max_new_tokens: 
 def ask_of(request: cachepool_pb2.CachePoolGenerateRequest, sampling: SamplingParams) -> Ask:
     if not 0 <= request.route_priority <= MAX_ROUTE_PRIORITY:
         raise InvalidFieldError("route_priority", f"must be in [0, {MAX_ROUTE_PRIORITY}]")
+    if not 0 <= request.route_confidence <= 1:  # NaN fails too
+        raise InvalidFieldError("route_confidence", f"must be in [0, 1], not {request.route_confidence}")
     return Ask(
         module_ids=tuple(request.module_ids),
         query=request.query,
         sampling=sampling,
         tenant_id=check_name("tenant_id", request.tenant_id),
         route_priority=max(1, request.route_priority),
+        route_confidence=request.route_confidence,
     )
 
 

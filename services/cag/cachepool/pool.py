@@ -6,6 +6,10 @@ verification run on worker threads. Loads are single flight: concurrent requests
 into each tier. A copy that fails verification is discarded, the module is quarantined in the registry, and
 the request is served from its origin file, which the engine verifies as it restores it, or fails with
 DATA_LOSS: bad KV is never attended over.
+
+A module found in a slower tier is copied into host RAM, and kept in the engine after its request, only where
+the promotion rule grants it (hits in the last 15 minutes, the route's confidence) and, for host RAM, the
+eviction policy admits it there; system and tool parents (public roots) are pinned as they enter.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from cag.cachepool.core import ModuleSpec, Residency, ResidentModule, Tier, TierFullError
+from cag.cachepool.core import ModuleSpec, Promotion, PromotionRule, Residency, ResidentModule, Tier, TierFullError
 from cag.cachepool.core.errors import UnknownModuleError
 from cag.cachepool.core.snapshot import (
     ModuleRecord,
@@ -117,6 +121,8 @@ class ChainModule:
     found_in: Tier  # the fastest tier holding it when the request arrived (OBJECT_STORE: only its origin)
     source: WatchedSource
     source_tier: Tier
+    # Whether the engine keeps the module once the request is done (else its copy served this request only).
+    keep_in_engine: bool
 
 
 class CachePool:
@@ -128,12 +134,14 @@ class CachePool:
         residency: Residency,
         disk: DiskTier,
         executor: Executor,
+        promotion: PromotionRule | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.residency = residency
         self.disk = disk
+        self.promotion = promotion or PromotionRule()
         self.snapshot = RegistrySnapshot()
         self._executor = executor
         self._clock = clock
@@ -231,19 +239,28 @@ class CachePool:
                 )  # fmt: skip
         return records
 
-    async def chain(self, records: Sequence[ModuleRecord], route_priority: int) -> list[ChainModule]:
+    async def chain(
+        self, records: Sequence[ModuleRecord], route_priority: int, route_confidence: float = 0.0
+    ) -> list[ChainModule]:
         """Where each module is found (hits and misses counted) and the copy the engine restores it from, loading
-        modules the engine does not hold into the data tiers first."""
+        modules the engine does not hold into the data tiers first: into host RAM where they earn it (see the
+        module docstring). System and tool parents are pinned."""
+        self._reprioritize(records, route_priority)
         found = [self._lookup(record.module_id) for record in records]
+        promotions = [self._promotion(r, tier, route_confidence) for r, tier in zip(records, found, strict=True)]
         loaded = await asyncio.gather(
-            *(self._source(record, tier is Tier.ENGINE) for record, tier in zip(records, found, strict=True))
+            *(self._source(r, tier, p) for r, tier, p in zip(records, found, promotions, strict=True))
         )
         chain = []
-        for record, tier, (source, source_tier) in zip(records, found, loaded, strict=True):
+        for record, tier, promotion, (source, source_tier) in zip(records, found, promotions, loaded, strict=True):
             self.engine.identity.check(source.metadata, layout_hash=records[-1].layout_hash)
+            if promotion.pin and self.residency.resident_tiers(record.module_id):
+                self.residency.pin(record.module_id)
+            keep = tier is Tier.ENGINE or promotion.to_engine
             watched = WatchedSource(source)
-            chain.append(ChainModule(record=record, found_in=tier, source=watched, source_tier=source_tier))
-        self._reprioritize(records, route_priority)
+            chain.append(
+                ChainModule(record=record, found_in=tier, source=watched, source_tier=source_tier, keep_in_engine=keep)
+            )
         return chain
 
     def enter_engine(self, chain: Sequence[ChainModule]) -> None:
@@ -267,6 +284,8 @@ class CachePool:
                 self.engine.drop(module_id)
             elif module_id not in resident:
                 self.residency.remove(module_id, Tier.ENGINE)
+            elif not module.keep_in_engine and module_id in self.residency.idle_in(Tier.ENGINE):
+                self.evict(module_id, Tier.ENGINE)  # not granted the engine: its copy served this request only
         restored = [m for m in chain if m.found_in is not Tier.ENGINE]
         if restore_s and restored and len({m.source_tier for m in restored}) == 1:
             tokens = sum(m.record.token_count for m in restored)
@@ -299,6 +318,8 @@ class CachePool:
         """Brings the modules into `tier` (for the engine, `records` is a chain, root first)."""
         if tier is Tier.ENGINE:
             chain = await self.chain(records, route_priority=1)
+            for module in chain:
+                module.keep_in_engine = True  # asked for by name: whatever the promotion rule would grant
             self.enter_engine(chain)
             began = time.perf_counter()
             try:
@@ -333,21 +354,38 @@ class CachePool:
             return Tier.OBJECT_STORE
         return tier
 
-    async def _source(self, record: ModuleRecord, in_engine: bool) -> tuple[KVSource, Tier]:
-        """The copy the engine restores the module from: host RAM, else the local disk, else the origin. A module
-        the engine holds needs none read, but gets the nearest one anyway (the engine matches it by content)."""
-        module_id = record.module_id
+    def _promotion(self, record: ModuleRecord, found_in: Tier, route_confidence: float) -> Promotion:
+        return self.promotion.decide(
+            hits_last_15m=self.residency.hits_last_15m(record.module_id, self._clock()),
+            confidence=route_confidence,
+            found_in=found_in,
+            acl_scope=record.acl_scope,
+            parent_id=record.parent_id,
+        )
+
+    def _earns_host_ram(self, record: ModuleRecord, promotion: Promotion) -> bool:
+        """The rule grants host RAM and the policy admits the module there (a system parent needs no admission)."""
+        if not promotion.to_host_ram:
+            return False
+        return promotion.pin or self.residency.worth_admitting(self._spec(record), Tier.HOST_RAM, self._clock())
+
+    async def _source(self, record: ModuleRecord, found_in: Tier, promotion: Promotion) -> tuple[KVSource, Tier]:
+        """The copy the engine restores the module from: host RAM, else the local disk, else the origin; a module
+        not yet in host RAM is copied there first when it earns it. A module the engine holds needs none read,
+        but gets the nearest one anyway (the engine matches it by content)."""
+        module_id, in_engine = record.module_id, found_in is Tier.ENGINE
         if module_id in self._ram:
             return self._ram[module_id], Tier.HOST_RAM
         if in_engine and module_id in self._files:
             return self._files[module_id], Tier.LOCAL_DISK
         if not in_engine:
-            try:
-                return await self._to_ram(record), Tier.HOST_RAM
-            except TierFullError:
-                pass  # host RAM is held by pinned modules: restore from the disk copy
-            except BAD_COPY:
-                pass  # the disk copy was bad (discarded, quarantined): the origin still may verify
+            if self._earns_host_ram(record, promotion):
+                try:
+                    return await self._to_ram(record), Tier.HOST_RAM
+                except TierFullError:
+                    pass  # host RAM is held by pinned modules: restore from the disk copy
+                except BAD_COPY:
+                    pass  # the disk copy was bad (discarded, quarantined): the origin still may verify
             try:
                 return await self._to_disk(record), Tier.LOCAL_DISK
             except TierFullError:

@@ -36,7 +36,12 @@ ROUTER_SEEDS: dict[str, list[Message]] = {
 CACHEPOOL_SEEDS: dict[str, list[Message]] = {
     "Generate": [
         CP.CachePoolGenerateRequest(
-            module_ids=["shared-a", "billing-a"], query="q", sampling=SAMPLING, tenant_id="acme", route_priority=2
+            module_ids=["shared-a", "billing-a"],
+            query="q",
+            sampling=SAMPLING,
+            tenant_id="acme",
+            route_priority=2,
+            route_confidence=0.9,
         )
     ],
     "Prefetch": [CP.PrefetchRequest(module_ids=["shared-a"], tier=common_pb2.TIER_HOST_RAM)],
