@@ -53,13 +53,18 @@ async def test_the_router_answers_with_the_in_process_engines_tokens(
     async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
         first = await cag.ask(QUESTION, sampling=GREEDY)
         again = await cag.ask(QUESTION, sampling=GREEDY)
+        third = await cag.ask(QUESTION, sampling=GREEDY)
+        fourth = await cag.ask(QUESTION, sampling=GREEDY)
     expected = in_process_answer(serving_engine, platform, tiny_model, QUESTION)
     assert list(first.token_ids) == expected == list(again.token_ids)
     assert first.decision is not None
     assert (first.decision.route, first.decision.basis, first.decision.rule_id) == (ROUTE, "rule", "refunds")
     assert [m.module_id for m in first.summary.modules] == platform.module_ids()
     assert [m.version for m in first.summary.modules] == [1, 1]
-    assert {m.tier for m in again.summary.modules} == {"engine"}  # resident after the first answer
+    # The rule's route is sure of itself (confidence 1, passed on to the pool): the pool's promotion rule grants its
+    # modules host RAM on their first hit and a place in the engine from their third.
+    tiers = [{m.tier for m in answer.summary.modules} for answer in (again, third, fourth)]
+    assert tiers == [{"host_ram"}, {"host_ram"}, {"engine"}]
     assert first.summary.path == "module" and first.summary.ttft_ms > 0
 
 

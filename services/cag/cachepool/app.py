@@ -95,6 +95,7 @@ class CachePoolApp:
             residency=residency,
             disk=DiskTier(s.disk_dir, Origins(S3Settings.of(s.infra))),
             executor=self.executor,
+            promotion=s.promotion_rule,
         )
         log.info("local disk tier: %d module(s) kept from before", await asyncio.to_thread(pool.index_disk))
 

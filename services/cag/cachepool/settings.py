@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from cag.cachepool.core import POLICIES, PoolSettings, TierBudgets
+from cag.cachepool.core import POLICIES, PoolSettings, PromotionRule, TierBudgets
 from cag.cachepool.core.admission import QueueLimits
 from cag.events.consumer import Redelivery
 from cag.settings import CagBaseSettings, default_engine
@@ -47,6 +47,14 @@ class CachePoolSettings(CagBaseSettings):
     # The local disk tier's folder; default <home>/cachepool.
     cache_dir: Path | None = None
     eviction_policy: str = Field(default="cost_aware", pattern="|".join(POLICIES))
+    # Promotion: hits in the last 15 minutes that earn a module found in a slower tier a copy in host RAM and a
+    # place in the engine after its request; a route at least `promote_confident_at` sure earns them with the
+    # confident counts (cag.cachepool.core.PromotionRule, which checks they agree with each other).
+    promote_ram_min_hits: int = Field(default=PromotionRule.ram_min_hits, ge=1)
+    promote_engine_min_hits: int = Field(default=PromotionRule.engine_min_hits, ge=1)
+    promote_confident_at: float = Field(default=PromotionRule.confident_at, ge=0, le=1)
+    promote_confident_ram_min_hits: int = Field(default=PromotionRule.confident_ram_min_hits, ge=1)
+    promote_confident_engine_min_hits: int = Field(default=PromotionRule.confident_engine_min_hits, ge=1)
     max_running: int = Field(default=4, ge=1)
     max_queued: int = Field(default=32, ge=0)
     # Fair scheduling: the most of max_queued one tenant may fill, the engine slots kept for tenants running
@@ -114,6 +122,16 @@ class CachePoolSettings(CagBaseSettings):
             tenant_queue_share=self.tenant_queue_share,
             reserved_slots=self.reserved_slots,
             max_weight=self.max_scheduling_weight,
+        )
+
+    @property
+    def promotion_rule(self) -> PromotionRule:
+        return PromotionRule(
+            ram_min_hits=self.promote_ram_min_hits,
+            engine_min_hits=self.promote_engine_min_hits,
+            confident_at=self.promote_confident_at,
+            confident_ram_min_hits=self.promote_confident_ram_min_hits,
+            confident_engine_min_hits=self.promote_confident_engine_min_hits,
         )
 
     def pool_settings(self, engine_kv_bytes: int, bytes_per_token: int) -> PoolSettings:
