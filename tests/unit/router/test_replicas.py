@@ -67,9 +67,17 @@ def test_prefix_beats_load_within_the_cap() -> None:
 
 
 def test_load_decides_between_equal_prefixes() -> None:
-    busy = replica("a", load=1, system=E)
-    quiet = replica("b", load=0, system=E)
-    assert order(busy, quiet) == ("b", "a")
+    busy = replica("a", load=1, system=E, tools=E)
+    quiet = replica("b", load=0, system=E, tools=E)
+    # loads 1, 0, 1: cap = ceil(1.25 x 3 / 3) = 2, every replica under it; c holds only the root everyone holds.
+    assert order(busy, quiet, replica("c", load=1, system=E)) == ("b", "a", "c")
+
+
+def test_a_prefix_every_replica_holds_leaves_the_choice_to_the_ring() -> None:
+    replicas = [replica(f"r{i}", system=E) for i in range(3)]  # the shared root is everywhere
+    result = rank_replicas(CHAIN, replicas, NOW, POLICY)
+    assert result.basis is ReplicaBasis.HASH
+    assert result.replica_ids == tuple(HashRing.of(("r0", "r1", "r2"), POLICY.virtual_nodes).walk("billing"))
 
 
 def test_a_replica_at_the_load_cap_is_walked_past() -> None:

@@ -7,7 +7,10 @@ router, so that routers spread over processes send a cold chain to the same repl
 Scoring: walking the chain root first, each module the replica holds adds its tier's weight (the engine most, the
 local disk least) until the first module it does not hold (a module after a gap is of no use: the engine restores
 a chain from its root). A replica's load, (queued + running) / capacity, costs `load_weight` points per full
-load. Bounded loads (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2018): no
+load. Only replicas holding more than every replica holds are ranked by score; the others follow in the ring's
+order for the chain's leaf, so that a leaf resident nowhere goes to the same replica every time even when its
+root is resident everywhere (without the ring, each cold leaf would land on whichever replica is least loaded,
+and every replica would end up loading every leaf). Bounded loads (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2018): no
 replica takes a request while it holds ceil(c x mean load) requests or more, the mean counting this request; a
 replica at that cap comes after every other, whatever it holds.
 """
@@ -118,11 +121,15 @@ def rank_replicas(
     under = [r for r in healthy if r.load < cap]
     full = sorted((r for r in healthy if r.load >= cap), key=lambda r: (r.load / r.capacity, r.replica_id))
 
-    def score(r: ReplicaView) -> float:
-        prefix = sum(policy.tier_weights[t] for t in resident_prefix(chain, r.tiers))
-        return prefix - policy.load_weight * r.load / r.capacity
+    held = {r.replica_id: sum(policy.tier_weights[t] for t in resident_prefix(chain, r.tiers)) for r in healthy}
+    # What every replica holds (a shared root, typically) tells none apart: only more than that earns a place
+    # ahead of the ring's order.
+    common = min(held.values())
 
-    holding = sorted((r for r in under if resident_prefix(chain, r.tiers)), key=lambda r: (-score(r), r.replica_id))
+    def score(r: ReplicaView) -> float:
+        return held[r.replica_id] - policy.load_weight * r.load / r.capacity
+
+    holding = sorted((r for r in under if held[r.replica_id] > common), key=lambda r: (-score(r), r.replica_id))
     ring = HashRing.of(tuple(r.replica_id for r in healthy), policy.virtual_nodes)
     rest = {r.replica_id for r in under} - {r.replica_id for r in holding}
     by_ring = [replica_id for replica_id in ring.walk(chain[-1]) if replica_id in rest]
