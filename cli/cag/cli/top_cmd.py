@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,40 +17,47 @@ from rich.live import Live
 from cag.auth.credentials import resolve_token
 from cag.cli.invalidate_cmd import identity_nats_url
 from cag.cli.platform_runner import PLAN_FILE, PLATFORM_DIR
+from cag.cli.top.announced import AnnouncedSource
 from cag.cli.top.events import EventFeed
 from cag.cli.top.model import EventRing, TopSnapshot
 from cag.cli.top.poll import poll_replicas
 from cag.cli.top.render import frame, snapshot_json
-from cag.cli.top.sources import AddressSource, PlanSource, ReplicaSource
+from cag.cli.top.sources import AddressSource, CombinedSource, PlanSource, ReplicaSource
 from cag.errors import InvalidInputError
 from cag.infra.nats_auth import MONITOR
 from cag.settings import CagSettings
 
 # The widest a one-shot frame gets: every column of the table readable in a log or a pipe.
 ONCE_WIDTH = 200
+NO_REPLICA = (
+    "name one with --pool HOST:PORT, start the platform (`cag platform up`), or check that the replicas announce "
+    "themselves (CAG_CACHEPOOL_ANNOUNCE) on the NATS that --nats names"
+)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("top", help="live view of the cache-pool replicas and the recent module and compile events")
     p.add_argument("--pool", action="append", default=[], metavar="HOST:PORT",
-                   help="a replica to watch (repeatable; default: those `cag platform up` started)")  # fmt: skip
+                   help="a replica to watch (repeatable; default: the announced ones and the platform's)")  # fmt: skip
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     p.add_argument("--events", type=int, default=12, help="recent events shown (default 12)")
     p.add_argument("--since", type=float, default=15.0, help="minutes of past events shown at start (default 15)")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds each replica has to answer (default 2)")
-    p.add_argument("--nats", help="NATS URL for the events (default CAG_NATS_URL, else `cag infra up`'s monitor)")
+    p.add_argument(
+        "--timeout", type=float, default=2.0, help="seconds each replica and NATS have to answer (default 2)"
+    )
+    p.add_argument("--nats", help="NATS URL for events and announcements (default CAG_NATS_URL, else `cag infra up`'s)")
     p.set_defaults(run=run_top)
 
 
 def run_top(args: argparse.Namespace, settings: CagSettings) -> int:
     _check(args)
-    source = replica_source(args.pool, settings)
     token = resolve_token(settings)
     nats_url = identity_nats_url(args.nats, settings, MONITOR)
+    plan_file = settings.run_dir / PLATFORM_DIR / PLAN_FILE
     try:
-        return asyncio.run(_top(args, source, token, nats_url))
+        return asyncio.run(_top(args, token, nats_url, plan_file))
     except KeyboardInterrupt:  # how a live view is left
         return 0
 
@@ -61,27 +69,21 @@ def _check(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{option} must be at least {low}, not {value}")
 
 
-def replica_source(addresses: list[str], settings: CagSettings) -> ReplicaSource:
-    """The replicas named with --pool, else those of the platform started in this run directory."""
-    if addresses:
-        return AddressSource(addresses)
-    plan_file = settings.run_dir / PLATFORM_DIR / PLAN_FILE
-    if not plan_file.exists():
-        raise InvalidInputError(
-            f"no cache pool to watch: name one with --pool HOST:PORT, or start the platform (`cag platform up`; "
-            f"{plan_file} is not there)"
-        )
-    return PlanSource(plan_file)
-
-
-async def _top(args: argparse.Namespace, source: ReplicaSource, token: str, nats_url: str) -> int:
-    ring = EventRing(args.events)
-    feed = EventFeed(nats_url, ring, since=datetime.now(UTC) - timedelta(minutes=args.since))
-    await feed.start()
+async def _top(args: argparse.Namespace, token: str, nats_url: str, plan_file: Path) -> int:
+    """Replicas named with --pool, else those announcing themselves and those of the platform started here."""
+    feed = EventFeed(nats_url, EventRing(args.events), since=datetime.now(UTC) - timedelta(minutes=args.since),
+                     timeout_s=args.timeout)  # fmt: skip
+    announced = None if args.pool else AnnouncedSource(nats_url, timeout_s=args.timeout)
+    source = AddressSource(args.pool) if announced is None else CombinedSource([announced, PlanSource(plan_file)])
+    await asyncio.gather(feed.start(), *([announced.start()] if announced else []))
+    view = TopView(source, feed, announced, token=token, timeout_s=args.timeout)
     try:
         if args.once or args.json:
             await feed.caught_up(args.timeout)
-            snapshot = await take_snapshot(source, feed, token=token, timeout_s=args.timeout)
+            snapshot = await view.snapshot()
+            if not snapshot.replicas:
+                why = f" ({snapshot.replicas_error})" if snapshot.replicas_error else ""
+                raise InvalidInputError(f"no cache pool to watch: {NO_REPLICA}{why}")
             if args.json:
                 print(json.dumps(snapshot_json(snapshot), indent=2))
             else:
@@ -89,15 +91,32 @@ async def _top(args: argparse.Namespace, source: ReplicaSource, token: str, nats
             return 0
         with Live(auto_refresh=False) as live:
             while True:
-                snapshot = await take_snapshot(source, feed, token=token, timeout_s=args.timeout)
-                live.update(frame(snapshot), refresh=True)
+                live.update(frame(await view.snapshot()), refresh=True)
                 await asyncio.sleep(args.interval)
     finally:
         await feed.close()
+        if announced is not None:
+            await announced.close()
 
 
-async def take_snapshot(source: ReplicaSource, feed: EventFeed, *, token: str, timeout_s: float) -> TopSnapshot:
-    replicas = await poll_replicas(await source.targets(), token=token, timeout_s=timeout_s)
-    return TopSnapshot(
-        taken_at=datetime.now(UTC), replicas=replicas, events=feed.ring.newest_first(), events_error=feed.error
-    )
+class TopView:
+    """What one refresh reads: every replica's Stats, the event feed's ring, and why anything is missing."""
+
+    def __init__(
+        self, source: ReplicaSource, feed: EventFeed, announced: AnnouncedSource | None, *, token: str, timeout_s: float
+    ) -> None:
+        self.source = source
+        self.feed = feed
+        self.announced = announced
+        self.token = token
+        self.timeout_s = timeout_s
+
+    async def snapshot(self) -> TopSnapshot:
+        replicas = await poll_replicas(await self.source.targets(), token=self.token, timeout_s=self.timeout_s)
+        return TopSnapshot(
+            taken_at=datetime.now(UTC),
+            replicas=replicas,
+            replicas_error=self.announced.error if self.announced is not None else "",
+            events=self.feed.ring.newest_first(),
+            events_error=self.feed.error,
+        )

@@ -5,7 +5,7 @@ Events: each service publishes only its own events (only the registry publishes 
 `.invalidated` and `.expired`), every service may dead-letter to `cag.dlq.>`, and ops tooling publishes
 the `cag.invalidate.>` triggers. Reading is not restricted by subject: any service may consume any
 event of the `cag` stream through a durable pull consumer. `monitor` (operators' read-only views, `cag top`)
-only reads: it may create ephemeral consumers and nothing else.
+only reads: it may create ephemeral consumers of the stream and watch the replicas' bucket as routers do.
 
 JetStream needs, per client (checked with nats-py and FastStream against the real server):
 
@@ -97,8 +97,8 @@ def permissions_for(identity: str) -> Permissions:
         return Permissions(publish=(">",), subscribe=(">",))
     if identity == OPS:  # publishes triggers and waits for JetStream's ack; consumes nothing
         return Permissions(publish=EVENTS_PUBLISHED[OPS], subscribe=(INBOX,))
-    if identity == MONITOR:  # reads events through ephemeral push consumers; publishes no event
-        return Permissions(publish=EPHEMERAL_CONSUMER_API, subscribe=(INBOX,))
+    if identity == MONITOR:  # reads events through ephemeral push consumers, watches the bucket; writes nothing
+        return Permissions(publish=(*EPHEMERAL_CONSUMER_API, *REPLICA_WATCH_API), subscribe=(INBOX,))
     if identity not in SERVICES:
         raise ValueError(f"unknown NATS identity {identity!r}: expected one of {', '.join(IDENTITIES)}")
     publish = [*EVENTS_PUBLISHED.get(identity, ()), DEAD_LETTERS, *STREAM_DECLARE_API, *CONSUMER_API]

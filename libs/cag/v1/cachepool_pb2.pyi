@@ -334,7 +334,9 @@ class StatsResponse(_message.Message):
     ttft_samples: _builtins.int
     ttft_window_s: _builtins.float
     replica_id: _builtins.str
-    """The replica answering: its instance name (CAG_CACHEPOOL_INSTANCE), unique among the platform's cache pools."""
+    """The replica answering: its id among the platform's cache pools (CAG_CACHEPOOL_REPLICA_ID, else its instance
+    name), the key of its announcement in the replica bucket.
+    """
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierStats]:
         """One entry per tier, fastest first."""

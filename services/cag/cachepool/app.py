@@ -113,7 +113,7 @@ class CachePoolApp:
             max_new_tokens_limit=s.max_new_tokens_limit,
         )
         scheduler = Scheduler(s.queue_limits)
-        servicer = CachePoolServicer(Answerer(pool, scheduler, prompts, self.executor), limits, replica_id=s.instance)
+        servicer = CachePoolServicer(Answerer(pool, scheduler, prompts, self.executor), limits, replica_id=s.replica)
         if s.metrics_port:
             REGISTRY.register(PoolCollector(pool, scheduler))
             log.info("metrics on http://127.0.0.1:%d/metrics", serve_metrics("127.0.0.1", s.metrics_port))

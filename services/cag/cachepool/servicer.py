@@ -47,7 +47,7 @@ class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
         self.answerer = answerer
         self.pool = answerer.pool
         self.limits = limits
-        self.replica_id = replica_id  # this process's instance name, as Stats reports it
+        self.replica_id = replica_id  # as Stats reports it: the key of its announcement (cag.events.replicas)
 
     def _authorize(self) -> None:
         caller = current_caller()

@@ -31,6 +31,7 @@ from cag.events.schemas import (
     ModulePublishedV1,
     RoutesUpdatedV1,
 )
+from cag.infra.ports import free_port
 from cag.v1 import cachepool_pb2, common_pb2
 
 MIB = 1 << 20
@@ -235,9 +236,12 @@ async def test_the_platform_plan_gives_its_cache_pools_and_nothing_else(tmp_path
 def test_top_without_a_pool_or_a_platform_says_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("CAG_HOME", str(tmp_path))
-    assert main(["top", "--once"]) == 2
-    assert "--pool HOST:PORT" in capsys.readouterr().err
+    monkeypatch.setenv("CAG_HOME", str(tmp_path))  # no platform started here
+    monkeypatch.setenv("CAG_TOKEN", "unused")
+    no_nats = f"nats://127.0.0.1:{free_port()}"  # no announcements either
+    assert main(["top", "--once", "--nats", no_nats, "--timeout", "0.5"]) == 2
+    error = capsys.readouterr().err
+    assert "no cache pool to watch" in error and "--pool HOST:PORT" in error and "replica announcements at" in error
 
 
 @pytest.mark.parametrize("option", [["--interval", "0"], ["--events", "0"], ["--since", "-1"], ["--timeout", "0"]])

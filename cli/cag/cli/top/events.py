@@ -21,18 +21,16 @@ from cag.cli.invalidate_cmd import shown
 from cag.cli.top.model import EVENT_SUBJECTS, EventRing, recent_event
 from cag.events.schemas import STREAM
 
-# Connecting and creating the consumer, in all; and one attempt to connect (nats-py counts whole seconds).
-START_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 2
 # The server removes the consumer this long after its last delivery attempt found nobody listening.
 CONSUMER_INACTIVE_S = 60.0
 
 
 class EventFeed:
-    def __init__(self, nats_url: str, ring: EventRing, *, since: datetime) -> None:
+    def __init__(self, nats_url: str, ring: EventRing, *, since: datetime, timeout_s: float) -> None:
         self.nats_url = nats_url
         self.ring = ring
         self.since = since
+        self.timeout_s = timeout_s  # to connect and create the consumer, in all
         self.error = ""  # why no events are coming ("" while they are)
         self._nc: NatsClient | None = None
         self._caught_up = asyncio.Event()
@@ -41,7 +39,7 @@ class EventFeed:
         """Connects and starts following; on failure, `error` says why."""
         self._nc = NatsClient()
         try:
-            async with asyncio.timeout(START_TIMEOUT_S):
+            async with asyncio.timeout(self.timeout_s):
                 pending = await self._follow(self._nc)
         except (NatsError, JetStreamError, OSError, TimeoutError) as e:
             self.error = self.error or f"{shown(self.nats_url)}: {e!r}"  # the connection's own reason first
@@ -54,7 +52,7 @@ class EventFeed:
     async def _follow(self, nc: NatsClient) -> int:
         """Connects, subscribes this process's inbox and creates the consumer; returns the events it will deliver
         from the past."""
-        await nc.connect(self.nats_url, connect_timeout=CONNECT_TIMEOUT_S, max_reconnect_attempts=-1,
+        await nc.connect(self.nats_url, connect_timeout=connect_timeout(self.timeout_s), max_reconnect_attempts=-1,
                          error_cb=self._on_error)  # fmt: skip
         inbox = nc.new_inbox()
         await nc.subscribe(inbox, cb=self._on_message)
@@ -67,7 +65,7 @@ class EventFeed:
             inactive_threshold=CONSUMER_INACTIVE_S,
             mem_storage=True,
         )
-        info = await nc.jetstream().add_consumer(STREAM, config, timeout=START_TIMEOUT_S)
+        info = await nc.jetstream().add_consumer(STREAM, config, timeout=self.timeout_s)
         return int(info.num_pending or 0)
 
     async def caught_up(self, timeout_s: float) -> None:
@@ -92,3 +90,8 @@ class EventFeed:
 
     async def _on_error(self, error: Exception) -> None:
         self.error = f"{shown(self.nats_url)}: {error!r}"
+
+
+def connect_timeout(timeout_s: float) -> int:
+    """One attempt to connect, within `timeout_s` (nats-py counts whole seconds)."""
+    return max(1, int(timeout_s))

@@ -169,9 +169,11 @@ class EventRing:
 
 @dataclass(frozen=True, kw_only=True)
 class TopSnapshot:
-    """One frame: every replica, the recent events newest first, and why events are missing ("" when they are not)."""
+    """One frame: every replica, the recent events newest first, and why replicas or events may be missing ("" when
+    nothing is)."""
 
     taken_at: datetime
     replicas: tuple[ReplicaView, ...]
     events: tuple[RecentEvent, ...]
+    replicas_error: str = ""
     events_error: str = ""

@@ -62,8 +62,8 @@ def replica_row(replica: ReplicaView) -> tuple[str, ...]:
     )
 
 
-def replicas_table(replicas: tuple[ReplicaView, ...]) -> Table:
-    table = Table(title="cache-pool replicas", title_justify="left")
+def replicas_table(replicas: tuple[ReplicaView, ...], error: str = "") -> Table:
+    table = Table(title="cache-pool replicas", title_justify="left", caption=error or None, caption_style="yellow")
     for column in REPLICA_COLUMNS:
         table.add_column(column, justify="right" if column in NUMERIC else "left", no_wrap=column != "note")
     for replica in replicas:
@@ -94,7 +94,8 @@ def frame(snapshot: TopSnapshot) -> Group:
     """The whole screen for one snapshot."""
     up = sum(r.up for r in snapshot.replicas)
     header = Text(f"cag top · {snapshot.taken_at:%Y-%m-%d %H:%M:%S} UTC · {up}/{len(snapshot.replicas)} replicas up")
-    return Group(header, replicas_table(snapshot.replicas), events_panel(snapshot.events, snapshot.events_error))
+    replicas = replicas_table(snapshot.replicas, snapshot.replicas_error)
+    return Group(header, replicas, events_panel(snapshot.events, snapshot.events_error))
 
 
 def snapshot_json(snapshot: TopSnapshot) -> dict[str, Any]:
@@ -104,6 +105,7 @@ def snapshot_json(snapshot: TopSnapshot) -> dict[str, Any]:
     return {
         "taken_at": snapshot.taken_at.isoformat(),
         "replicas": replicas,
+        "replicas_error": snapshot.replicas_error,
         "events": events,
         "events_error": snapshot.events_error,
     }

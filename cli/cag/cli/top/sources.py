@@ -42,3 +42,17 @@ class PlanSource:
         except FileNotFoundError:
             return []
         return [ReplicaTarget(name=s.name, address=s.address) for s in plan.services if POOL_ADDRESS_SETTING in s.env]
+
+
+class CombinedSource:
+    """Every replica of several sources, each address once (the first source naming it wins)."""
+
+    def __init__(self, sources: Sequence[ReplicaSource]) -> None:
+        self.sources = list(sources)
+
+    async def targets(self) -> list[ReplicaTarget]:
+        found: dict[str, ReplicaTarget] = {}
+        for source in self.sources:
+            for target in await source.targets():
+                found.setdefault(target.address, target)
+        return list(found.values())
