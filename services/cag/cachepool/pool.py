@@ -363,29 +363,31 @@ class CachePool:
             parent_id=record.parent_id,
         )
 
-    def _earns_host_ram(self, record: ModuleRecord, promotion: Promotion) -> bool:
-        """The rule grants host RAM and the policy admits the module there (a system parent needs no admission)."""
-        if not promotion.to_host_ram:
-            return False
+    def _admitted_to_host_ram(self, record: ModuleRecord, promotion: Promotion) -> bool:
+        """Whether the policy lets the module into host RAM (a system parent, pinned, needs no admission)."""
         return promotion.pin or self.residency.worth_admitting(self._spec(record), Tier.HOST_RAM, self._clock())
 
     async def _source(self, record: ModuleRecord, found_in: Tier, promotion: Promotion) -> tuple[KVSource, Tier]:
         """The copy the engine restores the module from: host RAM, else the local disk, else the origin; a module
-        not yet in host RAM is copied there first when it earns it. A module the engine holds needs none read,
-        but gets the nearest one anyway (the engine matches it by content)."""
+        not yet in host RAM is copied there first when the rule grants it and the policy admits it. A module the
+        engine holds needs none read, but gets the nearest one anyway (the engine matches it by content)."""
         module_id, in_engine = record.module_id, found_in is Tier.ENGINE
         if module_id in self._ram:
             return self._ram[module_id], Tier.HOST_RAM
         if in_engine and module_id in self._files:
             return self._files[module_id], Tier.LOCAL_DISK
-        if not in_engine:
-            if self._earns_host_ram(record, promotion):
-                try:
+        if not in_engine and promotion.to_host_ram:
+            try:
+                # The RAM copy is made from the disk copy: the policy weighs it as reloadable from there.
+                on_disk = await self._to_disk(record)
+                if self._admitted_to_host_ram(record, promotion):
                     return await self._to_ram(record), Tier.HOST_RAM
-                except TierFullError:
-                    pass  # host RAM is held by pinned modules: restore from the disk copy
-                except BAD_COPY:
-                    pass  # the disk copy was bad (discarded, quarantined): the origin still may verify
+                return on_disk, Tier.LOCAL_DISK
+            except TierFullError:
+                pass  # the disk or host RAM is held by pinned modules: restore from the disk copy, else the origin
+            except BAD_COPY:
+                pass  # the disk copy was bad (discarded, quarantined): the origin still may verify
+        if not in_engine:
             try:
                 return await self._to_disk(record), Tier.LOCAL_DISK
             except TierFullError:
