@@ -26,20 +26,28 @@ def register(sub: Any) -> None:
     up.add_argument("--model", default=SMOLLM2, help=f"the model the cache pool serves (default {SMOLLM2})")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops everything")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for health")
+    up.add_argument(
+        "--pool-replicas", type=int, default=1, metavar="N",
+        help="cache-pool processes (default 1); with more, each announces what it holds and the router routes "
+        "each request to the replica holding its chain",
+    )  # fmt: skip
     up.set_defaults(run=run_up)
     which.add_parser("status", help="whether each service answers its health check").set_defaults(run=run_status)
     which.add_parser("down", help="stop every service and the infra").set_defaults(run=run_down)
 
 
-def platform(settings: CagSettings, model: str = SMOLLM2) -> Platform:
-    return Platform(settings.run_dir, settings.home, model=model, base_env=inherited_env())
+def platform(settings: CagSettings, model: str = SMOLLM2, pool_replicas: int = 1) -> Platform:
+    return Platform(settings.run_dir, settings.home, model=model, base_env=inherited_env(), pool_replicas=pool_replicas)
 
 
 def run_up(args: argparse.Namespace, settings: CagSettings) -> int:
-    runner = platform(settings, args.model)
+    if args.pool_replicas < 1:
+        print("--pool-replicas must be at least 1", file=sys.stderr)
+        return 2
+    runner = platform(settings, args.model, args.pool_replicas)
     plan = runner.up(timeout_s=args.timeout)
     for service in plan.services:
-        print(f"{service.name:<9} {service.address}", file=sys.stderr)
+        print(f"{service.name:<11} {service.address}", file=sys.stderr)
     print(f"logs: {runner.log_file}", file=sys.stderr)
     print(f"export CAG_ROUTER_ADDRESS={plan.address_of('router')} CAG_REGISTRY_ADDRESS={plan.address_of('registry')}")
     if not args.foreground:
@@ -71,7 +79,7 @@ def run_status(args: argparse.Namespace, settings: CagSettings) -> int:
         print("not running (cag platform up starts it)")
         return 1
     for s in statuses:
-        print(f"{s.name:<9} {'serving' if s.serving else 'down':<8} {s.address}  {s.detail}")
+        print(f"{s.name:<11} {'serving' if s.serving else 'down':<8} {s.address}  {s.detail}")
     return 0 if all(s.serving for s in statuses) else 1
 
 

@@ -109,9 +109,14 @@ class Platform:
         model: str,
         base_env: dict[str, str],
         service_env: dict[str, dict[str, str]] | None = None,
+        pool_replicas: int = 1,
     ) -> None:
         """base_env: what every service inherits (PATH, CAG_NUM_THREADS, ...); service_env: settings of one
-        service that override the plan's (a benchmark's queue limits, say)."""
+        service that override the plan's (a benchmark's queue limits, say); pool_replicas: cache-pool processes
+        (more than one: each announces itself and the router routes among them)."""
+        if pool_replicas < 1:
+            raise ValueError("pool_replicas must be at least 1")
+        self.pool_replicas = pool_replicas
         self.run_dir = run_dir.absolute()
         self.home = home
         self.model = model
@@ -198,6 +203,8 @@ class Platform:
             "CAG_ROUTER_CACHEPOOL_ADDRESS": addresses["cachepool"],
             "CAG_ROUTER_NATS_URL": infra.nats_url_for("router"),
         }
+        if self.pool_replicas > 1:
+            router["CAG_ROUTER_REPLICA_DISCOVERY"] = "true"
         compiler = {
             "CAG_COMPILER_ADDRESS": addresses["compiler"],
             "CAG_COMPILER_REGISTRY_ADDRESS": addresses["registry"],
@@ -209,6 +216,8 @@ class Platform:
         }
         own = {"s3": {}, "registry": registry, "cachepool": cachepool, "router": router, "compiler": compiler}
         commands = {name: f"{sys.executable} -m cag.{name}" for name in DEFAULT_PORTS} | {"s3": shlex.join(s3.argv())}
+        for name, env in self._replicas(cachepool).items():
+            addresses[name], own[name], commands[name] = env["CAG_CACHEPOOL_ADDRESS"], env, commands["cachepool"]
         return PlatformPlan(
             services=[
                 ServicePlan(
@@ -219,12 +228,35 @@ class Platform:
                         **shared,
                         "CAG_TRACES_FILE": str(self.dir / f"traces-{name}.jsonl"),
                         **own[name],
-                        **self.service_env.get(name, {}),
+                        **self.service_env.get(_kind(name), {}),
                     },
                 )
-                for name in DEFAULT_PORTS
+                for name in self._service_names()
             ]
         )
+
+    def _replicas(self, first: dict[str, str]) -> dict[str, dict[str, str]]:
+        """The cache-pool replicas after the first: each on a port, disk folder and replica id of its own."""
+        if self.pool_replicas == 1:
+            return {}
+        first["CAG_CACHEPOOL_INSTANCE"] = "cachepool-1"
+        return {
+            f"cachepool-{i}": first | {
+                "CAG_CACHEPOOL_ADDRESS": f"{LOOPBACK}:{_port(DEFAULT_PORTS['cachepool'] + 100 * (i - 1))}",
+                "CAG_CACHEPOOL_CACHE_DIR": str(self.dir / f"cachepool-{i}-cache"),
+                "CAG_CACHEPOOL_INSTANCE": f"cachepool-{i}",
+            }
+            for i in range(2, self.pool_replicas + 1)
+        }  # fmt: skip
+
+    def _service_names(self) -> list[str]:
+        """Services in start order: the replicas right after the first cache pool."""
+        names = []
+        for name in DEFAULT_PORTS:
+            names.append(name)
+            if name == "cachepool":
+                names += [f"cachepool-{i}" for i in range(2, self.pool_replicas + 1)]
+        return names
 
     def wait_serving(
         self, plan: PlatformPlan, timeout_s: float, *, supervisor: subprocess.Popen[bytes] | None = None
@@ -306,6 +338,11 @@ def _port(preferred: int) -> int:
     return preferred if is_port_free(preferred) else free_port()
 
 
+def _kind(name: str) -> str:
+    """The service a planned process runs ("cachepool-2" is a cache pool)."""
+    return name.partition("-")[0]
+
+
 def _serving(name: str, address: str) -> bool:
     """The service answers its health check with SERVING (health checks need no credentials); the S3 endpoint
     holds the module bucket."""
@@ -314,7 +351,7 @@ def _serving(name: str, address: str) -> bool:
     try:
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=HEALTH_NAMES[name]), timeout=2.0)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=HEALTH_NAMES[_kind(name)]), timeout=2.0)
     except grpc.RpcError:
         return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
