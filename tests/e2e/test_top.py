@@ -95,7 +95,11 @@ async def cag_top(*args: str) -> int:
 
 @pytest.mark.usefixtures("relayed_outbox")
 async def test_top_shows_the_replicas_hits_ttft_and_the_invalidation(
-    platform: Platform, infra: Infra, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    platform: Platform,
+    infra: Infra,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
         for _ in range(2):  # the second answer finds the chain in the engine
@@ -113,6 +117,7 @@ async def test_top_shows_the_replicas_hits_ttft_and_the_invalidation(
             break
         await asyncio.sleep(0.05)
 
+    monkeypatch.setenv("CAG_HOME", str(tmp_path))  # no platform started here
     monkeypatch.setenv("CAG_AUTH_KEY_FILE", str(infra.auth_key_file))  # a local operator: an admin token
     pool_address, refused = platform.pool.settings.address, f"127.0.0.1:{free_port()}"
     options = ["--pool", pool_address, "--pool", refused, "--nats", infra.nats_url_for("monitor"), "--since", "5"]

@@ -1,6 +1,6 @@
 """`cag top`: a live view of the cache-pool replicas (modules and bytes per tier, hits and misses, queue, TTFT
-percentiles) from their Stats, and of the platform's recent publishes, invalidations and compile failures from
-the event stream. `--once` prints one frame, `--json` one snapshot, and both exit."""
+percentiles) from their Stats, of the platform's recent publishes, invalidations and compile failures from the
+event stream, and of the compiler's recent jobs. `--once` prints one frame, `--json` one snapshot, and both exit."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from rich.live import Live
 
 from cag.auth.credentials import resolve_token
 from cag.cli.invalidate_cmd import identity_nats_url
-from cag.cli.platform_runner import PLAN_FILE, PLATFORM_DIR
+from cag.cli.platform_runner import PLAN_FILE, PLATFORM_DIR, PlatformPlan
 from cag.cli.top.announced import AnnouncedSource
 from cag.cli.top.events import EventFeed
-from cag.cli.top.model import EventRing, TopSnapshot
+from cag.cli.top.jobs import poll_compiles
+from cag.cli.top.model import CompileJob, EventRing, TopSnapshot
 from cag.cli.top.poll import poll_replicas
 from cag.cli.top.render import frame, snapshot_json
 from cag.cli.top.sources import AddressSource, CombinedSource, PlanSource, ReplicaSource
@@ -47,6 +48,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=2.0, help="seconds each replica and NATS have to answer (default 2)"
     )
+    p.add_argument("--compiler", metavar="HOST:PORT", help="the compiler service (default: the platform's, if any)")
     p.add_argument("--nats", help="NATS URL for events and announcements (default CAG_NATS_URL, else `cag infra up`'s)")
     p.set_defaults(run=run_top)
 
@@ -76,7 +78,8 @@ async def _top(args: argparse.Namespace, token: str, nats_url: str, plan_file: P
     announced = None if args.pool else AnnouncedSource(nats_url, timeout_s=args.timeout)
     source = AddressSource(args.pool) if announced is None else CombinedSource([announced, PlanSource(plan_file)])
     await asyncio.gather(feed.start(), *([announced.start()] if announced else []))
-    view = TopView(source, feed, announced, token=token, timeout_s=args.timeout)
+    compiler = args.compiler or _platform_compiler(plan_file)
+    view = TopView(source, feed, announced, compiler, token=token, timeout_s=args.timeout, jobs=min(args.events, 500))
     try:
         if args.once or args.json:
             await feed.caught_up(args.timeout)
@@ -99,24 +102,54 @@ async def _top(args: argparse.Namespace, token: str, nats_url: str, plan_file: P
             await announced.close()
 
 
+def _platform_compiler(plan_file: Path) -> str:
+    """The compiler service of the platform started here; "" when there is none."""
+    try:
+        plan = PlatformPlan.from_json(plan_file.read_text())
+    except FileNotFoundError:
+        return ""
+    return next((s.address for s in plan.services if s.name == "compiler"), "")
+
+
 class TopView:
-    """What one refresh reads: every replica's Stats, the event feed's ring, and why anything is missing."""
+    """What one refresh reads: every replica's Stats, the event feed's ring, the compiler's recent jobs, and why
+    anything is missing."""
 
     def __init__(
-        self, source: ReplicaSource, feed: EventFeed, announced: AnnouncedSource | None, *, token: str, timeout_s: float
+        self,
+        source: ReplicaSource,
+        feed: EventFeed,
+        announced: AnnouncedSource | None,
+        compiler: str,
+        *,
+        token: str,
+        timeout_s: float,
+        jobs: int,
     ) -> None:
         self.source = source
         self.feed = feed
         self.announced = announced
+        self.compiler = compiler  # "" when none is known
         self.token = token
         self.timeout_s = timeout_s
+        self.jobs = jobs
 
     async def snapshot(self) -> TopSnapshot:
-        replicas = await poll_replicas(await self.source.targets(), token=self.token, timeout_s=self.timeout_s)
+        replicas, (compiles, compiles_error) = await asyncio.gather(
+            poll_replicas(await self.source.targets(), token=self.token, timeout_s=self.timeout_s), self._compiles()
+        )
         return TopSnapshot(
             taken_at=datetime.now(UTC),
             replicas=replicas,
             replicas_error=self.announced.error if self.announced is not None else "",
             events=self.feed.ring.newest_first(),
             events_error=self.feed.error,
+            compiler=self.compiler,
+            compiles=compiles,
+            compiles_error=compiles_error,
         )
+
+    async def _compiles(self) -> tuple[tuple[CompileJob, ...], str]:
+        if not self.compiler:
+            return (), ""
+        return await poll_compiles(self.compiler, token=self.token, limit=self.jobs, timeout_s=self.timeout_s)

@@ -4,7 +4,7 @@ replicas; its refusals."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -17,11 +17,12 @@ from cag.cli.top.model import (
     RecentEvent,
     ReplicaTarget,
     TopSnapshot,
+    compile_job,
     recent_event,
     replica_down,
     replica_view,
 )
-from cag.cli.top.render import REPLICA_COLUMNS, event_row, frame, replica_row, size, snapshot_json
+from cag.cli.top.render import REPLICA_COLUMNS, compile_row, event_row, frame, replica_row, size, snapshot_json
 from cag.cli.top.sources import AddressSource, PlanSource
 from cag.events.schemas import (
     CompileFailedV1,
@@ -32,7 +33,7 @@ from cag.events.schemas import (
     RoutesUpdatedV1,
 )
 from cag.infra.ports import free_port
-from cag.v1 import cachepool_pb2, common_pb2
+from cag.v1 import cachepool_pb2, common_pb2, compiler_pb2
 
 MIB = 1 << 20
 POOL = ReplicaTarget(name="cachepool", address="127.0.0.1:50052")
@@ -140,8 +141,6 @@ def test_module_and_compile_events_become_lines_others_are_not_shown() -> None:
 
 
 def test_event_times_are_shown_in_utc() -> None:
-    from datetime import timedelta, timezone
-
     paris = AT.astimezone(timezone(timedelta(hours=1)))
     event = recent_event(module_event(ModulePublishedV1, state="published"))
     assert event is not None
@@ -248,3 +247,53 @@ def test_top_without_a_pool_or_a_platform_says_what_to_do(
 def test_top_refuses_options_out_of_range(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["top", "--pool", "127.0.0.1:1", "--once", *option]) == 2
     assert option[0] in capsys.readouterr().err
+
+
+def job(state: int, **fields: object) -> compiler_pb2.Job:
+    message = compiler_pb2.Job(job_id="job-1", state=state, tenant_id="acme", route="billing", trigger="request")
+    message.queued_at.FromDatetime(AT)
+    for name, value in fields.items():
+        if name in ("started_at", "finished_at"):
+            getattr(message, name).FromDatetime(value)
+        elif name == "route":
+            message.route = str(value)
+        else:
+            getattr(message, name).CopyFrom(value)
+    return message
+
+
+def test_the_compilers_jobs_become_rows_with_their_outcome() -> None:
+    done = compile_job(job(compiler_pb2.JOB_STATE_SUCCEEDED, started_at=AT, finished_at=AT + timedelta(seconds=2.5),
+                           module=common_pb2.Module(module_id="acme-billing-v2")))  # fmt: skip
+    assert compile_row(done) == ("09:30:05", "succeeded", "acme/billing", "acme-billing-v2", "2.5 s", "request")
+    failed = compile_job(job(compiler_pb2.JOB_STATE_FAILED, started_at=AT, finished_at=AT,
+                             error=compiler_pb2.JobError(code="FAILED_PRECONDITION", message="golden failed")))  # fmt: skip
+    assert compile_row(failed) == (
+        "09:30:05", "failed", "acme/billing", "-", "0.0 s", "FAILED_PRECONDITION: golden failed"
+    )  # fmt: skip
+    queued = compile_job(job(compiler_pb2.JOB_STATE_QUEUED, route=""))
+    assert (queued.state, queued.took_s, compile_row(queued)[2], compile_row(queued)[4]) == (
+        "queued",
+        None,
+        "acme",
+        "-",
+    )
+
+
+def test_the_compiles_panel_shows_when_a_compiler_is_known() -> None:
+    jobs = (compile_job(job(compiler_pb2.JOB_STATE_RUNNING, started_at=AT)),)
+    without = rendered(TopSnapshot(taken_at=AT, replicas=(), events=(), compiles=jobs))
+    assert "recent compiles" not in without
+    text = rendered(TopSnapshot(taken_at=AT, replicas=(), events=(), compiler="127.0.0.1:50054", compiles=jobs))
+    assert "recent compiles (127.0.0.1:50054)" in text
+    [line] = [line for line in text.splitlines() if "acme/billing" in line]
+    assert "running" in line and "request" in line
+    down = TopSnapshot(taken_at=AT, replicas=(), events=(), compiler="c:1", compiles_error="c:1: UNAVAILABLE: x")
+    assert "compiles unavailable: c:1: UNAVAILABLE: x" in rendered(down)
+    data = snapshot_json(TopSnapshot(taken_at=AT, replicas=(), events=(), compiler="c:1", compiles=jobs))
+    assert data["compiler"] == "c:1"
+    assert data["compiles"][0] | {"queued_at": ""} == {
+        "job_id": "job-1", "state": "running", "queued_at": "", "tenant_id": "acme", "route": "billing",
+        "trigger": "request", "module_id": "", "took_s": None, "error": "",
+    }  # fmt: skip
+    assert data["compiles"][0]["queued_at"] == "2026-03-02T09:30:05+00:00"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
@@ -21,7 +21,7 @@ from cag.events.schemas import (
     UnknownSchemaError,
     decode,
 )
-from cag.v1 import cachepool_pb2, common_pb2
+from cag.v1 import cachepool_pb2, common_pb2, compiler_pb2
 
 # The cache tiers a replica holds modules in, fastest first, as `cag top` names them.
 CACHE_TIERS = {
@@ -168,12 +168,48 @@ class EventRing:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CompileJob:
+    """One of the compiler's recent jobs (ListJobs)."""
+
+    job_id: str
+    state: str  # queued | running | succeeded | failed
+    queued_at: datetime
+    tenant_id: str
+    route: str
+    trigger: str  # "request" (Compile) or the module event that started a rebuild
+    module_id: str = ""  # once succeeded
+    took_s: float | None = None  # from its start to its end, once finished
+    error: str = ""  # once failed
+
+
+def compile_job(job: compiler_pb2.Job) -> CompileJob:
+    took = None
+    if job.HasField("started_at") and job.HasField("finished_at"):
+        took = (job.finished_at.ToDatetime() - job.started_at.ToDatetime()).total_seconds()
+    return CompileJob(
+        job_id=job.job_id,
+        state=compiler_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower(),
+        queued_at=job.queued_at.ToDatetime(tzinfo=UTC),
+        tenant_id=job.tenant_id,
+        route=job.route,
+        trigger=job.trigger,
+        module_id=job.module.module_id,
+        took_s=took,
+        error=f"{job.error.code}: {job.error.message}" if job.HasField("error") else "",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class TopSnapshot:
-    """One frame: every replica, the recent events newest first, and why replicas or events may be missing ("" when
-    nothing is)."""
+    """One frame: every replica, the recent events newest first, the compiler's recent jobs, and why any of them
+    may be missing ("" when nothing is)."""
 
     taken_at: datetime
     replicas: tuple[ReplicaView, ...]
     events: tuple[RecentEvent, ...]
     replicas_error: str = ""
     events_error: str = ""
+    # The compiler's recent jobs, newest first, when a compiler is known (`compiler`: its address, "" when none is).
+    compiler: str = ""
+    compiles: tuple[CompileJob, ...] = ()
+    compiles_error: str = ""

@@ -7,17 +7,18 @@ import dataclasses
 from datetime import UTC
 from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from cag.cli.top.model import CACHE_TIERS, RecentEvent, ReplicaView, TopSnapshot
+from cag.cli.top.model import CACHE_TIERS, CompileJob, RecentEvent, ReplicaView, TopSnapshot
 
 REPLICA_COLUMNS = ("replica", "address", "state", *CACHE_TIERS.values(), "hits", "misses", "queued", "running",
                    "TTFT p50", "TTFT p99", "invalidations", "note")  # fmt: skip
 NUMERIC = {*CACHE_TIERS.values(), "hits", "misses", "queued", "running", "TTFT p50", "TTFT p99", "invalidations"}
 EVENT_COLUMNS = ("time", "event", "module", "detail")
+COMPILE_COLUMNS = ("queued", "state", "tenant/route", "module", "took", "trigger or error")
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
@@ -90,22 +91,56 @@ def events_panel(events: tuple[RecentEvent, ...], error: str) -> Panel:
     return Panel(table, title=title, title_align="left")
 
 
+def compile_row(job: CompileJob) -> tuple[str, str, str, str, str, str]:
+    """The row's cells, in COMPILE_COLUMNS order (the time in UTC)."""
+    took = "-" if job.took_s is None else f"{job.took_s:.1f} s"
+    return (
+        job.queued_at.astimezone(UTC).strftime("%H:%M:%S"),
+        job.state,
+        f"{job.tenant_id}/{job.route}" if job.route else job.tenant_id,  # "": derived from the source, later
+        job.module_id or "-",
+        took,
+        job.error or job.trigger,
+    )
+
+
+def compiles_panel(compiler: str, jobs: tuple[CompileJob, ...], error: str) -> Panel:
+    title = f"recent compiles ({compiler})"
+    if error:
+        return Panel(Text(f"compiles unavailable: {error}", style="yellow"), title=title, title_align="left")
+    if not jobs:
+        return Panel(Text("none yet"), title=title, title_align="left")
+    table = Table(show_edge=False, box=None)
+    for column in COMPILE_COLUMNS:
+        table.add_column(column, no_wrap=column != "trigger or error")
+    for job in jobs:
+        table.add_row(*compile_row(job), style="red" if job.state == "failed" else None)
+    return Panel(table, title=title, title_align="left")
+
+
 def frame(snapshot: TopSnapshot) -> Group:
     """The whole screen for one snapshot."""
     up = sum(r.up for r in snapshot.replicas)
     header = Text(f"cag top · {snapshot.taken_at:%Y-%m-%d %H:%M:%S} UTC · {up}/{len(snapshot.replicas)} replicas up")
-    replicas = replicas_table(snapshot.replicas, snapshot.replicas_error)
-    return Group(header, replicas, events_panel(snapshot.events, snapshot.events_error))
+    parts: list[RenderableType] = [header, replicas_table(snapshot.replicas, snapshot.replicas_error)]
+    parts.append(events_panel(snapshot.events, snapshot.events_error))
+    if snapshot.compiler:
+        parts.append(compiles_panel(snapshot.compiler, snapshot.compiles, snapshot.compiles_error))
+    return Group(*parts)
 
 
 def snapshot_json(snapshot: TopSnapshot) -> dict[str, Any]:
     """The snapshot as JSON-ready data: every field, each replica's derived `up`, `hits` and `misses` too."""
     replicas = [{**dataclasses.asdict(r), "up": r.up, "hits": r.hits, "misses": r.misses} for r in snapshot.replicas]
     events = [{**dataclasses.asdict(e), "at": e.at.isoformat()} for e in snapshot.events]
+    compiles = [{**dataclasses.asdict(j), "queued_at": j.queued_at.isoformat()} for j in snapshot.compiles]
     return {
         "taken_at": snapshot.taken_at.isoformat(),
         "replicas": replicas,
         "replicas_error": snapshot.replicas_error,
         "events": events,
         "events_error": snapshot.events_error,
+        "compiler": snapshot.compiler,
+        "compiles": compiles,
+        "compiles_error": snapshot.compiles_error,
     }
