@@ -4,6 +4,12 @@ replicas; its refusals."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -297,3 +303,28 @@ def test_the_compiles_panel_shows_when_a_compiler_is_known() -> None:
         "trigger": "request", "module_id": "", "took_s": None, "error": "",
     }  # fmt: skip
     assert data["compiles"][0]["queued_at"] == "2026-03-02T09:30:05+00:00"
+
+
+def test_the_live_view_refreshes_on_a_terminal_until_interrupted(tmp_path: Path) -> None:
+    """On a terminal, frames follow each other until Ctrl-C, which ends the view with status 0."""
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "CAG_HOME": str(tmp_path), "CAG_TOKEN": "unused", "COLUMNS": "200", "LINES": "50"}
+    argv = ["top", "--pool", f"127.0.0.1:{free_port()}", "--nats", f"nats://127.0.0.1:{free_port()}",
+            "--timeout", "0.5", "--interval", "0.1"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "cag.cli.main", *argv], stdin=terminal, stdout=terminal,
+                            stderr=subprocess.PIPE, env=env)  # fmt: skip
+    os.close(terminal)
+    shown = b""
+    try:
+        while shown.count(b"cache-pool replicas") < 2:  # two frames: it refreshes
+            readable, _, _ = select.select([controller], [], [], 30)
+            assert readable, f"no new frame within 30 s: {shown!r}"
+            chunk = os.read(controller, 65536)
+            assert chunk, f"the view ended before two frames: {shown!r}"
+            shown += chunk
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        os.close(controller)
+    assert proc.stderr is not None and b"Traceback" not in proc.stderr.read()
