@@ -159,10 +159,11 @@ def ask(max_new_tokens: int) -> router_pb2.GenerateRequest:
     return router_pb2.GenerateRequest(tenant_id=TENANT, query=QUESTION, sampling=sampling)
 
 
-async def engine_hits(platform: Replicated, replica_id: str) -> int:
+async def hits(platform: Replicated, replica_id: str) -> dict[int, int]:
+    """Lookups each tier answered (the object store's: those no cache tier could)."""
     async with platform.pool_client(replica_id) as pool:
         stats = await pool.stats()
-    return sum(t.hits for t in stats.tiers)
+    return {t.tier: t.hits for t in stats.tiers}
 
 
 async def test_a_request_goes_to_the_replica_holding_its_chain(replicated: Replicated) -> None:
@@ -179,12 +180,13 @@ async def test_a_request_goes_to_the_replica_holding_its_chain(replicated: Repli
 
     await until(holder_first, "the router sees the chain on the holder", replicated.replicas, 10)
     other = cold.replica_ids[0]
-    before = {r: await engine_hits(replicated, r) for r in (holder, other)}
+    before = {r: await hits(replicated, r) for r in (holder, other)}
     async with AsyncRouterClient(replicated.router_address, token=replicated.user_token()) as router:
         responses = [r async for r in router.generate(ask(4))]
     assert responses[-1].HasField("done")
-    after = {r: await engine_hits(replicated, r) for r in (holder, other)}
-    assert after[holder] - before[holder] == len(replicated.module_ids)  # each module found in its engine
+    after = {r: await hits(replicated, r) for r in (holder, other)}
+    engine = common_pb2.TIER_ENGINE
+    assert after[holder][engine] - before[holder][engine] == len(replicated.module_ids)  # the chain, in its engine
     assert after[other] == before[other]
 
 
@@ -213,3 +215,18 @@ async def test_a_replica_killed_mid_stream_gives_a_clear_status_and_the_next_req
     assert responses[-1].HasField("done")
     healthy = set(replicated.replicas) - {serving}
     assert replicated.router.replicas.order(replicated.module_ids).replica_ids == tuple(healthy)
+
+
+async def test_a_replica_dead_before_the_first_token_is_skipped_for_the_next_best(replicated: Replicated) -> None:
+    assert replicated.router.replicas is not None
+    dead, healthy = replicated.router.replicas.order(replicated.module_ids).replica_ids
+    process = replicated.replicas[dead].process
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)  # its announcement lives on until it expires: the router still ranks it first
+    before = sum((await hits(replicated, healthy)).values())
+    async with AsyncRouterClient(replicated.router_address, token=replicated.user_token()) as router:
+        responses = [r async for r in router.generate(ask(4))]
+    assert responses[-1].HasField("done")
+    assert sum((await hits(replicated, healthy)).values()) > before  # the other replica served it
+    failed = {v.replica_id for v in replicated.router.replicas.directory.views() if v.failed}
+    assert failed == {dead}
