@@ -289,7 +289,7 @@ class CachePool:
         restored = [m for m in chain if m.found_in is not Tier.ENGINE]
         if restore_s and restored and len({m.source_tier for m in restored}) == 1:
             tokens = sum(m.record.token_count for m in restored)
-            self.residency.record_load(restored[0].source_tier, self._bytes(tokens), restore_s)
+            self.residency.record_load(restored[0].source_tier, self._bytes(tokens), restore_s, loads=len(restored))
 
     async def reconcile_engine(self) -> None:
         """Brings the engine tier's books in line with what the engine holds now: an engine may let an idle module

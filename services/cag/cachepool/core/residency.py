@@ -43,7 +43,7 @@ DEFAULT_RELOAD_MS_PER_GIB = {
     Tier.OBJECT_STORE: 10_000.0,
 }
 # What every load from a tier costs whatever its size, ms: opening and checking a file, an object store's
-# first byte. Guesses of the order `cag bench pool` measures; the per-GiB part is measured net of them.
+# first byte. Guesses (`cag bench pool` fits them for its machine); the per-GiB part is measured net of them.
 DEFAULT_LOAD_FIXED_MS = {
     Tier.ENGINE: 0.0,
     Tier.HOST_RAM: 1.0,
