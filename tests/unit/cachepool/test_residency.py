@@ -286,6 +286,16 @@ def test_a_module_that_fits_or_is_resident_is_always_worth_admitting() -> None:
     assert p.worth_admitting(spec("n", 1), ENGINE, minutes(2))  # the engine has room
 
 
+def test_a_module_pinned_modules_leave_no_room_for_is_left_to_admit_to_refuse() -> None:
+    p = ram_full_of_disk_modules()
+    p.pin("v")
+    p.pin("w")
+    p.hit("n", minutes(2))
+    assert p.worth_admitting(spec("n", 1), RAM, minutes(2))  # nothing the policy could weigh it against
+    with pytest.raises(TierFullError):
+        p.admit(spec("n", 1), RAM, minutes(2))
+
+
 def test_hits_are_counted_for_modules_no_tier_holds() -> None:
     p = pool()
     p.hit("m", minutes(1))
