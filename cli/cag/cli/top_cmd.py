@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from cag.cli.top.poll import poll_replicas
 from cag.cli.top.render import frame, snapshot_json
 from cag.cli.top.sources import AddressSource, CombinedSource, PlanSource, ReplicaSource
 from cag.errors import InvalidInputError
+from cag.events.replicas import ADDRESS
 from cag.infra.nats_auth import MONITOR
 from cag.settings import CagSettings
 
@@ -69,6 +71,10 @@ def _check(args: argparse.Namespace) -> None:
                                ("--events", args.events, 1), ("--since", args.since, 0)):  # fmt: skip
         if not value >= low:
             raise InvalidInputError(f"{option} must be at least {low}, not {value}")
+    addresses = [("--pool", a) for a in args.pool] + ([("--compiler", args.compiler)] if args.compiler else [])
+    for option, address in addresses:
+        if not re.fullmatch(ADDRESS, address):
+            raise InvalidInputError(f"{option} {address[:80]!r} is not HOST:PORT")
 
 
 async def _top(args: argparse.Namespace, token: str, nats_url: str, plan_file: Path) -> int:

@@ -249,7 +249,11 @@ def test_top_without_a_pool_or_a_platform_says_what_to_do(
     assert "no cache pool to watch" in error and "--pool HOST:PORT" in error and "replica announcements at" in error
 
 
-@pytest.mark.parametrize("option", [["--interval", "0"], ["--events", "0"], ["--since", "-1"], ["--timeout", "0"]])
+@pytest.mark.parametrize(
+    "option",
+    [["--interval", "0"], ["--events", "0"], ["--since", "-1"], ["--timeout", "0"], ["--pool", ""], ["--pool", "a b:1"],
+     ["--pool", "host"], ["--compiler", "host:port"]],
+)  # fmt: skip
 def test_top_refuses_options_out_of_range(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["top", "--pool", "127.0.0.1:1", "--once", *option]) == 2
     assert option[0] in capsys.readouterr().err

@@ -1,9 +1,9 @@
 """The event stream as `cag top` follows it: module and compile events from a moment on, into a ring.
 
-It reads as the `monitor` NATS identity, which may only create ephemeral consumers (cag.infra.nats_auth): one push
-consumer, delivering to this process's inbox, without acks (a missed line on a screen costs nothing). The server
-drops the consumer soon after nobody listens. A feed that cannot connect says why (`error`) instead of failing:
-the replicas' table is shown all the same.
+It reads as the `monitor` NATS identity, which may create ephemeral consumers of the stream but no durable one
+(cag.infra.nats_auth): one push consumer, delivering to this process's inbox, without acks (a missed line on a
+screen costs nothing). The server drops the consumer soon after nobody listens. A feed that cannot connect says
+why (`error`) instead of failing: the replicas' table is shown all the same.
 """
 
 from __future__ import annotations
