@@ -286,7 +286,7 @@ def test_a_module_that_fits_or_is_resident_is_always_worth_admitting() -> None:
     assert p.worth_admitting(spec("n", 1), ENGINE, minutes(2))  # the engine has room
 
 
-def test_a_module_pinned_modules_leave_no_room_for_is_left_to_admit_to_refuse() -> None:
+def test_worth_admitting_defers_to_admit_when_pinned_modules_leave_no_room() -> None:
     p = ram_full_of_disk_modules()
     p.pin("v")
     p.pin("w")
