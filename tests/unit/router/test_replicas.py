@@ -91,6 +91,14 @@ def test_a_replica_at_the_load_cap_is_walked_past() -> None:
     assert set(result.replica_ids[:2]) == {"b", "c"}
 
 
+def test_a_replica_above_the_cap_with_a_free_slot_still_takes_its_chain() -> None:
+    # loads 2, 0, 0: cap = ceil(1.25 x 3 / 3) = 2, but the holder runs 2 of its 4 slots: the request starts at once.
+    holder = replica("a", load=2, capacity=4, system=E, tools=E, billing=E)
+    assert order(holder, replica("b"), replica("c"))[0] == "a"
+    full_holder = replica("a", load=2, capacity=2, system=E, tools=E, billing=E)
+    assert order(full_holder, replica("b"), replica("c"))[-1] == "a"
+
+
 def test_some_replica_is_always_under_the_load_cap() -> None:
     rng = random.Random(0)
     for _ in range(2000):

@@ -10,9 +10,12 @@ a chain from its root). A replica's load, (queued + running) / capacity, costs `
 load. Only replicas holding more than every replica holds are ranked by score; the others follow in the ring's
 order for the chain's leaf, so that a leaf resident nowhere goes to the same replica every time even when its
 root is resident everywhere (without the ring, each cold leaf would land on whichever replica is least loaded,
-and every replica would end up loading every leaf). Bounded loads (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2018): no
-replica takes a request while it holds ceil(c x mean load) requests or more, the mean counting this request; a
-replica at that cap comes after every other, whatever it holds.
+and every replica would end up loading every leaf).
+
+Bounded loads (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2018): no replica
+takes a request while it holds ceil(c x mean load) requests or more, the mean counting this request, unless it has
+an engine slot free (the request then starts at once: sending it elsewhere would only lose the cache); a replica
+at that cap comes after every other, whatever it holds.
 """
 
 from __future__ import annotations
@@ -118,8 +121,13 @@ def rank_replicas(
     if not healthy or not chain:
         return ReplicaOrder(replica_ids=(), basis=ReplicaBasis.NONE, resident_prefix=0)
     cap = load_cap([r.load for r in healthy], policy.load_factor)
-    under = [r for r in healthy if r.load < cap]
-    full = sorted((r for r in healthy if r.load >= cap), key=lambda r: (r.load / r.capacity, r.replica_id))
+
+    def is_full(r: ReplicaView) -> bool:
+        # Above the cap, and no engine slot free: a request that would start at once costs nothing to send there.
+        return r.load >= max(cap, r.capacity)
+
+    under = [r for r in healthy if not is_full(r)]
+    full = sorted((r for r in healthy if is_full(r)), key=lambda r: (r.load / r.capacity, r.replica_id))
 
     held = {r.replica_id: sum(policy.tier_weights[t] for t in resident_prefix(chain, r.tiers)) for r in healthy}
     # What every replica holds (a shared root, typically) tells none apart: only more than that earns a place
