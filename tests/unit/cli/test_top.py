@@ -19,6 +19,7 @@ from rich.console import Console
 from cag.cli.main import main
 from cag.cli.platform_runner import PlatformPlan, ServicePlan
 from cag.cli.top.model import (
+    MAX_DETAIL_CHARS,
     EventRing,
     RecentEvent,
     ReplicaTarget,
@@ -144,6 +145,20 @@ def test_module_and_compile_events_become_lines_others_are_not_shown() -> None:
     assert recent_event(b"not json") is None
     unknown = Envelope(subject="cag.module.published", version=9, data={}).model_dump_json().encode()
     assert recent_event(unknown) is None
+
+
+def test_a_multi_line_or_long_reason_is_shown_on_one_bounded_line() -> None:
+    reason = "compile failed: <AioRpcError\n    status = FAILED_PRECONDITION\n    details = stale\n>"
+    failed = recent_event(body(CompileFailedV1(module_id="m", tenant_id="acme", route="billing", job_id="j",
+                                               reason=reason)))  # fmt: skip
+    assert failed is not None
+    assert (
+        failed.detail
+        == "acme/billing job j: compile failed: <AioRpcError status = FAILED_PRECONDITION details = stale >"
+    )
+    long = recent_event(module_event(ModuleInvalidatedV1, state="stale", reason="x" * 1000))
+    assert long is not None and len(long.detail) == MAX_DETAIL_CHARS and long.detail.endswith("…")
+    assert replica_down(POOL, "a\nb").error == "a b"
 
 
 def test_event_times_are_shown_in_utc() -> None:

@@ -40,6 +40,16 @@ EVENT_KINDS: dict[type[Payload], str] = {
 }
 
 
+# The most of a reason or an error one line of the view shows.
+MAX_DETAIL_CHARS = 240
+
+
+def one_line(text: str) -> str:
+    """`text` on one line (a reason may quote a multi-line error), at most MAX_DETAIL_CHARS long."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_DETAIL_CHARS else flat[: MAX_DETAIL_CHARS - 1] + "…"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReplicaTarget:
     """A cache-pool replica to watch: the name its source knows it by, and where it listens (host:port)."""
@@ -122,7 +132,7 @@ def replica_view(target: ReplicaTarget, stats: cachepool_pb2.StatsResponse) -> R
 
 
 def replica_down(target: ReplicaTarget, reason: str) -> ReplicaView:
-    return ReplicaView(target=target, error=reason or "no answer")
+    return ReplicaView(target=target, error=one_line(reason) or "no answer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,7 +161,7 @@ def recent_event(body: bytes) -> RecentEvent | None:
         version = f" v{payload.version}" if payload.version else ""
         reason = f" ({payload.reason})" if payload.reason else ""
         detail = f"{payload.tenant_id}/{payload.route}{version} {payload.state}{reason}"
-    return RecentEvent(at=envelope.occurred_at, kind=kind, module_id=payload.module_id, detail=detail)
+    return RecentEvent(at=envelope.occurred_at, kind=kind, module_id=payload.module_id, detail=one_line(detail))
 
 
 class EventRing:
@@ -195,7 +205,7 @@ def compile_job(job: compiler_pb2.Job) -> CompileJob:
         trigger=job.trigger,
         module_id=job.module.module_id,
         took_s=took,
-        error=f"{job.error.code}: {job.error.message}" if job.HasField("error") else "",
+        error=one_line(f"{job.error.code}: {job.error.message}") if job.HasField("error") else "",
     )
 
 
