@@ -1,4 +1,4 @@
-"""`cag bench ttft | registry | e2e | pool | fairness | replicas`: the benchmarks (see benchmarks/)."""
+"""`cag bench ttft | registry | e2e | pool | fairness | replicas | routing`: the benchmarks (see benchmarks/)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,6 @@ def register(sub: Any) -> None:
     from cag.bench import replicas
 
     replicas.register(which)
+    from cag.bench import routing
+
+    routing.register(which)

@@ -3,8 +3,6 @@ state and ACL, and the decision's fields."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Sequence
 
 import pytest
@@ -205,7 +203,8 @@ def test_a_chain_outside_the_callers_scope_is_denied_without_naming_its_modules(
     assert decision.module_ids == ("root", "ws-api")
 
 
-def test_deterministic_decisions_take_under_a_millisecond_at_p99() -> None:
+def test_among_200_keyword_rules_each_query_takes_the_rule_its_phrase_names() -> None:
+    """(How long it takes is `cag bench routing`'s question.)"""
     rules = RuleSet(
         "acme",
         1,
@@ -216,13 +215,6 @@ def test_deterministic_decisions_take_under_a_millisecond_at_p99() -> None:
         routes=[RouteInfo(route=f"route-{i}") for i in range(200)],
     )
     entries = {f"route-{i}": servable(f"route-{i}", link(f"m{i}")) for i in range(200)}
-    router = Router()
-    queries = [ask(f"a question about phrase   number {i} and more words" * 4) for i in range(200)]
-    timings = []
-    for _ in range(5):
-        for a in queries:
-            started = time.perf_counter()
-            decide(router, a, rules, entries)
-            timings.append(time.perf_counter() - started)
-    p99 = statistics.quantiles(timings, n=100)[98]
-    assert p99 < 1e-3, f"p99 {p99 * 1e3:.3f} ms"
+    for i in (0, 7, 42, 199):
+        decision = decide(Router(), ask(f"a question about phrase   number {i} and more words" * 4), rules, entries)
+        assert (decision.route, decision.rule_id, decision.module_ids) == (f"route-{i}", f"r{i}", (f"m{i}",))
