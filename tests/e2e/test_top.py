@@ -131,6 +131,7 @@ async def test_top_shows_the_replicas_hits_ttft_and_the_invalidation(
     assert (pool["hits"], pool["misses"]) == (2, 2)
     assert [t["tier"] for t in pool["tiers"]] == ["engine", "host_ram", "local_disk"]
     assert pool["ttft_samples"] == 2 and 0 < pool["ttft_p50_ms"] <= pool["ttft_p99_ms"]
+    assert pool["ttft_window_s"] == 300.0
     assert (down["up"], down["target"]["address"]) == (False, refused)
     assert "UNAVAILABLE" in down["error"]
     invalidations = [e for e in snapshot["events"] if e["kind"] == "invalidated"]
