@@ -1,5 +1,6 @@
-"""What `cag top` shows, as plain values: each replica's Stats (or why it did not answer) and the platform's recent
-module and compile events. Built from Stats responses and event envelopes; no I/O."""
+"""What `cag top` shows, as plain values: each replica's Stats (or why it did not answer), the platform's recent
+module and compile events, and the compiler's recent jobs. Built from Stats responses, event bodies and ListJobs
+answers; no I/O."""
 
 from __future__ import annotations
 
