@@ -11,14 +11,17 @@ progress (a Compile stream). A compiler that stopped resumes the jobs it left qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import grpc
 
 from cag.canonical import load_source, source_checksum
 from cag.canonical.uris import local_path
@@ -231,16 +234,26 @@ class Compiler:
         result = await loop.run_in_executor(self._executor, self._compile, spec, parents, observer)
         if result.path is None:
             raise CagError("the compile wrote no module")  # keep_failed=False raises before this
-        registered = await self._registry.register(
-            module_message(
-                result.metadata,
-                source_uri=spec.source_uri,
-                storage_uri=await self._stored(result.path),
-                header_sha256=result.header_sha256,
-            )
+        message = module_message(
+            result.metadata,
+            source_uri=spec.source_uri,
+            storage_uri=await self._stored(result.path),
+            header_sha256=result.header_sha256,
         )
+        with _registry_refusals("register"):
+            registered = await self._registry.register(message)
+        if registered.state not in REGISTERED_STATES:
+            # Same inputs, same bytes, same id: the registry answers with the module it holds. A stale one was
+            # marked so by an event whose checksum was not the content's; rebuilding cannot serve it again.
+            state = common_pb2.ModuleState.Name(registered.state).removeprefix("MODULE_STATE_").lower()
+            raise CagError(
+                f"the rebuilt module is identical to {registered.module_id}, which the registry holds as {state}: "
+                f"the source's content did not change (checksum {registered.source_checksum}); "
+                "`cag sources sync` publishes the checksum of the real content"
+            )
         if spec.publish and result.publishable:
-            return await self._registry.publish(registered.module_id)
+            with _registry_refusals("publish"):
+                return await self._registry.publish(registered.module_id)
         return registered
 
     async def _stored(self, path: Path) -> str:
@@ -300,6 +313,21 @@ class Compiler:
             model = resolve_model(model_name, self._config.models_dir)
             self._engines[key] = load_engine(self._config.engine_kind, model, dtype)
         return self._engines[key]
+
+
+# Where a module the compile registered can go on to be published from.
+REGISTERED_STATES = frozenset(
+    {common_pb2.MODULE_STATE_BUILDING, common_pb2.MODULE_STATE_VALIDATING, common_pb2.MODULE_STATE_PUBLISHED}
+)
+
+
+@contextlib.contextmanager
+def _registry_refusals(call: str) -> Iterator[None]:
+    """A registry call's failure as the job's reason (what the registry said), not as a bug of the compiler."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as e:
+        raise CagError(f"the registry refused {call}: {e.code().name}: {e.details()}") from None
 
 
 def _now() -> datetime:

@@ -170,11 +170,8 @@ async def test_an_edited_source_is_recompiled_and_published_with_no_command(serv
     assert recompile[0].module.module_id == rebuilt.module_id
 
 
-async def test_a_recompile_whose_golden_questions_fail_leaves_the_route_on_fallback(
-    services: Services, infra: Infra
-) -> None:
-    parent = (await compile_all(services, services.request("shared", PUBLIC)))[-1].finished
-    old = await compile_all(services, services.request("billing", ACME, parent_module_ids=[parent.module_id]))
+async def compile_failure_after(infra: Infra, act: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    """The data of the first `cag.compile.failed` event after `act`."""
     failures = await nats.connect(infra.nats_url)
     received: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -183,19 +180,53 @@ async def test_a_recompile_whose_golden_questions_fail_leaves_the_route_on_fallb
 
     await failures.subscribe("cag.compile.failed", cb=on_failure)
     try:
+        await act()
+        data: dict[str, Any] = json.loads(await asyncio.wait_for(received.get(), WAIT_S))["data"]
+        return data
+    finally:
+        await failures.close()
+
+
+async def billing_states(services: Services) -> list[tuple[int, int]]:
+    async with services.registry() as registry:
+        modules = [m async for m in registry.list_all(registry_pb2.ListModulesRequest(route="billing"))]
+    return [(m.version, m.state) for m in modules]
+
+
+async def test_a_recompile_whose_golden_questions_fail_leaves_the_route_on_fallback(
+    services: Services, infra: Infra
+) -> None:
+    parent = (await compile_all(services, services.request("shared", PUBLIC)))[-1].finished
+    old = await compile_all(services, services.request("billing", ACME, parent_module_ids=[parent.module_id]))
+
+    async def edit() -> None:
         policy = services.knowledge / "billing" / "refund-policy.md"
         policy.write_text(policy.read_text().replace("30 days", "45 days"))  # the source changes...
         golden = services.knowledge / "billing" / "golden.json"  # ...and its new golden question cannot pass
         golden.write_text(json.dumps([{"question": "How much do widgets cost?", "expect": ["qqqzzzxxx"]}]))
         await publish_source_change(infra, services, "billing")
-        event = json.loads(await asyncio.wait_for(received.get(), WAIT_S))
-    finally:
-        await failures.close()
-    assert event["data"]["module_id"] == old[-1].finished.module_id
-    assert "golden" in event["data"]["reason"].lower()
-    async with services.registry() as registry:
-        modules = [m async for m in registry.list_all(registry_pb2.ListModulesRequest(route="billing"))]
-    assert [(m.version, m.state) for m in modules] == [(1, common_pb2.MODULE_STATE_STALE)]
+
+    failure = await compile_failure_after(infra, edit)
+    assert failure["module_id"] == old[-1].finished.module_id
+    assert "golden" in failure["reason"].lower()
+    assert await billing_states(services) == [(1, common_pb2.MODULE_STATE_STALE)]
+
+
+async def test_a_source_event_whose_checksum_is_not_the_contents_fails_the_recompile_saying_so(
+    services: Services, infra: Infra
+) -> None:
+    parent = (await compile_all(services, services.request("shared", PUBLIC)))[-1].finished
+    old = await compile_all(services, services.request("billing", ACME, parent_module_ids=[parent.module_id]))
+    source = (services.knowledge / "billing").as_uri()
+
+    async def claim_a_change() -> None:  # typed by hand: nothing in the folder changed
+        event = Envelope.wrap(SourceChangedV1(tenant_id="acme", source_uri=source, checksum="ab" * 32))
+        await publish(infra.nats_url, event, timeout_s=10.0)
+
+    failure = await compile_failure_after(infra, claim_a_change)
+    assert failure["module_id"] == old[-1].finished.module_id
+    assert "identical" in failure["reason"] and "did not change" in failure["reason"]
+    assert await billing_states(services) == [(1, common_pb2.MODULE_STATE_STALE)]
 
 
 async def test_duplicate_and_replayed_invalidations_compile_once(services: Services) -> None:
