@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import nats
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from cag.events.replicas import BUCKET, MAX_ANNOUNCEMENT_BYTES, ReplicaAnnouncementV1, parse_announcement
@@ -60,7 +60,17 @@ def bucket_config(max_age_s: float) -> KeyValueConfig:
 
 
 async def create_bucket(nc: Client, max_age_s: float) -> KeyValue:
-    return await nc.jetstream().create_key_value(bucket_config(max_age_s))
+    """The bucket, created with `max_age_s` when no replica has created it yet. An existing bucket is used as it
+    is: its first creator's configuration holds (creating it again with another expiry would be refused)."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    try:
+        return await js.create_key_value(bucket_config(max_age_s))
+    except BadRequestError:  # another replica created it in between
+        return await js.key_value(BUCKET)
 
 
 class AnnouncementWriter:

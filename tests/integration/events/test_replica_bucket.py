@@ -83,3 +83,9 @@ async def test_no_other_identity_may_write_a_replicas_key(clients: dict[str, Cli
     kv = await clients["admin"].jetstream().key_value(BUCKET)
     with pytest.raises(KeyNotFoundError):
         await kv.get("pool-it-b")
+
+
+async def test_a_replica_with_another_expiry_uses_the_bucket_as_it_was_created(clients: dict[str, Client]) -> None:
+    first = await create_bucket(clients["cachepool"], TTL_S)
+    again = await create_bucket(clients["cachepool"], TTL_S * 3)  # refused as a creation; opened instead
+    assert (await again.status()).ttl == (await first.status()).ttl
