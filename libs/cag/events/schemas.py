@@ -1,7 +1,8 @@
 """Versioned event schemas. Every event is an envelope (id, subject, version, time) around a typed payload.
 
 Ops automation publishes the `cag.invalidate.*` events; the registry publishes the
-`cag.module.*` events through its outbox; the router publishes `cag.route.decided`.
+`cag.module.*` events through its outbox; the router publishes `cag.route.decided`; the fallback
+service publishes `cag.fallback.served`.
 The envelope's `event_id` is also the JetStream `Nats-Msg-Id`, so duplicates are
 dropped by the server and, failing that, by the consumers' processed-event table.
 """
@@ -39,6 +40,8 @@ MAX_RULE = 1_024
 MAX_REASON = 8_192  # a module event's reason quotes its trigger, which can carry a 2048-character URI
 MAX_MODULE_IDS = 64  # modules in one served chain
 MAX_INT32 = 2**31 - 1  # Postgres integer columns (module_version)
+MAX_EVIDENCE = 64  # evidence chunks behind one fallback answer (the fallback's top-k is at most this)
+MAX_ANSWER = 16_384  # a fallback answer is cut to this many characters in its event (the body stays under 64 KiB)
 
 
 def _rule(check: Callable[[str], str]) -> AfterValidator:
@@ -180,6 +183,21 @@ class CompileFailedV1(Payload):
     trigger_event_id: OptionalEventId = ""  # the module event that started the recompile
 
 
+class FallbackServedV1(Payload):
+    """The fallback service answered a query from retrieved evidence (promotion clusters these)."""
+
+    subject = "cag.fallback.served"
+    request_id: Label
+    tenant_id: Name
+    query: Text
+    route: OptionalName = ""  # the route that was tried, "" when none matched
+    reason: Text = ""  # why fallback answered (no confident route, stale module, ...)
+    evidence_ids: Annotated[list[Label], Field(strict=True, max_length=MAX_EVIDENCE)] = []  # chunk ids, prompt order
+    source_uris: Annotated[list[Uri], Field(strict=True, max_length=MAX_EVIDENCE)] = []  # their sources, distinct
+    answer: Annotated[str, Field(strict=True, max_length=MAX_ANSWER), _text(MAX_ANSWER, required=False)] = ""
+    latency_s: Annotated[float, Field(strict=True, ge=0.0, allow_inf_nan=False)]
+
+
 INVALIDATION_PAYLOADS: tuple[type[Payload], ...] = (
     SourceChangedV1,
     ModelRevisedV1,
@@ -195,6 +213,7 @@ _ALL_PAYLOADS: tuple[type[Payload], ...] = (
     RouteDecidedV1,
     RoutesUpdatedV1,
     CompileFailedV1,
+    FallbackServedV1,
 )
 PAYLOADS: dict[tuple[str, int], type[Payload]] = {(p.subject, p.schema_version): p for p in _ALL_PAYLOADS}
 
