@@ -296,15 +296,41 @@ def register(sub: Any) -> None:
     p.add_argument("--rate", type=float, default=3.0, help="arrivals per second over the three replicas (default 3)")
     p.add_argument("--skew", type=float, default=1.0, help="Zipf skew of the leaf modules' popularity (default 1.0)")
     p.add_argument("--model", default=SMOLLM2, help=f"model whose KV shape the module files take (default {SMOLLM2})")
+    p.add_argument(
+        "--host-ram-fraction", type=_fraction, default=DEFAULT_HOST_RAM_FRACTION,
+        help=f"each replica's host RAM, as a share of the leaf modules' bytes (default {DEFAULT_HOST_RAM_FRACTION})",
+    )  # fmt: skip
     p.set_defaults(run=run)
 
 
-def default_spec(requests: int, rate: float, skew: float, bytes_per_token: int = 1) -> ReplicaBenchSpec:
-    """120 leaf modules of 0.5k-8k tokens; each replica's engine holds 4% of their bytes, its host RAM 10%, its
-    local disk 25%: the three replicas' fast tiers together hold what one replica's cannot."""
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number, not {value!r}") from e
+    if not 0 < fraction <= 1:
+        raise argparse.ArgumentTypeError("the fraction must be in (0, 1]")
+    return fraction
+
+
+# Each replica's RAM holds 30% of the leaf modules' bytes: one replica's fast tiers cannot hold the catalog, the
+# three together can (3 x (4% + 30%)) — the case cache-aware routing is for. At 10% they cannot either.
+DEFAULT_HOST_RAM_FRACTION = 0.3
+
+
+def default_spec(
+    requests: int,
+    rate: float,
+    skew: float,
+    bytes_per_token: int = 1,
+    host_ram_fraction: float = DEFAULT_HOST_RAM_FRACTION,
+) -> ReplicaBenchSpec:
+    """120 leaf modules of 0.5k-8k tokens; each replica's engine holds 4% of their bytes, its host RAM
+    `host_ram_fraction`, its local disk 25% more than that."""
     workload = WorkloadSpec(
         bytes_per_token=bytes_per_token, modules=120, requests=requests, warmup_requests=requests // 6,
-        requests_per_s=rate, engine_fraction=0.04, host_ram_fraction=0.1, local_disk_fraction=0.25,
+        requests_per_s=rate, engine_fraction=0.04, host_ram_fraction=host_ram_fraction,
+        local_disk_fraction=host_ram_fraction + 0.25,
     )  # fmt: skip
     return ReplicaBenchSpec(workload=workload, skew=skew)
 
@@ -313,7 +339,7 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     torch.set_num_threads(settings.num_threads or 2)
     stderr = Console(stderr=True)
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    spec = default_spec(args.requests, args.rate, args.skew)
+    spec = default_spec(args.requests, args.rate, args.skew, host_ram_fraction=args.host_ram_fraction)
     with Progress(*columns, console=stderr) as progress:
         task = progress.add_task("measuring restore costs", total=MEASURE_STEPS + args.seeds * len(ROUTINGS))
         report = run_benchmark(
