@@ -1,4 +1,5 @@
-"""`cag bench ttft | registry | e2e | pool | fairness | replicas | routing`: the benchmarks (see benchmarks/)."""
+"""`cag bench ttft | registry | e2e | pool | fairness | replicas | routing | cacheweaver`: the benchmarks
+(see benchmarks/)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,6 @@ def register(sub: Any) -> None:
     from cag.bench import routing
 
     routing.register(which)
+    from cag.bench import cacheweaver
+
+    cacheweaver.register(which)
