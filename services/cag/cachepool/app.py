@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -41,7 +40,7 @@ from cag.rpc.auth import authenticated_channel
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.server import build_server
 from cag.rpc.watch import RegistryFollower
-from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.service_process import run_until_signalled
 from cag.telemetry.metrics import REGISTRY, serve_metrics
 from cag.v1 import cachepool_pb2_grpc, registry_pb2
 
@@ -173,21 +172,5 @@ class CachePoolApp:
 
 
 async def serve(settings: CachePoolSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0). The process's spans go
-    where CAG_TRACES says (cag.telemetry)."""
-    configure_tracing("cag-cachepool")
-    app = CachePoolApp(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await app.start()
-        await stop.wait()
-        log.info("cache pool stopping: draining in-flight calls")
-    finally:
-        await app.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    shutdown_tracing()
-    log.info("cache pool stopped")
+    """Run until SIGTERM or SIGINT, then shut down gracefully (cag.service_process)."""
+    await run_until_signalled(CachePoolApp(settings), "cachepool")

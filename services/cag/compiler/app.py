@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
@@ -26,7 +24,7 @@ from cag.objectstore import ObjectStore, parse_s3_uri
 from cag.objectstore.s3 import S3Settings
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.server import build_server
-from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.service_process import run_until_signalled
 from cag.v1 import compiler_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -94,19 +92,5 @@ class CompilerApp:
 
 
 async def serve(settings: CompilerSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down (the process exits 0)."""
-    configure_tracing("cag-compiler")
-    app = CompilerApp(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await app.start()
-        await stop.wait()
-        log.info("compiler stopping")
-    finally:
-        await app.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    shutdown_tracing()
+    """Run until SIGTERM or SIGINT, then shut down gracefully (cag.service_process)."""
+    await run_until_signalled(CompilerApp(settings), "compiler")

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field
 from functools import partial
 
 import grpc
 from faststream.nats import NatsBroker
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.auth.tokens import load_key
-from cag.errors import CagError, validation_problems
 from cag.events.bus import make_broker, publish_event
 from cag.events.consumer import start_broker
 from cag.lifecycle import StopSignal, bounded
@@ -28,7 +25,7 @@ from cag.registry.outbox import OutboxRelay
 from cag.registry.servicer import RegistryServicer
 from cag.registry.settings import RegistrySettings
 from cag.rpc.server import build_server
-from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.service_process import run_until_signalled, service_main
 from cag.telemetry.metrics import serve_metrics
 from cag.v1 import registry_pb2_grpc
 
@@ -93,36 +90,10 @@ class RegistryApp:
 
 
 async def serve(settings: RegistrySettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0). The process's spans go
-    where CAG_TRACES says (cag.telemetry)."""
-    configure_tracing("cag-registry")
-    app = RegistryApp(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await app.start()
-        await stop.wait()
-        log.info("registry stopping: draining in-flight calls")
-    finally:
-        await app.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    shutdown_tracing()
-    log.info("registry stopped")
+    """Run until SIGTERM or SIGINT, then shut down gracefully (cag.service_process)."""
+    await run_until_signalled(RegistryApp(settings), "registry")
 
 
 def main() -> int:
     """Entry point of `python -m cag.registry` (a container's command): settings from the environment only."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        settings = RegistrySettings()
-    except ValidationError as e:
-        log.error("cannot start the registry: %s", validation_problems(e, root="settings"))
-        return 2
-    except CagError as e:
-        log.error("cannot start the registry: %s", e)
-        return 2
-    asyncio.run(serve(settings))
-    return 0
+    return service_main("registry", RegistrySettings, lambda: serve)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field
 
 import grpc
@@ -32,7 +31,7 @@ from cag.router.settings import RouterSettings
 from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
 from cag.rpc.server import build_server
 from cag.rpc.watch import RegistryFollower
-from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.service_process import run_until_signalled
 from cag.telemetry.metrics import serve_metrics
 from cag.v1 import router_pb2_grpc
 
@@ -133,21 +132,5 @@ class RouterApp:
 
 
 async def serve(settings: RouterSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully (the process exits 0). The process's spans go
-    where CAG_TRACES says (cag.telemetry)."""
-    configure_tracing("cag-router")
-    app = RouterApp(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await app.start()
-        await stop.wait()
-        log.info("router stopping: draining in-flight calls")
-    finally:
-        await app.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    shutdown_tracing()
-    log.info("router stopped")
+    """Run until SIGTERM or SIGINT, then shut down gracefully (cag.service_process)."""
+    await run_until_signalled(RouterApp(settings), "router")
