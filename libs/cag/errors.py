@@ -194,6 +194,20 @@ class FallbackUnavailableError(UnavailableError):
     reason = "FALLBACK_UNAVAILABLE"
 
 
+class EmbeddingUnavailableError(UnavailableError):
+    """The fallback's embedding model failed to embed the query or the documents: nothing can be retrieved."""
+
+    reason = "EMBEDDING_UNAVAILABLE"
+
+
+class NoEvidenceError(CagError):
+    """The fallback index holds no chunk the caller may read (no source indexed for its tenant, none public):
+    index the tenant's sources first."""
+
+    status = Status.FAILED_PRECONDITION
+    reason = "NO_EVIDENCE"
+
+
 class OverloadedError(CagError):
     """Too many requests are waiting: try again after `retry_after_s` (sent as a google.rpc.RetryInfo)."""
 

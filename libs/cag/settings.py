@@ -32,7 +32,8 @@ def default_engine() -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "torch"
 
 
-def _default_home() -> Path:
+def default_home() -> Path:
+    """Where models and run state live when CAG_HOME (or a service's own) names no folder."""
     return Path.home() / ".cache" / "cag"
 
 
@@ -130,7 +131,7 @@ class CagSettings(CagBaseSettings):
     """The command line (env prefix `CAG_`): where converted models and the run directory live, its credentials,
     which registry it talks to."""
 
-    home: Path = Field(default_factory=_default_home)
+    home: Path = Field(default_factory=default_home)
     # Threads of an engine hosted by this process (cag.engine.runtime); None: the engine's default.
     num_threads: int | None = None
     # The engine that compiles and answers in this process (cag.engine.engine_kinds).

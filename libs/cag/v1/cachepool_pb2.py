@@ -26,7 +26,7 @@ from cag.v1 import common_pb2 as cag_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61g/v1/cachepool.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n\x18\x43\x61\x63hePoolGenerateRequest\x12\x12\n\nmodule_ids\x18\x01 \x03(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.cag.v1.SamplingParams\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x16\n\x0eroute_priority\x18\x06 \x01(\x05\x12\x18\n\x10route_confidence\x18\x07 \x01(\x02J\x04\x08\x05\x10\x06\"A\n\x0fPrefetchRequest\x12\x12\n\nmodule_ids\x18\x01 \x03(\t\x12\x1a\n\x04tier\x18\x02 \x01(\x0e\x32\x0c.cag.v1.Tier\";\n\x10PrefetchResponse\x12\'\n\x07modules\x18\x01 \x03(\x0b\x32\x16.cag.v1.ResidentModule\"/\n\nPinRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"5\n\x0bPinResponse\x12&\n\x06module\x18\x01 \x01(\x0b\x32\x16.cag.v1.ResidentModule\"=\n\x0c\x45victRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x1a\n\x04tier\x18\x02 \x01(\x0e\x32\x0c.cag.v1.Tier\"7\n\rEvictResponse\x12&\n\x06module\x18\x01 \x01(\x0b\x32\x16.cag.v1.ResidentModule\"\x0e\n\x0cStatsRequest\"\xab\x01\n\tTierStats\x12\x1a\n\x04tier\x18\x01 \x01(\x0e\x32\x0c.cag.v1.Tier\x12\x0f\n\x07modules\x18\x02 \x01(\x03\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04hits\x18\x05 \x01(\x03\x12\x0e\n\x06misses\x18\x06 \x01(\x03\x12\x19\n\x11reload_ms_per_gib\x18\x07 \x01(\x01\x12\x11\n\tevictions\x18\x08 \x01(\x03\"\xbd\x01\n\x0eResidentModule\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x1b\n\x05tiers\x18\x02 \x03(\x0e\x32\x0c.cag.v1.Tier\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x13\n\x0btoken_count\x18\x04 \x01(\x03\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x15\n\rhits_last_15m\x18\x06 \x01(\x03\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x01\n\rStatsResponse\x12 \n\x05tiers\x18\x01 \x03(\x0b\x32\x11.cag.v1.TierStats\x12\'\n\x07modules\x18\x02 \x03(\x0b\x32\x16.cag.v1.ResidentModule\x12\x0e\n\x06queued\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x03\x12\x15\n\rinvalidations\x18\x05 \x01(\x03\x12\x13\n\x0bttft_p50_ms\x18\x06 \x01(\x01\x12\x13\n\x0bttft_p99_ms\x18\x07 \x01(\x01\x12\x14\n\x0cttft_samples\x18\x08 \x01(\x03\x12\x15\n\rttft_window_s\x18\t \x01(\x01\x12\x12\n\nreplica_id\x18\n \x01(\t2\xb7\x02\n\x10\x43\x61\x63hePoolService\x12H\n\x08Generate\x12 .cag.v1.CachePoolGenerateRequest\x1a\x18.cag.v1.GenerateResponse0\x01\x12=\n\x08Prefetch\x12\x17.cag.v1.PrefetchRequest\x1a\x18.cag.v1.PrefetchResponse\x12.\n\x03Pin\x12\x12.cag.v1.PinRequest\x1a\x13.cag.v1.PinResponse\x12\x34\n\x05\x45vict\x12\x14.cag.v1.EvictRequest\x1a\x15.cag.v1.EvictResponse\x12\x34\n\x05Stats\x12\x14.cag.v1.StatsRequest\x1a\x15.cag.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61g/v1/cachepool.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n\x18\x43\x61\x63hePoolGenerateRequest\x12\x12\n\nmodule_ids\x18\x01 \x03(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.cag.v1.SamplingParams\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x16\n\x0eroute_priority\x18\x06 \x01(\x05\x12\x18\n\x10route_confidence\x18\x07 \x01(\x02J\x04\x08\x05\x10\x06\"\xa0\x01\n\x17\x45videnceGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06layout\x18\x02 \x01(\t\x12)\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x17.cag.v1.EvidencePassage\x12\r\n\x05query\x18\x04 \x01(\t\x12(\n\x08sampling\x18\x05 \x01(\x0b\x32\x16.cag.v1.SamplingParams\".\n\x0f\x45videncePassage\x12\r\n\x05title\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"A\n\x0fPrefetchRequest\x12\x12\n\nmodule_ids\x18\x01 \x03(\t\x12\x1a\n\x04tier\x18\x02 \x01(\x0e\x32\x0c.cag.v1.Tier\";\n\x10PrefetchResponse\x12\'\n\x07modules\x18\x01 \x03(\x0b\x32\x16.cag.v1.ResidentModule\"/\n\nPinRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"5\n\x0bPinResponse\x12&\n\x06module\x18\x01 \x01(\x0b\x32\x16.cag.v1.ResidentModule\"=\n\x0c\x45victRequest\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x1a\n\x04tier\x18\x02 \x01(\x0e\x32\x0c.cag.v1.Tier\"7\n\rEvictResponse\x12&\n\x06module\x18\x01 \x01(\x0b\x32\x16.cag.v1.ResidentModule\"\x0e\n\x0cStatsRequest\"\xab\x01\n\tTierStats\x12\x1a\n\x04tier\x18\x01 \x01(\x0e\x32\x0c.cag.v1.Tier\x12\x0f\n\x07modules\x18\x02 \x01(\x03\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04hits\x18\x05 \x01(\x03\x12\x0e\n\x06misses\x18\x06 \x01(\x03\x12\x19\n\x11reload_ms_per_gib\x18\x07 \x01(\x01\x12\x11\n\tevictions\x18\x08 \x01(\x03\"\xbd\x01\n\x0eResidentModule\x12\x11\n\tmodule_id\x18\x01 \x01(\t\x12\x1b\n\x05tiers\x18\x02 \x03(\x0e\x32\x0c.cag.v1.Tier\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x13\n\x0btoken_count\x18\x04 \x01(\x03\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x15\n\rhits_last_15m\x18\x06 \x01(\x03\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x01\n\rStatsResponse\x12 \n\x05tiers\x18\x01 \x03(\x0b\x32\x11.cag.v1.TierStats\x12\'\n\x07modules\x18\x02 \x03(\x0b\x32\x16.cag.v1.ResidentModule\x12\x0e\n\x06queued\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x03\x12\x15\n\rinvalidations\x18\x05 \x01(\x03\x12\x13\n\x0bttft_p50_ms\x18\x06 \x01(\x01\x12\x13\n\x0bttft_p99_ms\x18\x07 \x01(\x01\x12\x14\n\x0cttft_samples\x18\x08 \x01(\x03\x12\x15\n\rttft_window_s\x18\t \x01(\x01\x12\x12\n\nreplica_id\x18\n \x01(\t2\x8c\x03\n\x10\x43\x61\x63hePoolService\x12H\n\x08Generate\x12 .cag.v1.CachePoolGenerateRequest\x1a\x18.cag.v1.GenerateResponse0\x01\x12S\n\x14GenerateFromEvidence\x12\x1f.cag.v1.EvidenceGenerateRequest\x1a\x18.cag.v1.GenerateResponse0\x01\x12=\n\x08Prefetch\x12\x17.cag.v1.PrefetchRequest\x1a\x18.cag.v1.PrefetchResponse\x12.\n\x03Pin\x12\x12.cag.v1.PinRequest\x1a\x13.cag.v1.PinResponse\x12\x34\n\x05\x45vict\x12\x14.cag.v1.EvictRequest\x1a\x15.cag.v1.EvictResponse\x12\x34\n\x05Stats\x12\x14.cag.v1.StatsRequest\x1a\x15.cag.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CACHEPOOLGENERATEREQUEST']._serialized_start=89
   _globals['_CACHEPOOLGENERATEREQUEST']._serialized_end=267
-  _globals['_PREFETCHREQUEST']._serialized_start=269
-  _globals['_PREFETCHREQUEST']._serialized_end=334
-  _globals['_PREFETCHRESPONSE']._serialized_start=336
-  _globals['_PREFETCHRESPONSE']._serialized_end=395
-  _globals['_PINREQUEST']._serialized_start=397
-  _globals['_PINREQUEST']._serialized_end=444
-  _globals['_PINRESPONSE']._serialized_start=446
-  _globals['_PINRESPONSE']._serialized_end=499
-  _globals['_EVICTREQUEST']._serialized_start=501
-  _globals['_EVICTREQUEST']._serialized_end=562
-  _globals['_EVICTRESPONSE']._serialized_start=564
-  _globals['_EVICTRESPONSE']._serialized_end=619
-  _globals['_STATSREQUEST']._serialized_start=621
-  _globals['_STATSREQUEST']._serialized_end=635
-  _globals['_TIERSTATS']._serialized_start=638
-  _globals['_TIERSTATS']._serialized_end=809
-  _globals['_RESIDENTMODULE']._serialized_start=812
-  _globals['_RESIDENTMODULE']._serialized_end=1001
-  _globals['_STATSRESPONSE']._serialized_start=1004
-  _globals['_STATSRESPONSE']._serialized_end=1257
-  _globals['_CACHEPOOLSERVICE']._serialized_start=1260
-  _globals['_CACHEPOOLSERVICE']._serialized_end=1571
+  _globals['_EVIDENCEGENERATEREQUEST']._serialized_start=270
+  _globals['_EVIDENCEGENERATEREQUEST']._serialized_end=430
+  _globals['_EVIDENCEPASSAGE']._serialized_start=432
+  _globals['_EVIDENCEPASSAGE']._serialized_end=478
+  _globals['_PREFETCHREQUEST']._serialized_start=480
+  _globals['_PREFETCHREQUEST']._serialized_end=545
+  _globals['_PREFETCHRESPONSE']._serialized_start=547
+  _globals['_PREFETCHRESPONSE']._serialized_end=606
+  _globals['_PINREQUEST']._serialized_start=608
+  _globals['_PINREQUEST']._serialized_end=655
+  _globals['_PINRESPONSE']._serialized_start=657
+  _globals['_PINRESPONSE']._serialized_end=710
+  _globals['_EVICTREQUEST']._serialized_start=712
+  _globals['_EVICTREQUEST']._serialized_end=773
+  _globals['_EVICTRESPONSE']._serialized_start=775
+  _globals['_EVICTRESPONSE']._serialized_end=830
+  _globals['_STATSREQUEST']._serialized_start=832
+  _globals['_STATSREQUEST']._serialized_end=846
+  _globals['_TIERSTATS']._serialized_start=849
+  _globals['_TIERSTATS']._serialized_end=1020
+  _globals['_RESIDENTMODULE']._serialized_start=1023
+  _globals['_RESIDENTMODULE']._serialized_end=1212
+  _globals['_STATSRESPONSE']._serialized_start=1215
+  _globals['_STATSRESPONSE']._serialized_end=1468
+  _globals['_CACHEPOOLSERVICE']._serialized_start=1471
+  _globals['_CACHEPOOLSERVICE']._serialized_end=1867
 # @@protoc_insertion_point(module_scope)

@@ -68,6 +68,67 @@ class CachePoolGenerateRequest(_message.Message):
 Global___CachePoolGenerateRequest: _TypeAlias = CachePoolGenerateRequest  # noqa: Y015
 
 @_typing.final
+class EvidenceGenerateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    layout: _builtins.str
+    """The prompt layout, JSON (as a layout file holds it): its system text opens the prompt, its document
+    header names each passage, its chat template and query template frame the query.
+    """
+    query: _builtins.str
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidencePassage]:
+        """Evidence in prompt order."""
+
+    @_builtins.property
+    def sampling(self) -> _common_pb2.SamplingParams: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        layout: _builtins.str = ...,
+        evidence: _abc.Iterable[Global___EvidencePassage] | None = ...,
+        query: _builtins.str = ...,
+        sampling: _common_pb2.SamplingParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "layout", b"layout", "query", b"query", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceGenerateRequest: _TypeAlias = EvidenceGenerateRequest  # noqa: Y015
+
+@_typing.final
+class EvidencePassage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TITLE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    title: _builtins.str
+    """Shown in the layout's document header (the document title and headings above the passage)."""
+    text: _builtins.str
+    def __init__(
+        self,
+        *,
+        title: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidencePassage: _TypeAlias = EvidencePassage  # noqa: Y015
+
+@_typing.final
 class PrefetchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -41,6 +41,11 @@ class CachePoolServiceStub:
                 request_serializer=cag_dot_v1_dot_cachepool__pb2.CachePoolGenerateRequest.SerializeToString,
                 response_deserializer=cag_dot_v1_dot_common__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.GenerateFromEvidence = channel.unary_stream(
+                '/cag.v1.CachePoolService/GenerateFromEvidence',
+                request_serializer=cag_dot_v1_dot_cachepool__pb2.EvidenceGenerateRequest.SerializeToString,
+                response_deserializer=cag_dot_v1_dot_common__pb2.GenerateResponse.FromString,
+                _registered_method=True)
         self.Prefetch = channel.unary_unary(
                 '/cag.v1.CachePoolService/Prefetch',
                 request_serializer=cag_dot_v1_dot_cachepool__pb2.PrefetchRequest.SerializeToString,
@@ -74,6 +79,17 @@ class CachePoolServiceServicer:
         FAILED_PRECONDITION when it does not fit the engine (model, tokenizer, layout, dtype), DATA_LOSS
         when no tier holds a copy that verifies (the module is quarantined), RESOURCE_EXHAUSTED (with a
         retry delay) when the request queue is full.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateFromEvidence(self, request, context):
+        """Answers a query from evidence passages with no module (the fallback service's path; the fallback's
+        identity and admins may call it): the prompt is rendered with the layout and the pool's tokenizer
+        and prefilled whole (an engine with prefix caching reuses the longest prefix it has seen). Token
+        chunks, then the summary (no module ids, no evidence ids: the caller knows them).
+        INVALID_ARGUMENT for a bad layout or query, CONTEXT_WINDOW_EXCEEDED when the prompt does not fit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +130,11 @@ def add_CachePoolServiceServicer_to_server(servicer, server):
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
                     request_deserializer=cag_dot_v1_dot_cachepool__pb2.CachePoolGenerateRequest.FromString,
+                    response_serializer=cag_dot_v1_dot_common__pb2.GenerateResponse.SerializeToString,
+            ),
+            'GenerateFromEvidence': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateFromEvidence,
+                    request_deserializer=cag_dot_v1_dot_cachepool__pb2.EvidenceGenerateRequest.FromString,
                     response_serializer=cag_dot_v1_dot_common__pb2.GenerateResponse.SerializeToString,
             ),
             'Prefetch': grpc.unary_unary_rpc_method_handler(
@@ -164,6 +185,33 @@ class CachePoolService:
             target,
             '/cag.v1.CachePoolService/Generate',
             cag_dot_v1_dot_cachepool__pb2.CachePoolGenerateRequest.SerializeToString,
+            cag_dot_v1_dot_common__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateFromEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cag.v1.CachePoolService/GenerateFromEvidence',
+            cag_dot_v1_dot_cachepool__pb2.EvidenceGenerateRequest.SerializeToString,
             cag_dot_v1_dot_common__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,

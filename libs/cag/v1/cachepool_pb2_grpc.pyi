@@ -45,6 +45,13 @@ class CachePoolServiceStub:
     when no tier holds a copy that verifies (the module is quarantined), RESOURCE_EXHAUSTED (with a
     retry delay) when the request queue is full.
     """
+    GenerateFromEvidence: _grpc.UnaryStreamMultiCallable[_cachepool_pb2.EvidenceGenerateRequest, _common_pb2.GenerateResponse]
+    """Answers a query from evidence passages with no module (the fallback service's path; the fallback's
+    identity and admins may call it): the prompt is rendered with the layout and the pool's tokenizer
+    and prefilled whole (an engine with prefix caching reuses the longest prefix it has seen). Token
+    chunks, then the summary (no module ids, no evidence ids: the caller knows them).
+    INVALID_ARGUMENT for a bad layout or query, CONTEXT_WINDOW_EXCEEDED when the prompt does not fit.
+    """
     Prefetch: _grpc.UnaryUnaryMultiCallable[_cachepool_pb2.PrefetchRequest, _cachepool_pb2.PrefetchResponse]
     """Loads modules into `tier` ahead of traffic, from the fastest tier that holds them; returns when
     they are resident there. Like Generate, it verifies each module as it enters the tier.
@@ -68,6 +75,13 @@ class CachePoolServiceAsyncStub(CachePoolServiceStub):
     FAILED_PRECONDITION when it does not fit the engine (model, tokenizer, layout, dtype), DATA_LOSS
     when no tier holds a copy that verifies (the module is quarantined), RESOURCE_EXHAUSTED (with a
     retry delay) when the request queue is full.
+    """
+    GenerateFromEvidence: _aio.UnaryStreamMultiCallable[_cachepool_pb2.EvidenceGenerateRequest, _common_pb2.GenerateResponse]  # type: ignore[assignment]
+    """Answers a query from evidence passages with no module (the fallback service's path; the fallback's
+    identity and admins may call it): the prompt is rendered with the layout and the pool's tokenizer
+    and prefilled whole (an engine with prefix caching reuses the longest prefix it has seen). Token
+    chunks, then the summary (no module ids, no evidence ids: the caller knows them).
+    INVALID_ARGUMENT for a bad layout or query, CONTEXT_WINDOW_EXCEEDED when the prompt does not fit.
     """
     Prefetch: _aio.UnaryUnaryMultiCallable[_cachepool_pb2.PrefetchRequest, _cachepool_pb2.PrefetchResponse]  # type: ignore[assignment]
     """Loads modules into `tier` ahead of traffic, from the fastest tier that holds them; returns when
@@ -95,6 +109,19 @@ class CachePoolServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION when it does not fit the engine (model, tokenizer, layout, dtype), DATA_LOSS
         when no tier holds a copy that verifies (the module is quarantined), RESOURCE_EXHAUSTED (with a
         retry delay) when the request queue is full.
+        """
+
+    @_abc_1.abstractmethod
+    def GenerateFromEvidence(
+        self,
+        request: _cachepool_pb2.EvidenceGenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.GenerateResponse], _abc.AsyncIterator[_common_pb2.GenerateResponse]]:
+        """Answers a query from evidence passages with no module (the fallback service's path; the fallback's
+        identity and admins may call it): the prompt is rendered with the layout and the pool's tokenizer
+        and prefilled whole (an engine with prefix caching reuses the longest prefix it has seen). Token
+        chunks, then the summary (no module ids, no evidence ids: the caller knows them).
+        INVALID_ARGUMENT for a bad layout or query, CONTEXT_WINDOW_EXCEEDED when the prompt does not fit.
         """
 
     @_abc_1.abstractmethod

@@ -591,6 +591,7 @@ class GenerateSummary(_message.Message):
     PREFILL_MS_FIELD_NUMBER: _builtins.int
     DECODE_MS_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     ttft_ms: _builtins.float
     """Time from the request's arrival at the answering service to the first token, milliseconds."""
     total_ms: _builtins.float
@@ -627,6 +628,10 @@ class GenerateSummary(_message.Message):
         restored from for this request (TIER_ENGINE when it was already resident in the engine).
         """
 
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidenceChunk]:
+        """Fallback path: each evidence chunk in prompt order, with where its text is in its source."""
+
     def __init__(
         self,
         *,
@@ -645,14 +650,50 @@ class GenerateSummary(_message.Message):
         prefill_ms: _builtins.float = ...,
         decode_ms: _builtins.float = ...,
         trace_id: _builtins.str = ...,
+        evidence: _abc.Iterable[Global___EvidenceChunk] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "decode_ms", b"decode_ms", "evidence_ids", b"evidence_ids", "finish_reason", b"finish_reason", "module_ids", b"module_ids", "modules", b"modules", "path", b"path", "prefill_ms", b"prefill_ms", "prefill_tokens", b"prefill_tokens", "queue_ms", b"queue_ms", "restore_ms", b"restore_ms", "tokens", b"tokens", "total_ms", b"total_ms", "trace_id", b"trace_id", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "decode_ms", b"decode_ms", "evidence", b"evidence", "evidence_ids", b"evidence_ids", "finish_reason", b"finish_reason", "module_ids", b"module_ids", "modules", b"modules", "path", b"path", "prefill_ms", b"prefill_ms", "prefill_tokens", b"prefill_tokens", "queue_ms", b"queue_ms", "restore_ms", b"restore_ms", "tokens", b"tokens", "total_ms", b"total_ms", "trace_id", b"trace_id", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateSummary: _TypeAlias = GenerateSummary  # noqa: Y015
+
+@_typing.final
+class EvidenceChunk(_message.Message):
+    """One retrieved chunk an answer was generated from: `text == document.text[char_start:char_end]` of the
+    document at `path` in the source `source_uri`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_URI_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    CHAR_START_FIELD_NUMBER: _builtins.int
+    CHAR_END_FIELD_NUMBER: _builtins.int
+    chunk_id: _builtins.str
+    source_uri: _builtins.str
+    path: _builtins.str
+    char_start: _builtins.int
+    char_end: _builtins.int
+    def __init__(
+        self,
+        *,
+        chunk_id: _builtins.str = ...,
+        source_uri: _builtins.str = ...,
+        path: _builtins.str = ...,
+        char_start: _builtins.int = ...,
+        char_end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["char_end", b"char_end", "char_start", b"char_start", "chunk_id", b"chunk_id", "path", b"path", "source_uri", b"source_uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceChunk: _TypeAlias = EvidenceChunk  # noqa: Y015
 
 @_typing.final
 class ServedModule(_message.Message):

@@ -26,33 +26,33 @@ from cag.v1 import common_pb2 as cag_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61g/v1/fallback.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\x17\x46\x61llbackGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.cag.v1.SamplingParams\x12\r\n\x05route\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"5\n\x08\x44ocument\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"t\n\x0cIndexRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nsource_uri\x18\x02 \x01(\t\x12#\n\tdocuments\x18\x03 \x03(\x0b\x32\x10.cag.v1.Document\x12\x18\n\x03\x61\x63l\x18\x04 \x01(\x0b\x32\x0b.cag.v1.Acl\"K\n\rIndexResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x03\x12\x17\n\x0fsource_checksum\x18\x03 \x01(\t\"\xf5\x01\n\x12PromotionCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07queries\x18\x03 \x03(\t\x12\x14\n\x0c\x65vidence_ids\x18\x04 \x03(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\x03\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.cag.v1.CandidateState\x12\x31\n\rfirst_seen_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x11\x43\x61ndidatesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.cag.v1.CandidateState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x12\x43\x61ndidatesResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.cag.v1.PromotionCandidate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"h\n\rReviewRequest\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x10\n\x08reviewer\x18\x03 \x01(\t\x12\r\n\x05route\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\"W\n\x0eReviewResponse\x12-\n\tcandidate\x18\x01 \x01(\x0b\x32\x1a.cag.v1.PromotionCandidate\x12\x16\n\x0e\x63ompile_job_id\x18\x02 \x01(\t*\xa9\x01\n\x0e\x43\x61ndidateState\x12\x1f\n\x1b\x43\x41NDIDATE_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NDIDATE_STATE_PROPOSED\x10\x01\x12\x1c\n\x18\x43\x41NDIDATE_STATE_APPROVED\x10\x02\x12\x1c\n\x18\x43\x41NDIDATE_STATE_REJECTED\x10\x03\x12\x1c\n\x18\x43\x41NDIDATE_STATE_PROMOTED\x10\x04\x32\x8e\x02\n\x0f\x46\x61llbackService\x12G\n\x08Generate\x12\x1f.cag.v1.FallbackGenerateRequest\x1a\x18.cag.v1.GenerateResponse0\x01\x12\x34\n\x05Index\x12\x14.cag.v1.IndexRequest\x1a\x15.cag.v1.IndexResponse\x12\x43\n\nCandidates\x12\x19.cag.v1.CandidatesRequest\x1a\x1a.cag.v1.CandidatesResponse\x12\x37\n\x06Review\x12\x15.cag.v1.ReviewRequest\x1a\x16.cag.v1.ReviewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61g/v1/fallback.proto\x12\x06\x63\x61g.v1\x1a\x13\x63\x61g/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x17\x46\x61llbackGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.cag.v1.SamplingParams\x12\r\n\x05route\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0c\n\x04user\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"5\n\x08\x44ocument\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"t\n\x0cIndexRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nsource_uri\x18\x02 \x01(\t\x12#\n\tdocuments\x18\x03 \x03(\x0b\x32\x10.cag.v1.Document\x12\x18\n\x03\x61\x63l\x18\x04 \x01(\x0b\x32\x0b.cag.v1.Acl\"K\n\rIndexResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x03\x12\x17\n\x0fsource_checksum\x18\x03 \x01(\t\"\xf5\x01\n\x12PromotionCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07queries\x18\x03 \x03(\t\x12\x14\n\x0c\x65vidence_ids\x18\x04 \x03(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\x03\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.cag.v1.CandidateState\x12\x31\n\rfirst_seen_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x11\x43\x61ndidatesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.cag.v1.CandidateState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x12\x43\x61ndidatesResponse\x12.\n\ncandidates\x18\x01 \x03(\x0b\x32\x1a.cag.v1.PromotionCandidate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"h\n\rReviewRequest\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x10\n\x08reviewer\x18\x03 \x01(\t\x12\r\n\x05route\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\"W\n\x0eReviewResponse\x12-\n\tcandidate\x18\x01 \x01(\x0b\x32\x1a.cag.v1.PromotionCandidate\x12\x16\n\x0e\x63ompile_job_id\x18\x02 \x01(\t*\xa9\x01\n\x0e\x43\x61ndidateState\x12\x1f\n\x1b\x43\x41NDIDATE_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NDIDATE_STATE_PROPOSED\x10\x01\x12\x1c\n\x18\x43\x41NDIDATE_STATE_APPROVED\x10\x02\x12\x1c\n\x18\x43\x41NDIDATE_STATE_REJECTED\x10\x03\x12\x1c\n\x18\x43\x41NDIDATE_STATE_PROMOTED\x10\x04\x32\x8e\x02\n\x0f\x46\x61llbackService\x12G\n\x08Generate\x12\x1f.cag.v1.FallbackGenerateRequest\x1a\x18.cag.v1.GenerateResponse0\x01\x12\x34\n\x05Index\x12\x14.cag.v1.IndexRequest\x1a\x15.cag.v1.IndexResponse\x12\x43\n\nCandidates\x12\x19.cag.v1.CandidatesRequest\x1a\x1a.cag.v1.CandidatesResponse\x12\x37\n\x06Review\x12\x15.cag.v1.ReviewRequest\x1a\x16.cag.v1.ReviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cag.v1.fallback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CANDIDATESTATE']._serialized_start=1148
-  _globals['_CANDIDATESTATE']._serialized_end=1317
+  _globals['_CANDIDATESTATE']._serialized_start=1182
+  _globals['_CANDIDATESTATE']._serialized_end=1351
   _globals['_FALLBACKGENERATEREQUEST']._serialized_start=88
-  _globals['_FALLBACKGENERATEREQUEST']._serialized_end=239
-  _globals['_DOCUMENT']._serialized_start=241
-  _globals['_DOCUMENT']._serialized_end=294
-  _globals['_INDEXREQUEST']._serialized_start=296
-  _globals['_INDEXREQUEST']._serialized_end=412
-  _globals['_INDEXRESPONSE']._serialized_start=414
-  _globals['_INDEXRESPONSE']._serialized_end=489
-  _globals['_PROMOTIONCANDIDATE']._serialized_start=492
-  _globals['_PROMOTIONCANDIDATE']._serialized_end=737
-  _globals['_CANDIDATESREQUEST']._serialized_start=739
-  _globals['_CANDIDATESREQUEST']._serialized_end=855
-  _globals['_CANDIDATESRESPONSE']._serialized_start=857
-  _globals['_CANDIDATESRESPONSE']._serialized_end=950
-  _globals['_REVIEWREQUEST']._serialized_start=952
-  _globals['_REVIEWREQUEST']._serialized_end=1056
-  _globals['_REVIEWRESPONSE']._serialized_start=1058
-  _globals['_REVIEWRESPONSE']._serialized_end=1145
-  _globals['_FALLBACKSERVICE']._serialized_start=1320
-  _globals['_FALLBACKSERVICE']._serialized_end=1590
+  _globals['_FALLBACKGENERATEREQUEST']._serialized_end=273
+  _globals['_DOCUMENT']._serialized_start=275
+  _globals['_DOCUMENT']._serialized_end=328
+  _globals['_INDEXREQUEST']._serialized_start=330
+  _globals['_INDEXREQUEST']._serialized_end=446
+  _globals['_INDEXRESPONSE']._serialized_start=448
+  _globals['_INDEXRESPONSE']._serialized_end=523
+  _globals['_PROMOTIONCANDIDATE']._serialized_start=526
+  _globals['_PROMOTIONCANDIDATE']._serialized_end=771
+  _globals['_CANDIDATESREQUEST']._serialized_start=773
+  _globals['_CANDIDATESREQUEST']._serialized_end=889
+  _globals['_CANDIDATESRESPONSE']._serialized_start=891
+  _globals['_CANDIDATESRESPONSE']._serialized_end=984
+  _globals['_REVIEWREQUEST']._serialized_start=986
+  _globals['_REVIEWREQUEST']._serialized_end=1090
+  _globals['_REVIEWRESPONSE']._serialized_start=1092
+  _globals['_REVIEWRESPONSE']._serialized_end=1179
+  _globals['_FALLBACKSERVICE']._serialized_start=1354
+  _globals['_FALLBACKSERVICE']._serialized_end=1624
 # @@protoc_insertion_point(module_scope)

@@ -56,33 +56,42 @@ class FallbackGenerateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
-    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
     QUERY_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
-    principal: _builtins.str
-    """The authenticated caller; only chunks it may read are retrieved."""
+    workspace: _builtins.str
+    """The end user's workspace and user inside the tenant ("" when the caller has none): only chunks they
+    may read (public, the tenant's, that workspace's or user's) are retrieved.
+    """
     query: _builtins.str
     route: _builtins.str
     """The route that was tried and why fallback answers instead (for promotion statistics); may be ""."""
     reason: _builtins.str
+    user: _builtins.str
+    request_id: _builtins.str
+    """The router's decision id (the request id of cag.fallback.served); "" = the fallback makes one."""
     @_builtins.property
     def sampling(self) -> _common_pb2.SamplingParams: ...
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
-        principal: _builtins.str = ...,
+        workspace: _builtins.str = ...,
         query: _builtins.str = ...,
         sampling: _common_pb2.SamplingParams | None = ...,
         route: _builtins.str = ...,
         reason: _builtins.str = ...,
+        user: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["principal", b"principal", "query", b"query", "reason", b"reason", "route", b"route", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query", "reason", b"reason", "request_id", b"request_id", "route", b"route", "sampling", b"sampling", "tenant_id", b"tenant_id", "user", b"user", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -62,7 +62,9 @@ class FallbackServiceServicer:
 
     def Generate(self, request, context):
         """Answers a query from retrieved evidence: token chunks, then the summary (path FALLBACK, with
-        evidence ids).
+        evidence ids and each chunk's place in its source). Only the router's identity and admins may call.
+        FAILED_PRECONDITION with reason NO_EVIDENCE when no chunk the caller may read is indexed;
+        UNAVAILABLE with reason EMBEDDING_UNAVAILABLE when the query cannot be embedded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,7 +37,9 @@ class FallbackServiceStub:
     def __new__(cls, channel: _aio.Channel) -> FallbackServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_fallback_pb2.FallbackGenerateRequest, _common_pb2.GenerateResponse]
     """Answers a query from retrieved evidence: token chunks, then the summary (path FALLBACK, with
-    evidence ids).
+    evidence ids and each chunk's place in its source). Only the router's identity and admins may call.
+    FAILED_PRECONDITION with reason NO_EVIDENCE when no chunk the caller may read is indexed;
+    UNAVAILABLE with reason EMBEDDING_UNAVAILABLE when the query cannot be embedded.
     """
     Index: _grpc.UnaryUnaryMultiCallable[_fallback_pb2.IndexRequest, _fallback_pb2.IndexResponse]
     """(Re)indexes one source's documents for a tenant, replacing that source's previous chunks."""
@@ -53,7 +55,9 @@ class FallbackServiceAsyncStub(FallbackServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_fallback_pb2.FallbackGenerateRequest, _common_pb2.GenerateResponse]  # type: ignore[assignment]
     """Answers a query from retrieved evidence: token chunks, then the summary (path FALLBACK, with
-    evidence ids).
+    evidence ids and each chunk's place in its source). Only the router's identity and admins may call.
+    FAILED_PRECONDITION with reason NO_EVIDENCE when no chunk the caller may read is indexed;
+    UNAVAILABLE with reason EMBEDDING_UNAVAILABLE when the query cannot be embedded.
     """
     Index: _aio.UnaryUnaryMultiCallable[_fallback_pb2.IndexRequest, _fallback_pb2.IndexResponse]  # type: ignore[assignment]
     """(Re)indexes one source's documents for a tenant, replacing that source's previous chunks."""
@@ -72,7 +76,9 @@ class FallbackServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_common_pb2.GenerateResponse], _abc.AsyncIterator[_common_pb2.GenerateResponse]]:
         """Answers a query from retrieved evidence: token chunks, then the summary (path FALLBACK, with
-        evidence ids).
+        evidence ids and each chunk's place in its source). Only the router's identity and admins may call.
+        FAILED_PRECONDITION with reason NO_EVIDENCE when no chunk the caller may read is indexed;
+        UNAVAILABLE with reason EMBEDDING_UNAVAILABLE when the query cannot be embedded.
         """
 
     @_abc_1.abstractmethod

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from cag.cachepool.core import Tier
 from cag.cachepool.core.latency import LatencyWindow
-from cag.cachepool.core.snapshot import ModuleRecord
 from cag.cachepool.engine_stream import stream_tokens
 from cag.cachepool.pool import BAD_COPY, CachePool, ChainModule
 from cag.cachepool.prompts import PromptBook
 from cag.cachepool.scheduler import Scheduler
 from cag.engine import GenerateRequest, SamplingParams, TokenEvent
+from cag.layout import PromptLayout
 from cag.telemetry import current_trace_id, record_span, span
 from cag.telemetry.metrics import TTFT
 
@@ -29,6 +29,15 @@ class Ask:
     tenant_id: str
     route_priority: int  # >= 1
     route_confidence: float  # in [0, 1]; 0 when the router sent none
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvidenceAsk:
+    tenant_id: str
+    layout_json: str
+    passages: tuple[tuple[str, str], ...]  # (title, text) in prompt order
+    query: str
+    sampling: SamplingParams
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,7 +108,7 @@ class Answerer:
         async with self.scheduler.slot(ask.tenant_id, weight=ask.route_priority) as queue_s:
             record_span("cachepool.schedule", waiting_since, time.time(), queue_ms=queue_s * 1e3)
             self.pool.enter_engine(chain)
-            decoder = _Decoder(self.prompts, records[-1])
+            decoder = _Decoder(self.prompts.layout_of(records[-1]))
             first_at, last = 0.0, None
             try:
                 async for event in self._tokens(chain, suffix, sampling):
@@ -112,6 +121,28 @@ class Answerer:
         TTFT.labels(service="cachepool", path="module").observe(first_at - arrived)
         self.ttft.record(first_at - arrived, now=first_at)
         summary = _summary(chain, last, len(suffix), queue_s=queue_s, ttft_s=first_at - arrived, arrived=arrived)
+        yield dataclasses.replace(summary, trace_id=current_trace_id())
+
+    async def answer_evidence(self, ask: EvidenceAsk, *, arrived: float) -> AsyncIterator[Chunk | Summary]:
+        """Chunks, then the summary, of an answer from evidence: the whole prompt prefilled on an empty chain (an
+        engine with prefix caching reuses what it holds of it)."""
+        layout, prompt = self.prompts.evidence_tokens(ask.layout_json, ask.passages, ask.query)
+        stops = ask.sampling.stop_sequences | layout.paragraph_break_sequences()
+        sampling = dataclasses.replace(ask.sampling, stop_sequences=stops)
+        async with self.scheduler.slot(ask.tenant_id, weight=1) as queue_s:
+            decoder = _Decoder(layout)
+            first_at, last = 0.0, None
+            request = GenerateRequest(chain=[], suffix=prompt, sampling=sampling)
+            events = stream_tokens(self.pool.engine, request, self._executor)
+            try:
+                async for event in events:
+                    first_at, last = first_at or time.perf_counter(), event
+                    yield decoder.chunk(event)
+            finally:
+                await events.aclose()
+        assert last is not None  # an engine stream yields at least one token
+        TTFT.labels(service="cachepool", path="fallback").observe(first_at - arrived)
+        summary = _summary([], last, len(prompt), queue_s=queue_s, ttft_s=first_at - arrived, arrived=arrived)
         yield dataclasses.replace(summary, trace_id=current_trace_id())
 
     async def _tokens(
@@ -161,15 +192,14 @@ def _summary(
 class _Decoder:
     """Token ids to answer text, incrementally: a chunk's text is what its token adds to the decoded answer."""
 
-    def __init__(self, prompts: PromptBook, leaf: ModuleRecord) -> None:
-        self._prompts = prompts
-        self._leaf = leaf
+    def __init__(self, layout: PromptLayout) -> None:
+        self._layout = layout
         self._ids: list[int] = []
         self._shown = ""
 
     def chunk(self, event: TokenEvent) -> Chunk:
         self._ids.append(event.token_id)
-        text = self._prompts.decode(self._leaf, self._ids)
+        text = self._layout.decode(self._ids)
         # An incomplete UTF-8 sequence decodes to U+FFFD: hold it back until the character is whole.
         added = "" if text.endswith("\ufffd") else text[len(self._shown) :]
         if added:

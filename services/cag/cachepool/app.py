@@ -108,6 +108,7 @@ class CachePoolApp:
         await start_broker(self.broker)
         limits = ServingLimits(
             router_subject=s.router_subject,
+            fallback_subject=s.fallback_subject,
             default_max_new_tokens=s.default_max_new_tokens,
             max_new_tokens_limit=s.max_new_tokens_limit,
         )

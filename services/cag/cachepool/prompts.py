@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from transformers import PreTrainedTokenizerBase
 
 from cag.cachepool.core.snapshot import ModuleRecord
 from cag.errors import InvalidFieldError, ModuleMismatchError
-from cag.layout import PromptLayout, layout_hash, parse_layout
+from cag.layout import Layout, PromptLayout, layout_hash, parse_layout
 
 # A query longer than this is refused before it is tokenized (the layout's token limit is checked after).
 MAX_QUERY_CHARS = 16_384
@@ -37,6 +39,27 @@ class PromptBook:
                     expected_by="its layout hashes to",
                 )  # fmt: skip
             prompt = self._layouts[leaf.layout_hash] = PromptLayout(layout, self._tokenizer)
+        return prompt
+
+    def evidence_tokens(
+        self, layout_json: str, passages: Sequence[tuple[str, str]], query: str
+    ) -> tuple[PromptLayout, list[int]]:
+        """The whole prompt of an answer from evidence: one knowledge message (the layout's system text, then each
+        (title, text) passage under the layout's document header), then the query's suffix. Rendered as a root
+        module and its suffix, which concatenate to the full prompt (PromptLayout's invariant)."""
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidFieldError("query", f"is {len(query):,} characters long; at most {MAX_QUERY_CHARS:,}")
+        prompt = self._bound(parse_layout(layout_json, origin="the request's layout"))
+        layout = prompt.layout
+        blocks = [f"{layout.document_header.format(title=title)}\n{text}" for title, text in passages]
+        content = layout.document_separator.join([layout.system_text, *blocks])
+        return prompt, prompt.module_tokens(content, is_root=True) + prompt.suffix_tokens(query)
+
+    def _bound(self, layout: Layout) -> PromptLayout:
+        key = layout_hash(layout)
+        prompt = self._layouts.get(key)
+        if prompt is None:
+            prompt = self._layouts[key] = PromptLayout(layout, self._tokenizer)
         return prompt
 
     def paragraph_ends(self, leaf: ModuleRecord) -> frozenset[tuple[int, ...]]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from typing_extensions import override
 
-from cag.cachepool.answer import Answerer
+from cag.cachepool.answer import Answerer, EvidenceAsk
 from cag.cachepool.convert import (
     ask_of,
     cache_tier_of,
@@ -25,7 +25,7 @@ from cag.cachepool.convert import (
 )
 from cag.cachepool.core import Tier
 from cag.errors import PermissionDeniedError
-from cag.identifiers import check_module_id
+from cag.identifiers import check_module_id, check_name
 from cag.rpc.auth import current_caller
 from cag.v1 import cachepool_pb2, cachepool_pb2_grpc, common_pb2
 
@@ -37,7 +37,8 @@ SERVICE_NAME = cachepool_pb2.DESCRIPTOR.services_by_name["CachePoolService"].ful
 
 @dataclass(frozen=True, kw_only=True)
 class ServingLimits:
-    router_subject: str  # the one service identity, besides admins, that may call
+    router_subject: str  # the one service identity, besides admins, that may call Generate and the rest
+    fallback_subject: str  # the one, besides admins, that may call GenerateFromEvidence
     default_max_new_tokens: int
     max_new_tokens_limit: int
 
@@ -68,6 +69,32 @@ class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
         ask = ask_of(request, sampling)
         async for event in self.answerer.answer(ask, arrived=arrived):
             yield response_of(event, module_ids=ask.module_ids)
+
+    @override
+    async def GenerateFromEvidence(
+        self, request: cachepool_pb2.EvidenceGenerateRequest, context: Context
+    ) -> AsyncIterator[common_pb2.GenerateResponse]:
+        arrived = time.perf_counter()
+        caller = current_caller()
+        if caller.subject != self.limits.fallback_subject and not caller.is_admin:
+            raise PermissionDeniedError(f"{caller.subject} may not generate from evidence: only the fallback may")
+        sampling = sampling_of(
+            request.sampling,
+            default_max_new_tokens=self.limits.default_max_new_tokens,
+            limit=self.limits.max_new_tokens_limit,
+        )
+        ask = EvidenceAsk(
+            tenant_id=check_name("tenant_id", request.tenant_id),
+            layout_json=request.layout,
+            passages=tuple((p.title, p.text) for p in request.evidence),
+            query=request.query,
+            sampling=sampling,
+        )
+        async for event in self.answerer.answer_evidence(ask, arrived=arrived):
+            response = response_of(event, module_ids=())
+            if response.HasField("done"):
+                response.done.path = common_pb2.ANSWER_PATH_FALLBACK
+            yield response
 
     @override
     async def Prefetch(

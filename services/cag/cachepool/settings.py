@@ -11,13 +11,9 @@ from pydantic_settings import SettingsConfigDict
 from cag.cachepool.core import POLICIES, PoolSettings, PromotionRule, TierBudgets
 from cag.cachepool.core.admission import QueueLimits
 from cag.events.consumer import Redelivery
-from cag.settings import CagBaseSettings, default_engine
+from cag.settings import CagBaseSettings, default_engine, default_home
 
 GIB = 1 << 30
-
-
-def _default_home() -> Path:
-    return Path.home() / ".cache" / "cag"
 
 
 class CachePoolSettings(CagBaseSettings):
@@ -32,7 +28,7 @@ class CachePoolSettings(CagBaseSettings):
     model: str = "tiny"
     dtype: str = "fp32"
     # Where converted models live: <home>/models, as the command line keeps them (CAG_HOME).
-    home: Path = Field(default_factory=_default_home, validation_alias=AliasChoices("CAG_CACHEPOOL_HOME", "CAG_HOME"))
+    home: Path = Field(default_factory=default_home, validation_alias=AliasChoices("CAG_CACHEPOOL_HOME", "CAG_HOME"))
     # The engine answering (CAG_CACHEPOOL_ENGINE or CAG_ENGINE): vLLM where it is installed.
     engine: str = Field(
         default_factory=default_engine, validation_alias=AliasChoices("CAG_CACHEPOOL_ENGINE", "CAG_ENGINE")
@@ -67,6 +63,7 @@ class CachePoolSettings(CagBaseSettings):
     max_new_tokens_limit: int = Field(default=1024, ge=1)
     # Only this service identity (and admins) may call the pool.
     router_subject: str = "service:router"
+    fallback_subject: str = "service:fallback"
     # The pool's own identity towards the registry (a token minted from the signing key at start).
     subject: str = "service:cachepool"
     registry_scopes: tuple[str, ...] = ("read", "quarantine")

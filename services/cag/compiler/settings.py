@@ -10,11 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
 from cag.objectstore import parse_s3_uri
-from cag.settings import CagBaseSettings, default_engine
-
-
-def _default_home() -> Path:
-    return Path.home() / ".cache" / "cag"
+from cag.settings import CagBaseSettings, default_engine, default_home
 
 
 class CompilerSettings(CagBaseSettings):
@@ -26,7 +22,7 @@ class CompilerSettings(CagBaseSettings):
     address: str = "127.0.0.1:50054"
     registry_address: str = "127.0.0.1:50051"
     # Converted models live in <home>/models, as the command line keeps them (CAG_HOME).
-    home: Path = Field(default_factory=_default_home, validation_alias=AliasChoices("CAG_COMPILER_HOME", "CAG_HOME"))
+    home: Path = Field(default_factory=default_home, validation_alias=AliasChoices("CAG_COMPILER_HOME", "CAG_HOME"))
     # Where module files are written; their file:// URI is what the registry records (default <home>/modules).
     out_dir: Path | None = None
     # s3://bucket/prefix: modules are uploaded there and registered with their s3:// URI (pools fetch them from

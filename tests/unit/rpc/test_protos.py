@@ -41,7 +41,7 @@ SERVICES = {
             "GetRouteRules",
         },
     ),
-    "cachepool": ("CachePoolService", {"Generate", "Prefetch", "Pin", "Evict", "Stats"}),
+    "cachepool": ("CachePoolService", {"Generate", "GenerateFromEvidence", "Prefetch", "Pin", "Evict", "Stats"}),
     "fallback": ("FallbackService", {"Generate", "Index", "Candidates", "Review"}),
 }
 

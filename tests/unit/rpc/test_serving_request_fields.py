@@ -44,6 +44,15 @@ CACHEPOOL_SEEDS: dict[str, list[Message]] = {
             route_confidence=0.9,
         )
     ],
+    "GenerateFromEvidence": [
+        CP.EvidenceGenerateRequest(
+            tenant_id="acme",
+            layout="{}",
+            evidence=[CP.EvidencePassage(title="Refunds", text="Refunds take five days.")],
+            query="q",
+            sampling=SAMPLING,
+        )
+    ],
     "Prefetch": [CP.PrefetchRequest(module_ids=["shared-a"], tier=common_pb2.TIER_HOST_RAM)],
     "Pin": [CP.PinRequest(module_id="shared-a", pinned=True), CP.PinRequest(module_id="shared-a", pinned=False)],
     "Evict": [CP.EvictRequest(module_id="shared-a", tier=common_pb2.TIER_HOST_RAM)],
@@ -109,6 +118,11 @@ class Answerer:
         self.scheduler = Anything(queued=0, running=0)
         self.ttft = LatencyWindow()
 
+    async def answer_evidence(self, ask: Any, *, arrived: float) -> AsyncIterator[Summary]:
+        _ = (ask.layout_json, ask.passages, ask.query)
+        async for summary in self.answer(ask, arrived=arrived):
+            yield summary
+
     async def answer(self, ask: Any, *, arrived: float) -> AsyncIterator[Summary]:
         yield Summary(
             modules=(), finish_reason="stop", tokens=1, prefill_tokens=1, cached_tokens=0, ttft_s=0.0, total_s=0.0,
@@ -120,7 +134,10 @@ def servicer_for(service: str) -> Any:
     if service == "router":
         return router_servicer.RouterServicer(cast("Any", Decider()), cast("Any", Anything()), cast("Any", Anything()))
     limits = cachepool_servicer.ServingLimits(
-        router_subject="service:router", default_max_new_tokens=8, max_new_tokens_limit=64
+        router_subject="service:router",
+        fallback_subject="service:fallback",
+        default_max_new_tokens=8,
+        max_new_tokens_limit=64,
     )
     return cachepool_servicer.CachePoolServicer(cast("Any", Answerer()), limits, replica_id="pool-a")
 

@@ -100,6 +100,12 @@ class AsyncCachePoolClient:
         """The Generate stream: `async for` its GenerateResponse events; `.cancel()` ends the call."""
         return self._stub.Generate(request, timeout=self._timeout(timeout_s))
 
+    def generate_from_evidence(
+        self, request: cachepool_pb2.EvidenceGenerateRequest, *, timeout_s: float | None = None
+    ) -> grpc.aio.UnaryStreamCall[cachepool_pb2.EvidenceGenerateRequest, common_pb2.GenerateResponse]:
+        """The GenerateFromEvidence stream: `async for` its GenerateResponse events; `.cancel()` ends the call."""
+        return self._stub.GenerateFromEvidence(request, timeout=self._timeout(timeout_s))
+
     async def prefetch(
         self, module_ids: Iterable[str], tier: common_pb2.Tier.ValueType = common_pb2.TIER_UNSPECIFIED
     ) -> list[cachepool_pb2.ResidentModule]:

@@ -1,0 +1,119 @@
+"""Wiring of the fallback service: the chunk index, the embedding model, the source followers, the cache-pool
+client and the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from faststream.nats import NatsBroker
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from cag.auth import ALL_TENANTS, Scope
+from cag.auth.tokens import issue_token, load_key
+from cag.events.bus import make_broker
+from cag.events.consumer import start_broker
+from cag.fallback.answering import Answerer
+from cag.fallback.core.chunking import ChunkLimits
+from cag.fallback.core.evidence_order import EvidenceOrder, RetrievalOrder
+from cag.fallback.embedder import Embeds
+from cag.fallback.index import ChunkIndex
+from cag.fallback.indexing import Indexer
+from cag.fallback.servicer import SERVICE_NAME, FallbackServicer
+from cag.fallback.settings import FallbackSettings
+from cag.fallback.sources import SourceFollower, subscribe_sources
+from cag.layout import layout_json, load_layout
+from cag.lifecycle import bounded
+from cag.objectstore import ObjectStore
+from cag.objectstore.s3 import S3Settings
+from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
+from cag.rpc.server import build_server
+from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.v1 import fallback_pb2_grpc
+
+log = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class FallbackApp:
+    settings: FallbackSettings
+    # Given by tests that share one model; otherwise all-MiniLM-L6-v2 is loaded at start.
+    embedder: Embeds | None = None
+    order: EvidenceOrder | None = None
+    database: AsyncEngine | None = None
+    registry: AsyncRegistryClient | None = None
+    pool: AsyncCachePoolClient | None = None
+    broker: NatsBroker | None = None
+    server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        key = load_key(s.auth_key_file)
+        token = issue_token(key, s.subject, [Scope.READ, Scope.WRITE], [ALL_TENANTS], s.token_ttl_s)
+        layout = layout_json(load_layout(s.layout))
+        if self.embedder is None:
+            from cag.embedding import MiniLMEmbedder  # loads torch: only when no model was given
+
+            self.embedder = await asyncio.to_thread(MiniLMEmbedder.load)
+        self.database = create_async_engine(s.database_url, pool_size=4, pool_pre_ping=True)
+        index = ChunkIndex(self.database)
+        await index.create_tables()
+        self.registry = AsyncRegistryClient(s.registry_address, token=token)
+        self.pool = AsyncCachePoolClient(s.cachepool_address, token=token)
+        store = ObjectStore(S3Settings.of(s.infra))
+        indexer = Indexer(index, self.embedder, ChunkLimits(max_chars=s.chunk_max_chars), store)
+        self.broker = make_broker(s.nats_url)
+        follower = SourceFollower(indexer, self.registry)
+        subscribe_sources(self.broker, follower, s.group, s.redelivery)
+        await start_broker(self.broker)
+        log.info("fallback: %d source(s) of published modules indexed", await follower.index_published())
+        order = self.order or RetrievalOrder()
+        answerer = Answerer(index, self.embedder, order, self.pool, self.broker, layout_json=layout, top_k=s.top_k)
+        self.server = await build_server(
+            [
+                (
+                    fallback_pb2_grpc.add_FallbackServiceServicer_to_server,
+                    FallbackServicer(answerer, indexer, router_subject=s.router_subject),
+                )
+            ],
+            [SERVICE_NAME],
+            s.address,
+            auth=key,
+            reflection=s.reflection,
+        )
+        await self.server.start()
+        log.info("fallback serving on %s", s.address)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=self.settings.shutdown_grace_s)
+        if self.broker is not None:
+            await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
+        for client in (self.pool, self.registry):
+            if client is not None:
+                await client.close()
+        if self.database is not None:
+            await self.database.dispose()
+
+
+async def serve(settings: FallbackSettings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down (the process exits 0)."""
+    configure_tracing("cag-fallback")
+    app = FallbackApp(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await app.start()
+        await stop.wait()
+        log.info("fallback stopping")
+    finally:
+        await app.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    shutdown_tracing()

@@ -1,0 +1,56 @@
+"""Fallback service settings (env prefix CAG_FALLBACK_; infra from CAG_FALLBACK_<NAME>, else the shared CAG_<NAME>)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from cag.errors import InvalidInputError
+from cag.events.consumer import Redelivery
+from cag.settings import CagBaseSettings
+
+
+class FallbackSettings(CagBaseSettings):
+    """Validated when built: without the database (the index), NATS or the signing key the fallback does not start."""
+
+    model_config = SettingsConfigDict(env_prefix="CAG_FALLBACK_")
+    required_infra: ClassVar[tuple[str, ...]] = ("database_url", "nats_url", "auth_key_file")
+
+    address: str = "127.0.0.1:50055"
+    registry_address: str = "127.0.0.1:50051"
+    cachepool_address: str = "127.0.0.1:50052"
+    # The prompt layout of fallback answers (its system text and headers; the pool's model renders it): required.
+    layout_file: Path | None = None
+    # Chunks retrieved per query, and the chunker's bound.
+    top_k: int = Field(default=4, ge=1, le=64)
+    chunk_max_chars: int = Field(default=800, ge=64, le=100_000)
+    # Only this identity (the router) and admins may ask for answers.
+    router_subject: str = "service:router"
+    # The fallback's identity towards the registry and the cache pool (a token minted from the signing key).
+    subject: str = "service:fallback"
+    token_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    num_threads: int | None = Field(
+        default=None, validation_alias=AliasChoices("CAG_FALLBACK_NUM_THREADS", "CAG_NUM_THREADS")
+    )
+    # Fallback replicas sharing a group share its NATS durables: each source event is indexed by one of them.
+    group: str = Field(default="fallback", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    reflection: bool = False
+    shutdown_grace_s: float = 10.0
+    event_max_deliver: int = 6
+    event_backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0)
+    event_ack_wait_s: float = 60.0
+
+    @property
+    def layout(self) -> Path:
+        if self.layout_file is None:
+            raise InvalidInputError("layout_file is not configured: set CAG_FALLBACK_LAYOUT_FILE to a layout JSON file")
+        return self.layout_file
+
+    @property
+    def redelivery(self) -> Redelivery:
+        return Redelivery(
+            max_deliver=self.event_max_deliver, backoff_s=self.event_backoff_s, ack_wait_s=self.event_ack_wait_s
+        )
