@@ -12,8 +12,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -56,7 +56,7 @@ async def run_until_signalled(app: ServiceApp, name: str) -> None:
 def service_main(
     name: str,
     read_settings: Callable[[], S],
-    load_serve: Callable[[], Callable[[S], Awaitable[None]]],
+    load_serve: Callable[[], Callable[[S], Coroutine[Any, Any, None]]],
     *,
     engine_threads: Callable[[S], int | None] | None = None,
 ) -> int:

@@ -5,13 +5,14 @@ The engine runtime is tuned before the service's modules load (cag.service_proce
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from cag.cachepool.settings import CachePoolSettings
 from cag.service_process import service_main
 
 
-def load_serve() -> Callable[[CachePoolSettings], Awaitable[None]]:
+def load_serve() -> Callable[[CachePoolSettings], Coroutine[Any, Any, None]]:
     from cag.cachepool.app import serve  # only now: it loads torch, which must see the tuning
 
     return serve
