@@ -1,4 +1,4 @@
-"""`cag bench ttft | registry | e2e | pool | fairness | replicas | routing | cacheweaver`: the benchmarks
+"""`cag bench ttft | registry | e2e | pool | fairness | replicas | routing | cacheweaver | matrix`: the benchmarks
 (see benchmarks/)."""
 
 from __future__ import annotations
@@ -33,3 +33,6 @@ def register(sub: Any) -> None:
     from cag.bench import cacheweaver
 
     cacheweaver.register(which)
+    from cag.bench import matrix
+
+    matrix.register(which)
