@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cag.bench.cacheweaver_plot import plot_ttft_cdf
 from cag.bench.cacheweaver_workload import K, OracleOrder, Question, ServedPrefixes, corpus, questions
 from cag.bench.output import emit_report
 from cag.bench.ttft import FIRST_TOKEN, _positive
@@ -40,6 +41,7 @@ from cag.models import SMOLLM2, resolve_model
 from cag.settings import CagSettings
 
 DEFAULT_OUT = Path("benchmarks/results/cacheweaver.json")
+PLOT_NAME = "cacheweaver_ttft.png"  # beside the JSON
 DTYPE = "fp32"
 CHUNK_TOKENS = 256
 CORPUS_SEED = 0
@@ -62,6 +64,7 @@ class Run:
     cached_chunk_fraction: float  # leading retrieved chunks already in the engine's cache, over all chunks served
     overhead_median_us: float  # order + served, per request
     overhead_max_us: float
+    ttft_samples_s: tuple[float, ...]  # per question, in stream order
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,6 +149,7 @@ def serve(engine: Engine, stream: Stream, name: str, ordering: EvidenceOrder, ti
         cached_chunk_fraction=cached / (K * len(stream.questions)),
         overhead_median_us=statistics.median(overhead),
         overhead_max_us=max(overhead),
+        ttft_samples_s=tuple(ttft),
     )
 
 
@@ -247,7 +251,14 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     emit_report(
         report.to_json(), args.out, as_json=args.json, render=lambda c: render(report, c), width=110, stderr=stderr
     )
+    stderr.print(f"wrote {plot(report, args.out.parent / PLOT_NAME)}")
     return 0 if report.target["passed"] else 1
+
+
+def plot(report: CacheWeaverReport, out: Path) -> Path:
+    samples = {name: [s for r in report.repetitions for s in r.runs[name].ttft_samples_s] for name in ORDERINGS}
+    title = f"TTFT per evidence ordering: {report.questions} questions x {report.reps} repetitions, vLLM prefix cache"
+    return plot_ttft_cdf(samples, out, title)
 
 
 def render(report: CacheWeaverReport, console: Console) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cag.bench.cacheweaver import Stream, cache_chunks_needed, serve
+from cag.bench.cacheweaver_plot import plot_ttft_cdf
 from cag.bench.cacheweaver_workload import (
     CHUNKS_PER_TOPIC,
     TOPICS,
@@ -115,3 +117,8 @@ def _prefixes_left(asked: list[Question], ordering: EvidenceOrder) -> int:
         ordering.served(order)
         cache.add(order)
     return len(cache)
+
+
+def test_the_ttft_plot_is_written_as_a_png(tmp_path: Path) -> None:
+    out = plot_ttft_cdf({"retrieval": [0.9, 1.1, 0.4], "trie": [0.2, 0.3, 0.5]}, tmp_path / "ttft.png", "title")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
