@@ -2,7 +2,7 @@
 
 Ops automation publishes the `cag.invalidate.*` events; the registry publishes the
 `cag.module.*` events through its outbox; the router publishes `cag.route.decided`; the fallback
-service publishes `cag.fallback.served`.
+service publishes `cag.fallback.served` and `cag.candidate.proposed`.
 The envelope's `event_id` is also the JetStream `Nats-Msg-Id`, so duplicates are
 dropped by the server and, failing that, by the consumers' processed-event table.
 """
@@ -42,6 +42,7 @@ MAX_MODULE_IDS = 64  # modules in one served chain
 MAX_INT32 = 2**31 - 1  # Postgres integer columns (module_version)
 MAX_EVIDENCE = 64  # evidence chunks behind one fallback answer (the fallback's top-k is at most this)
 MAX_ANSWER = 16_384  # a fallback answer is cut to this many characters in its event (the body stays under 64 KiB)
+MAX_CANDIDATE_QUERIES = 5  # representative queries a proposal names (the Candidates RPC lists them all)
 
 
 def _rule(check: Callable[[str], str]) -> AfterValidator:
@@ -198,6 +199,17 @@ class FallbackServedV1(Payload):
     latency_s: Annotated[float, Field(strict=True, ge=0.0, allow_inf_nan=False)]
 
 
+class CandidateProposedV1(Payload):
+    """Repeated similar fallbacks reached the proposal threshold: a promotion candidate awaits review."""
+
+    subject = "cag.candidate.proposed"
+    candidate_id: Label
+    tenant_id: Name
+    count: Annotated[int, Field(strict=True, ge=1)]  # fallbacks in the cluster when it was proposed
+    queries: Annotated[list[Text], Field(strict=True, max_length=MAX_CANDIDATE_QUERIES)]  # most frequent first
+    evidence_ids: Annotated[list[Label], Field(strict=True, max_length=MAX_EVIDENCE)]  # of the most frequent answer
+
+
 INVALIDATION_PAYLOADS: tuple[type[Payload], ...] = (
     SourceChangedV1,
     ModelRevisedV1,
@@ -214,6 +226,7 @@ _ALL_PAYLOADS: tuple[type[Payload], ...] = (
     RoutesUpdatedV1,
     CompileFailedV1,
     FallbackServedV1,
+    CandidateProposedV1,
 )
 PAYLOADS: dict[tuple[str, int], type[Payload]] = {(p.subject, p.schema_version): p for p in _ALL_PAYLOADS}
 

@@ -48,7 +48,9 @@ def served(
 
 
 def review(*, approved: bool, route: str = "refunds") -> Review:
-    return Review(approved=approved, reviewer="alice", route=route if approved else "", comment="", at=T0)
+    return Review(
+        approved=approved, reviewer="alice", actor="user:alice", route=route if approved else "", comment="", at=T0
+    )
 
 
 def test_cosine_and_overlap_are_exact_on_constructed_values() -> None:

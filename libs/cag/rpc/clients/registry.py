@@ -160,6 +160,20 @@ class AsyncRegistryClient:
         request = registry_pb2.GetRouteRulesRequest(tenant_id=tenant_id, version=version)
         return await self._stub.GetRouteRules(request, timeout=self.timeout_s)
 
+    async def put_route_rules(
+        self,
+        tenant_id: str,
+        rules: Iterable[registry_pb2.RouteRule],
+        routes: Iterable[registry_pb2.RouteInfo],
+        *,
+        expected_version: int = 0,
+        reason: str = "",
+    ) -> registry_pb2.RouteRuleSet:
+        request = registry_pb2.PutRouteRulesRequest(
+            tenant_id=tenant_id, rules=rules, routes=routes, expected_version=expected_version, reason=reason
+        )
+        return await self._stub.PutRouteRules(request, timeout=self.timeout_s)
+
     async def watch(self, *, since_sequence: int = 0, tenant_id: str = "") -> AsyncIterator[registry_pb2.ModuleChange]:
         """Changes after `since_sequence`, then live ones, until the caller stops iterating."""
         call = self._stub.Watch(registry_pb2.WatchRequest(since_sequence=since_sequence, tenant_id=tenant_id))

@@ -84,7 +84,8 @@ class EvidenceStat:
 @dataclass(frozen=True, kw_only=True)
 class Review:
     approved: bool
-    reviewer: str
+    reviewer: str  # who the request says reviewed
+    actor: str  # the authenticated caller that sent the review
     route: str  # "" on rejection
     comment: str
     at: datetime
