@@ -14,14 +14,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token, load_key
-from cag.events.bus import make_broker
+from cag.events.bus import make_broker, publish_event
 from cag.events.consumer import start_broker
+from cag.events.schemas import Envelope
 from cag.fallback.answering import Answerer
+from cag.fallback.approval import Approver, CompileTarget
+from cag.fallback.candidate_store import CandidateStore
 from cag.fallback.core.chunking import ChunkLimits
 from cag.fallback.core.evidence_order import EvidenceOrder, RetrievalOrder
 from cag.fallback.embedder import Embeds
 from cag.fallback.index import ChunkIndex
 from cag.fallback.indexing import Indexer
+from cag.fallback.promotion import Promotion
+from cag.fallback.promotion_handlers import subscribe_promotion
+from cag.fallback.promotion_rpc import PromotionRpcs
 from cag.fallback.servicer import SERVICE_NAME, FallbackServicer
 from cag.fallback.settings import FallbackSettings
 from cag.fallback.sources import SourceFollower, subscribe_sources
@@ -30,6 +36,7 @@ from cag.lifecycle import bounded
 from cag.objectstore import ObjectStore
 from cag.objectstore.s3 import S3Settings
 from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
+from cag.rpc.clients.compiler import AsyncCompilerClient
 from cag.rpc.server import build_server
 from cag.telemetry import configure_tracing, shutdown_tracing
 from cag.v1 import fallback_pb2_grpc
@@ -47,6 +54,7 @@ class FallbackApp:
     database: AsyncEngine | None = None
     registry: AsyncRegistryClient | None = None
     pool: AsyncCachePoolClient | None = None
+    compiler: AsyncCompilerClient | None = None
     broker: NatsBroker | None = None
     server: grpc.aio.Server | None = None
 
@@ -69,6 +77,8 @@ class FallbackApp:
         self.broker = make_broker(s.nats_url)
         follower = SourceFollower(indexer, self.registry)
         subscribe_sources(self.broker, follower, s.group, s.redelivery)
+        promotion = await self._promotion(token, self.database, self.registry, self.embedder, self.broker)
+        subscribe_promotion(self.broker, promotion, s.group, s.redelivery)
         await start_broker(self.broker)
         log.info("fallback: %d source(s) of published modules indexed", await follower.index_published())
         order = self.order or RetrievalOrder()
@@ -77,7 +87,7 @@ class FallbackApp:
             [
                 (
                     fallback_pb2_grpc.add_FallbackServiceServicer_to_server,
-                    FallbackServicer(answerer, indexer, router_subject=s.router_subject),
+                    FallbackServicer(answerer, indexer, PromotionRpcs(promotion), router_subject=s.router_subject),
                 )
             ],
             [SERVICE_NAME],
@@ -88,12 +98,30 @@ class FallbackApp:
         await self.server.start()
         log.info("fallback serving on %s", s.address)
 
+    async def _promotion(
+        self, token: str, database: AsyncEngine, registry: AsyncRegistryClient, embedder: Embeds, broker: NatsBroker
+    ) -> Promotion:
+        """Candidates from served fallbacks; approvals compile through the compiler and route through the registry."""
+        s, p = self.settings, self.settings.promotion
+        candidates = CandidateStore(database, p.policy)
+        await candidates.create_tables()
+        self.compiler = AsyncCompilerClient(p.compiler_address, token=token)
+        target = CompileTarget(
+            model=p.promotion_model, layout_file=p.promotion_layout_file or s.layout, promotions_dir=p.promotions_dir
+        )
+        approver = Approver(database, self.compiler, registry, target)
+
+        async def publish(envelope: Envelope) -> None:
+            await publish_event(broker, envelope)
+
+        return Promotion(candidates, embedder, publish, approver)
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(grace=self.settings.shutdown_grace_s)
         if self.broker is not None:
             await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
-        for client in (self.pool, self.registry):
+        for client in (self.pool, self.registry, self.compiler):
             if client is not None:
                 await client.close()
         if self.database is not None:

@@ -1,7 +1,8 @@
 """The fallback's gRPC servicer: check the caller, unpack, answer or index, pack.
 
 Errors become statuses in the shared interceptor (cag.rpc.errors); a cache-pool error that is not one of ours
-reaches the client with the pool's own status. Candidates and Review belong to promotion."""
+reaches the client with the pool's own status. Candidates and Review belong to promotion
+(cag.fallback.promotion_rpc)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cag.fallback.core.audience import Reader
 from cag.fallback.core.chunking import SourceDocument
 from cag.fallback.index import Audience
 from cag.fallback.indexing import Indexer, documents_checksum
+from cag.fallback.promotion_rpc import PromotionRpcs
 from cag.fallback.sources import SCOPES
 from cag.identifiers import MAX_URI, check_name, check_text
 from cag.rpc.auth import current_caller
@@ -85,9 +87,10 @@ def documents_of(request: fallback_pb2.IndexRequest) -> list[SourceDocument]:
 
 
 class FallbackServicer(fallback_pb2_grpc.FallbackServiceServicer):
-    def __init__(self, answerer: Answerer, indexer: Indexer, *, router_subject: str) -> None:
+    def __init__(self, answerer: Answerer, indexer: Indexer, promotion: PromotionRpcs, *, router_subject: str) -> None:
         self.answerer = answerer
         self.indexer = indexer
+        self.promotion = promotion
         self.router_subject = router_subject
 
     @override
@@ -119,10 +122,8 @@ class FallbackServicer(fallback_pb2_grpc.FallbackServiceServicer):
     async def Candidates(
         self, request: fallback_pb2.CandidatesRequest, context: Context
     ) -> fallback_pb2.CandidatesResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "promotion candidates are not served by this build yet")
-        raise AssertionError("abort raises")
+        return await self.promotion.candidates(request)
 
     @override
     async def Review(self, request: fallback_pb2.ReviewRequest, context: Context) -> fallback_pb2.ReviewResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "promotion reviews are not served by this build yet")
-        raise AssertionError("abort raises")
+        return await self.promotion.review(request)

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from cag.errors import InvalidInputError
 from cag.events.consumer import Redelivery
+from cag.fallback.promotion_settings import PromotionSettings
 from cag.settings import CagBaseSettings
 
 
@@ -42,6 +43,8 @@ class FallbackSettings(CagBaseSettings):
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0)
     event_ack_wait_s: float = 60.0
+    # Promotion of repeated fallbacks (its own CAG_FALLBACK_ variables: cag.fallback.promotion_settings).
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
     @property
     def layout(self) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.acl import AclScope
 from cag.embedding import MiniLMEmbedder
@@ -23,7 +22,7 @@ from cag.events.schemas import STREAM, CandidateProposedV1, Envelope, FallbackSe
 from cag.fallback.approval import Approver, CompileTarget, PromotionRefusedError
 from cag.fallback.candidate_store import CandidateStore
 from cag.fallback.core.audience import Reader
-from cag.fallback.core.candidates import CandidateNotReviewableError, CandidateState, ClusteringPolicy
+from cag.fallback.core.candidates import CandidateNotReviewableError, CandidateState
 from cag.fallback.core.chunking import ChunkLimits, SourceDocument
 from cag.fallback.index import Audience, ChunkIndex
 from cag.fallback.indexing import Indexer, documents_checksum
@@ -32,32 +31,11 @@ from cag.fallback.promotion_handlers import served_consumer
 from cag.lifecycle import bounded
 from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.clients.compiler import AsyncCompilerClient
-from tests.infra_fixtures import FreshDatabase, Infra
+from tests.infra_fixtures import Infra
 
-POLICY = ClusteringPolicy(similarity=0.7, evidence_overlap=0.5, propose_at=3)
 FAST = Redelivery(max_deliver=3, backoff_s=(0.2, 0.4), ack_wait_s=5.0)
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 REFUND_QUERIES = ["How long does a refund take?", "how long do refunds take", "When is my refund paid back?"]
-
-
-@pytest.fixture(scope="session")
-def minilm() -> MiniLMEmbedder:
-    return MiniLMEmbedder.load()
-
-
-@pytest.fixture
-async def database(fresh_database: FreshDatabase) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(fresh_database.database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def candidate_store(database: AsyncEngine) -> CandidateStore:
-    store = CandidateStore(database, POLICY)
-    await store.create_tables()
-    await store.create_tables()  # idempotent
-    return store
 
 
 @dataclass
