@@ -215,7 +215,8 @@ class ReplicasReport:
     seeds: list[int]
     repetitions: list[Repetition]
     costs: TierCosts
-    measurement: CostMeasurement | None  # None when the costs were given rather than measured (tests)
+    measurement: CostMeasurement | None  # None when the costs were given rather than measured
+    costs_source: str  # "measured in this run", or the earlier report they were taken from
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -231,6 +232,7 @@ def build_report(
     seeds: Sequence[int],
     tick: Tick,
     measurement: CostMeasurement | None = None,
+    costs_source: str = "given",
 ) -> ReplicasReport:
     repetitions = []
     for seed in seeds:
@@ -261,6 +263,7 @@ def build_report(
         repetitions=repetitions,
         costs=costs,
         measurement=measurement,
+        costs_source=costs_source,
     )
 
 
@@ -270,7 +273,17 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="cag-bench-replicas-") as tmp:
         measurement = measure_costs(model_name, models_dir, Path(tmp), reps, tick)
     spec = replace(spec, workload=replace(spec.workload, bytes_per_token=measurement.kv_bytes_per_token))
-    return build_report(spec, measurement.costs, seeds, tick, measurement)
+    return build_report(spec, measurement.costs, seeds, tick, measurement, "measured in this run")
+
+
+def costs_of_report(path: Path) -> tuple[TierCosts, int, str]:
+    """The tier costs and KV bytes per token an earlier `cag bench replicas` report measured, and where from: a
+    machine busy with other work measures inflated prefills, and queueing then dominates everything."""
+    report = json.loads(path.read_text())
+    if report.get("measurement") is None:
+        raise ValueError(f"{path} holds no measured costs")
+    source = f"measured by the run of {report['created_at']} ({path.name})"
+    return TierCosts(**report["costs"]), int(report["measurement"]["kv_bytes_per_token"]), source
 
 
 # ---------------------------------------------------------------- command line
@@ -299,6 +312,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--host-ram-fraction", type=_fraction, default=DEFAULT_HOST_RAM_FRACTION,
         help=f"each replica's host RAM, as a share of the leaf modules' bytes (default {DEFAULT_HOST_RAM_FRACTION})",
+    )  # fmt: skip
+    p.add_argument(
+        "--costs-from", type=Path, metavar="REPORT",
+        help="take the tier costs from an earlier report (measured on a quiet machine) instead of measuring them",
     )  # fmt: skip
     p.set_defaults(run=run)
 
@@ -340,12 +357,20 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     stderr = Console(stderr=True)
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     spec = default_spec(args.requests, args.rate, args.skew, host_ram_fraction=args.host_ram_fraction)
+    measuring = args.costs_from is None
     with Progress(*columns, console=stderr) as progress:
-        task = progress.add_task("measuring restore costs", total=MEASURE_STEPS + args.seeds * len(ROUTINGS))
-        report = run_benchmark(
-            args.model, settings.models_dir, args.reps, range(args.seeds), spec,
-            lambda d: progress.update(task, advance=1, description=d),
-        )  # fmt: skip
+        steps = (MEASURE_STEPS if measuring else 0) + args.seeds * len(ROUTINGS)
+        task = progress.add_task("measuring restore costs" if measuring else "simulating", total=steps)
+
+        def tick(description: str) -> None:
+            progress.update(task, advance=1, description=description)
+
+        if measuring:
+            report = run_benchmark(args.model, settings.models_dir, args.reps, range(args.seeds), spec, tick)
+        else:
+            costs, bytes_per_token, source = costs_of_report(args.costs_from)
+            spec = replace(spec, workload=replace(spec.workload, bytes_per_token=bytes_per_token))
+            report = build_report(spec, costs, range(args.seeds), tick, None, source)
     emit_report(
         report.to_json(), args.out, as_json=args.json, render=lambda c: render(report, c), width=120, stderr=stderr
     )

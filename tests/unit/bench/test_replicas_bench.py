@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cag.bench.pool import TierCosts
-from cag.bench.replicas import ROUTINGS, build_report, default_spec, simulate
+from cag.bench.replicas import ROUTINGS, build_report, costs_of_report, default_spec, simulate
 
 COSTS = TierCosts(
     query_prefill_s=0.01,
@@ -60,3 +61,15 @@ def test_cache_aware_routing_finds_more_in_the_engine(report: dict[str, Any]) ->
 
 def test_a_run_repeats_exactly() -> None:
     assert simulate("cache_aware", SPEC, COSTS, seed=3) == simulate("cache_aware", SPEC, COSTS, seed=3)
+
+
+def test_costs_are_taken_back_from_an_earlier_measured_report(report: dict[str, Any], tmp_path: Path) -> None:
+    given = tmp_path / "given.json"
+    given.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="no measured costs"):
+        costs_of_report(given)  # costs injected, not measured: nothing to take back
+    measured = tmp_path / "replicas.json"
+    measured.write_text(json.dumps({**report, "measurement": {"kv_bytes_per_token": 46080}}))
+    costs, bytes_per_token, source = costs_of_report(measured)
+    assert (costs, bytes_per_token) == (COSTS, 46080)
+    assert report["created_at"] in source and "replicas.json" in source
