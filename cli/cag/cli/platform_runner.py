@@ -4,8 +4,8 @@ compiler, each its own process.
 `honcho` (a Procfile runner) supervises the S3 endpoint and the four services: it starts them, prefixes and
 multiplexes their output, and when one of them exits or it is told to stop, it stops the others (SIGTERM to each
 process group, SIGKILL after a grace period). `up` runs that supervisor detached and returns once every service
-answers its gRPC health check (and the endpoint holds the module bucket); `down` stops the supervisor, makes sure nothing it started is left, and
-stops the infra.
+answers its gRPC health check (and the endpoint holds the module bucket); `down` stops the supervisor, makes sure
+nothing it started is left, and stops the infra.
 
 Layout under `<run dir>/platform/` (the plan holds the services' credentials, so it is 0600 like the
 infra's state)::
