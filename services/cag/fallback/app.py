@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
@@ -38,7 +37,7 @@ from cag.objectstore.s3 import S3Settings
 from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
 from cag.rpc.clients.compiler import AsyncCompilerClient
 from cag.rpc.server import build_server
-from cag.telemetry import configure_tracing, shutdown_tracing
+from cag.service_process import run_until_signalled
 from cag.v1 import fallback_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -129,19 +128,5 @@ class FallbackApp:
 
 
 async def serve(settings: FallbackSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down (the process exits 0)."""
-    configure_tracing("cag-fallback")
-    app = FallbackApp(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await app.start()
-        await stop.wait()
-        log.info("fallback stopping")
-    finally:
-        await app.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    shutdown_tracing()
+    """Run until SIGTERM or SIGINT, then shut down gracefully (cag.service_process)."""
+    await run_until_signalled(FallbackApp(settings), "fallback")

@@ -29,6 +29,7 @@ from cag.router.routing import Decider
 from cag.router.servicer import SERVICE_NAME, RouterServicer
 from cag.router.settings import RouterSettings
 from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
+from cag.rpc.clients.fallback import AsyncFallbackClient
 from cag.rpc.server import build_server
 from cag.rpc.watch import RegistryFollower
 from cag.service_process import run_until_signalled
@@ -54,6 +55,7 @@ class RouterApp:
     broker: NatsBroker | None = None
     registry: AsyncRegistryClient | None = None
     replicas: CachePoolReplicas | None = None
+    fallback: AsyncFallbackClient | None = None
     announcements: NatsClient | None = None
     audit: DecisionAudit | None = None
     routes: RegistryRoutes | None = None
@@ -76,6 +78,7 @@ class RouterApp:
         broker = self.broker
         self.audit = DecisionAudit(lambda envelope: publish_event(broker, envelope))
         self.replicas = await self._replicas(token)
+        self.fallback = AsyncFallbackClient(s.fallback_address, token=token)
         decider = Decider(
             Router(classifier, threshold=s.classifier_threshold), routes, max_query_chars=s.max_query_chars
         )
@@ -83,7 +86,7 @@ class RouterApp:
             [
                 (
                     router_pb2_grpc.add_RouterServiceServicer_to_server,
-                    RouterServicer(decider, self.replicas, self.audit),
+                    RouterServicer(decider, self.replicas, self.audit, self.fallback),
                 )
             ],
             [SERVICE_NAME],
@@ -126,7 +129,7 @@ class RouterApp:
             await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
         if self.announcements is not None:
             await bounded(self.announcements.close(), "NATS announcements", STOP_TIMEOUT_S)
-        for closing in (self.replicas, self.registry):
+        for closing in (self.replicas, self.registry, self.fallback):
             if closing is not None:
                 await closing.close()
 

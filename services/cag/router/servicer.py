@@ -22,10 +22,11 @@ from cag.router.core import AnswerPath, Decision
 from cag.router.replicas import CachePoolReplicas, NoReplicaError, ReplicaLostError
 from cag.router.routing import Decider, RouteRequest
 from cag.rpc.auth import current_caller
+from cag.rpc.clients.fallback import AsyncFallbackClient
 from cag.rpc.errors import STATUS_DETAILS_KEY, error_details
 from cag.telemetry import current_trace_id, span
 from cag.telemetry.metrics import REGISTRY, ROUTE_DECISIONS, TTFT
-from cag.v1 import cachepool_pb2, common_pb2, router_pb2, router_pb2_grpc
+from cag.v1 import cachepool_pb2, common_pb2, fallback_pb2, router_pb2, router_pb2_grpc
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -57,10 +58,13 @@ def _request_of(request: router_pb2.GenerateRequest) -> RouteRequest:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, decider: Decider, replicas: CachePoolReplicas, audit: DecisionAudit) -> None:
+    def __init__(
+        self, decider: Decider, replicas: CachePoolReplicas, audit: DecisionAudit, fallback: AsyncFallbackClient
+    ) -> None:
         self.decider = decider
         self.replicas = replicas
         self.audit = audit
+        self.fallback = fallback
 
     @override
     async def Explain(self, request: router_pb2.GenerateRequest, context: Context) -> common_pb2.RouteDecision:
@@ -76,10 +80,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[common_pb2.GenerateResponse]:
         """The decision, then the cache pool's tokens, then its summary (with the decision's path).
 
-        The fallback path (no confident route, or a chain that is not servable, including one the pool finds
-        stale after the decision was sent) sends the decision and then fails with UNAVAILABLE, reason
-        FALLBACK_UNAVAILABLE: there is no fallback service to answer yet. Other errors of the pool reach the
-        client with their own status and details."""
+        The fallback path (no confident route, or a chain that is not servable) sends the decision and then the
+        fallback service's answer from retrieved evidence; when the fallback service cannot be reached the call
+        fails with UNAVAILABLE, reason FALLBACK_UNAVAILABLE, naming it. A chain the pool finds stale after the
+        decision was sent fails with FALLBACK_UNAVAILABLE too (the client asks again and is routed to the
+        fallback). Other errors of the pool reach the client with their own status and details."""
         arrived = time.perf_counter()
         sampling = sampling_message(request.sampling)  # refused before anything is decided or sent
         with span("router.route") as routing:
@@ -90,9 +95,47 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         ROUTE_DECISIONS.labels(path=decision.path.value, basis=decision.basis.value).inc()
         yield common_pb2.GenerateResponse(decision=decision_message(decision))
         if decision.path is AnswerPath.FALLBACK:
-            raise FallbackUnavailableError(f"{decision.reason}, and no fallback service is available")
-        async for response in self._answer(decision, request.query, sampling, context, arrived):
-            yield response
+            async for response in self._fall_back(decision.reason, decision, request.query, sampling, context):
+                yield response
+            return
+        try:
+            async for response in self._answer(decision, request.query, sampling, context, arrived):
+                yield response
+        except _ChainNotServableError as stale:  # before any token: the fallback answers instead
+            async for response in self._fall_back(str(stale), decision, request.query, sampling, context):
+                yield response
+
+    async def _fall_back(
+        self, reason: str, decision: Decision, query: str, sampling: common_pb2.SamplingParams, context: Context
+    ) -> AsyncIterator[common_pb2.GenerateResponse]:
+        """The fallback service's answer for the caller (its workspace and user inside the tenant, if any). Its
+        errors reach the client with the fallback's status; a fallback that cannot be reached is
+        FALLBACK_UNAVAILABLE, naming it."""
+        caller = current_caller()
+        inside = caller.sole_tenant == decision.tenant_id
+        ask = fallback_pb2.FallbackGenerateRequest(
+            tenant_id=decision.tenant_id,
+            workspace=(caller.workspace or "") if inside else "",
+            user=(caller.user or "") if inside else "",
+            query=query,
+            sampling=sampling,
+            route=decision.route,
+            reason=reason,
+            request_id=decision.decision_id,
+        )
+        call = self.fallback.generate(ask, timeout_s=context.time_remaining())
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as e:
+            if e.code() is not grpc.StatusCode.UNAVAILABLE or error_details(e) is not None:
+                await _relay(e, context, "the fallback service")  # its own status (NO_EVIDENCE, ...), as it said
+                return
+            raise FallbackUnavailableError(
+                f"{reason}, and the fallback service ({self.fallback.address}) is unavailable: {e.details()}"
+            ) from None
+        finally:
+            call.cancel()
 
     async def _answer(
         self, decision: Decision, query: str, sampling: common_pb2.SamplingParams, context: Context, arrived: float
@@ -160,11 +203,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         details = error_details(error)
         if details is not None and details.reason == "MODULE_NOT_SERVABLE":
             # The chain went stale between the decision and the load: fallback's turn, never the stale module.
-            state = details.metadata.get("state", "withdrawn")
-            raise FallbackUnavailableError(f"module {state}; serving fallback, and no fallback service is available")
-        if error.code() in _OURS:
-            log.error("the cache pool refused the router: %s %s", error.code().name, error.details())
-            raise UnavailableError("the cache pool cannot be used now (it refused the router)")
-        pairs: Any = error.trailing_metadata()  # grpc.aio.Metadata iterates as (key, value); the stubs differ
-        trailing = [(k, v) for k, v in pairs or () if k == STATUS_DETAILS_KEY]
-        await context.abort(error.code(), error.details() or "", trailing_metadata=tuple(trailing))
+            raise _ChainNotServableError(f"module {details.metadata.get('state', 'withdrawn')}")
+        await _relay(error, context, "the cache pool")
+
+
+class _ChainNotServableError(Exception):
+    """The pool found a module of the chain not servable before answering (the message says its state)."""
+
+
+async def _relay(error: grpc.aio.AioRpcError, context: Context, service: str) -> None:
+    """A downstream service's error, to the client with that service's status and details; one refusing the
+    router's own credentials is the router's misconfiguration (UNAVAILABLE)."""
+    if error.code() in _OURS:
+        log.error("%s refused the router: %s %s", service, error.code().name, error.details())
+        raise UnavailableError(f"{service} cannot be used now (it refused the router)")
+    pairs: Any = error.trailing_metadata()  # grpc.aio.Metadata iterates as (key, value); the stubs differ
+    trailing = [(k, v) for k, v in pairs or () if k == STATUS_DETAILS_KEY]
+    await context.abort(error.code(), error.details() or "", trailing_metadata=tuple(trailing))

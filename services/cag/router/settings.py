@@ -23,6 +23,8 @@ class RouterSettings(CagBaseSettings):
     # The one cache pool answering, unless `replica_discovery`: then every replica that announces itself in the
     # replica bucket (cag.events.replicas), each request going to the one holding most of its chain.
     cachepool_address: str = "127.0.0.1:50052"
+    # The fallback service answering what no module serves (no confident route, a module not servable).
+    fallback_address: str = "127.0.0.1:50055"
     replica_discovery: bool = False
     # A replica not heard from for this long is not chosen (its heartbeats come every 2 s by default).
     replica_stale_after_s: float = Field(default=6.0, gt=0)

@@ -223,6 +223,9 @@ async def stack(
                 address=router_address,
                 registry_address=registry_address,
                 cachepool_address=pool_address,
+                # Nothing listens on port 1: the fallback service is down. (Not a free port: gRPC remembers a
+                # refused address process-wide, and a free port may be handed to the next test's registry.)
+                fallback_address="127.0.0.1:1",
                 registry_timeout_s=2.0,
                 instance=f"t{secrets.token_hex(4)}",  # a durable of its own: rule updates of this test only
                 shutdown_grace_s=0,

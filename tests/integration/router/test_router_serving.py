@@ -56,6 +56,18 @@ async def test_a_module_the_pool_finds_not_servable_takes_the_fallback_path(stac
     assert "acme-billing" not in (error.details() or "")
 
 
+async def test_a_query_without_a_route_while_the_fallback_service_is_down_is_unavailable_naming_it(
+    stack: Stack,
+) -> None:
+    received, error = await stack.generate("tell me a joke")
+    assert [r.WhichOneof("event") for r in received] == ["decision"]
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+    details = error_details(error)
+    assert details is not None and details.reason == "FALLBACK_UNAVAILABLE"
+    assert stack.router.settings.fallback_address in (error.details() or "")
+    assert "no rule matched" in (error.details() or "")
+
+
 async def test_other_pool_errors_reach_the_client_with_their_own_status(stack: Stack) -> None:
     stack.pool.error = OverloadedError("the engine queue is full", retry_after_s=2.0)
     received, error = await stack.generate("Where is my invoice?")

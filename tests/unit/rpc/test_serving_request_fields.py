@@ -88,6 +88,24 @@ class Decider:
         return _decision()
 
 
+class FallbackCall:
+    """The fallback's stream on the fallback path: the summary only."""
+
+    def __aiter__(self) -> AsyncIterator[common_pb2.GenerateResponse]:
+        return self._responses()
+
+    async def _responses(self) -> AsyncIterator[common_pb2.GenerateResponse]:
+        yield common_pb2.GenerateResponse(done=common_pb2.GenerateSummary(path=common_pb2.ANSWER_PATH_FALLBACK))
+
+    def cancel(self) -> None:
+        return None
+
+
+class Fallback:
+    def generate(self, request: Any, *, timeout_s: float | None) -> FallbackCall:
+        return FallbackCall()
+
+
 class Answerer:
     def __init__(self) -> None:
         resident = ResidentModule(
@@ -132,7 +150,9 @@ class Answerer:
 
 def servicer_for(service: str) -> Any:
     if service == "router":
-        return router_servicer.RouterServicer(cast("Any", Decider()), cast("Any", Anything()), cast("Any", Anything()))
+        return router_servicer.RouterServicer(
+            cast("Any", Decider()), cast("Any", Anything()), cast("Any", Anything()), cast("Any", Fallback())
+        )
     limits = cachepool_servicer.ServingLimits(
         router_subject="service:router",
         fallback_subject="service:fallback",
@@ -145,14 +165,11 @@ def servicer_for(service: str) -> Any:
 async def call(servicer: Any, method: str, request: Message) -> Reads:
     reads: Reads = set()
     answer = getattr(servicer, method)(cast("Any", Recorded(request, reads)), Anything())
-    try:
-        if isinstance(answer, AsyncIterator):
-            async for _ in answer:
-                pass
-        else:
-            await answer
-    except router_servicer.FallbackUnavailableError:
-        pass  # the double decides the fallback path: Generate ends so, after reading its request
+    if isinstance(answer, AsyncIterator):
+        async for _ in answer:
+            pass
+    else:
+        await answer
     return reads
 
 
