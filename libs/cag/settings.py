@@ -139,6 +139,8 @@ class CagSettings(CagBaseSettings):
     registry_address: str = "127.0.0.1:50051"
     # Where `cag ask` finds the router (CAG_ROUTER_ADDRESS; `cag platform up` prints the one it started).
     router_address: str = Field(default="127.0.0.1:50053", validation_alias="CAG_ROUTER_ADDRESS")
+    # Where `cag candidates` finds the fallback service (CAG_FALLBACK_ADDRESS, the address the service listens on).
+    fallback_address: str = Field(default="127.0.0.1:50055", validation_alias="CAG_FALLBACK_ADDRESS")
     # Credentials of `cag` commands: a token (CAG_TOKEN) wins; else a local operator who can read the
     # signing key mints one (cag.auth.credentials). Kept out of repr so it never lands in a log.
     token: str | None = Field(default=None, repr=False)

@@ -43,6 +43,7 @@ COMMANDS = {
     "routes": "routes_cmd",
     "sources": "sources_cmd",
     "top": "top_cmd",
+    "candidates": "candidates_cmd",
 }
 
 

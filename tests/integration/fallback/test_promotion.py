@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import nats
 import pytest
@@ -19,7 +17,7 @@ from cag.embedding import MiniLMEmbedder
 from cag.events.bus import make_broker, publish_event
 from cag.events.consumer import Redelivery, start_broker, subscribe
 from cag.events.schemas import STREAM, CandidateProposedV1, Envelope, FallbackServedV1
-from cag.fallback.approval import Approver, CompileTarget, PromotionRefusedError
+from cag.fallback.approval import PromotionRefusedError
 from cag.fallback.candidate_store import CandidateStore
 from cag.fallback.core.audience import Reader
 from cag.fallback.core.candidates import CandidateNotReviewableError, CandidateState
@@ -29,55 +27,10 @@ from cag.fallback.indexing import Indexer, documents_checksum
 from cag.fallback.promotion import Promotion, ReviewOrder
 from cag.fallback.promotion_handlers import served_consumer
 from cag.lifecycle import bounded
-from cag.rpc.clients import AsyncRegistryClient
-from cag.rpc.clients.compiler import AsyncCompilerClient
 from tests.infra_fixtures import Infra
+from tests.integration.fallback.conftest import REFUND_QUERIES, T0, Bus, count, idle_approver, promotion_of, served
 
 FAST = Redelivery(max_deliver=3, backoff_s=(0.2, 0.4), ack_wait_s=5.0)
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-REFUND_QUERIES = ["How long does a refund take?", "how long do refunds take", "When is my refund paid back?"]
-
-
-@dataclass
-class Bus:
-    published: list[Envelope]
-
-    async def publish(self, envelope: Envelope) -> None:
-        self.published.append(envelope)
-
-
-def idle_approver(database: AsyncEngine) -> Approver:
-    """An approver whose compiler and registry are never dialled: no approval in these tests gets that far."""
-    return Approver(
-        database,
-        AsyncCompilerClient("127.0.0.1:9", token="unused"),
-        AsyncRegistryClient("127.0.0.1:9", token="unused"),
-        CompileTarget(model="tiny", layout_file=Path("unused.json"), promotions_dir=Path("unused")),
-    )
-
-
-def promotion_of(store: CandidateStore, database: AsyncEngine, embedder: MiniLMEmbedder, bus: Bus) -> Promotion:
-    return Promotion(store, embedder, bus.publish, idle_approver(database))
-
-
-def served(
-    query: str, *, tenant: str = "acme", evidence: tuple[str, ...] = ("c-refunds",), minute: int = 0
-) -> Envelope:
-    payload = FallbackServedV1(
-        request_id=f"r-{uuid.uuid4().hex[:8]}",
-        tenant_id=tenant,
-        query=query,
-        reason="no route matched",
-        evidence_ids=list(evidence),
-        answer="Refunds are paid back within 14 days.",
-        latency_s=0.5,
-    )
-    return Envelope.wrap(payload).model_copy(update={"occurred_at": T0 + timedelta(minutes=minute)})
-
-
-async def count(promotion: Promotion, envelope: Envelope) -> None:
-    payload = FallbackServedV1.model_validate(envelope.data)
-    await promotion.served(envelope, payload)
 
 
 async def test_paraphrased_fallbacks_form_one_candidate_proposed_at_the_threshold(

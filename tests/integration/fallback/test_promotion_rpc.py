@@ -5,57 +5,22 @@ FAILED_PRECONDITION, an approval without a route INVALID_ARGUMENT, an unknown ca
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.auth import Scope
 from cag.auth.tokens import issue_token, load_key
-from cag.events.schemas import FallbackServedV1
-from cag.fallback.answering import Answerer
-from cag.fallback.candidate_store import CandidateStore
-from cag.fallback.core.chunking import ChunkLimits
-from cag.fallback.core.evidence_order import RetrievalOrder
-from cag.fallback.index import ChunkIndex
-from cag.fallback.indexing import Indexer
 from cag.fallback.promotion import Promotion
-from cag.fallback.promotion_rpc import PromotionRpcs
-from cag.fallback.servicer import SERVICE_NAME, FallbackServicer
-from cag.infra.ports import free_port
 from cag.rpc.clients.promotion import PromotionClient
 from cag.rpc.errors import error_details
-from cag.rpc.server import build_server
-from cag.v1 import fallback_pb2, fallback_pb2_grpc
+from cag.v1 import fallback_pb2
 from tests.infra_fixtures import Infra
-from tests.integration.fallback.test_promotion import REFUND_QUERIES, Bus, idle_approver, served
+from tests.integration.fallback.conftest import REFUND_QUERIES, count_served
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def promotion_server(
-    infra: Infra, candidate_store: CandidateStore, database: AsyncEngine, minilm: object
-) -> AsyncIterator[tuple[str, Promotion]]:
-    promotion = Promotion(candidate_store, minilm, Bus(published=[]).publish, idle_approver(database))  # type: ignore[arg-type]
-    index = ChunkIndex(database)
-    answerer = Answerer(index, minilm, RetrievalOrder(), pool=None, broker=None, layout_json="{}", top_k=3)  # type: ignore[arg-type]
-    indexer = Indexer(index, minilm, ChunkLimits(), None)  # type: ignore[arg-type]
-    servicer = FallbackServicer(answerer, indexer, PromotionRpcs(promotion), router_subject="service:router")
-    address = f"127.0.0.1:{free_port()}"
-    server = await build_server(
-        [(fallback_pb2_grpc.add_FallbackServiceServicer_to_server, servicer)],
-        [SERVICE_NAME],
-        address,
-        auth=load_key(infra.auth_key_file),
-    )
-    await server.start()
-    try:
-        yield address, promotion
-    finally:
-        await server.stop(grace=None)
 
 
 def client(infra: Infra, address: str, tenant: str, *scopes: Scope) -> PromotionClient:
@@ -65,12 +30,6 @@ def client(infra: Infra, address: str, tenant: str, *scopes: Scope) -> Promotion
 
 async def call(fn: Callable[[], T]) -> T:
     return await asyncio.to_thread(fn)
-
-
-async def count_served(promotion: Promotion, queries: list[str], evidence: str, tenant: str = "acme") -> None:
-    for minute, query in enumerate(queries):
-        event = served(query, tenant=tenant, evidence=(evidence,), minute=minute)
-        await promotion.served(event, FallbackServedV1.model_validate(event.data))
 
 
 async def test_candidates_are_listed_most_frequent_first_paged_and_per_tenant(
