@@ -1,4 +1,4 @@
-"""`cag platform`: infra, local S3 endpoint, registry, two cache-pool replicas, router and compiler as separate
+"""`cag platform`: infra, local S3 endpoint, registry, two cache-pool replicas, router, compiler and fallback as separate
 processes under one supervisor — up returns once every service is healthy and both replicas announce themselves,
 down leaves no process behind."""
 
@@ -48,6 +48,7 @@ def test_up_serves_every_service_and_down_leaves_no_process(models_dir: Path) ->
             ("cachepool-2", True),
             ("router", True),
             ("compiler", True),
+            ("fallback", True),
         ]
         assert plan.address_of("cachepool") != plan.address_of("cachepool-2")
         state = platform.infra.load_state()
@@ -55,7 +56,7 @@ def test_up_serves_every_service_and_down_leaves_no_process(models_dir: Path) ->
         # Both replicas announce themselves (a replica announces once it serves: SERVING comes first).
         assert wait_until(lambda: asyncio.run(announced_replicas(state.nats_url)) == {"cachepool-1", "cachepool-2"}, 30)
         processes = tree(plan.supervisor_pid)
-        assert len(processes) >= 7  # the supervisor and (at least) one process per service
+        assert len(processes) >= 8  # the supervisor and (at least) one process per service
         assert platform.up().supervisor_pid == plan.supervisor_pid  # up again: the same platform, still serving
     finally:
         platform.down(purge=True)

@@ -1,13 +1,15 @@
 """The serving path end to end, every hop a real gRPC server: SDK client → router → cache pool (→ registry).
 
 The answer through the router is the in-process engine's answer, token for token; one trace covers the client,
-the router and the cache pool; a module invalidated while being served takes the fallback path; bad input gets a
-clear status and the router keeps serving.
+the router and the cache pool; a query no route matches and a module invalidated while being served are answered
+by the fallback from named evidence, and with the fallback down the client is told which service is missing; bad
+input gets a clear status and the router keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from cag.client import (
+    Answer,
     AsyncCagClient,
     CagClient,
     CagClientError,
@@ -29,6 +32,7 @@ from cag.kvmodule import ModuleFile
 from cag.layout import PromptLayout, parse_layout
 from cag.models import ModelFiles
 from cag.v1 import registry_pb2
+from tests.conftest import KNOWLEDGE
 from tests.e2e.conftest import ROUTE, Platform
 
 QUESTION = "How do refunds work?"  # the rule "refunds" picks the billing route
@@ -103,6 +107,27 @@ def ancestors(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[Readab
     return chain
 
 
+def assert_answered_from_evidence(answer: Answer, source: Path) -> None:
+    """A fallback answer naming each chunk it used, whose offsets hold that chunk's place in its source."""
+    assert answer.decision is not None and answer.decision.path == "fallback"
+    assert answer.summary.path == "fallback" and answer.summary.tokens > 0
+    evidence = answer.summary.evidence
+    assert evidence and [e.chunk_id for e in evidence] == list(answer.summary.evidence_ids)
+    assert source.as_uri() in {e.source_uri for e in evidence}
+    assert all(0 <= e.char_start < e.char_end for e in evidence)
+    assert answer.summary.prefill_tokens > 0
+
+
+async def test_a_query_no_route_matches_is_answered_by_the_fallback_from_named_evidence(platform: Platform) -> None:
+    async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
+        answer = await cag.ask("Can I pay for my order in installments with PayPal?", sampling=GREEDY)
+    assert answer.decision is not None and answer.decision.reason == "no rule matched; serving fallback"
+    assert_answered_from_evidence(answer, KNOWLEDGE / "billing")
+    first = next(e for e in answer.summary.evidence if e.source_uri == (KNOWLEDGE / "billing").as_uri())
+    text = (KNOWLEDGE / "billing" / first.path).read_text()
+    assert first.char_end <= len(text)
+
+
 async def test_an_invalidated_module_takes_the_fallback_path(platform: Platform) -> None:
     async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
         await cag.ask(QUESTION, sampling=GREEDY)
@@ -113,9 +138,18 @@ async def test_an_invalidated_module_takes_the_fallback_path(platform: Platform)
             if (await cag.explain(QUESTION)).path == "fallback":
                 break
             await asyncio.sleep(0.05)
+        answer = await cag.ask(QUESTION, sampling=GREEDY)
+    assert_answered_from_evidence(answer, KNOWLEDGE / "billing")
+
+
+async def test_with_the_fallback_service_down_a_fallback_query_is_unavailable_naming_it(platform: Platform) -> None:
+    await platform.fallback.stop()
+    async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
         with pytest.raises(FallbackUnavailableError) as caught:
-            await cag.ask(QUESTION, sampling=GREEDY)
+            await cag.ask("Can I pay for my order in installments with PayPal?", sampling=GREEDY)
+        assert (await cag.ask(QUESTION, sampling=GREEDY)).summary.path == "module"  # the module path still serves
     assert caught.value.reason == "FALLBACK_UNAVAILABLE"
+    assert platform.fallback.settings.address in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""The platform as processes on one machine: infra, then a local S3 endpoint, registry, cache pool, router and
-compiler, each its own process.
+"""The platform as processes on one machine: infra, then a local S3 endpoint, registry, cache pool, router,
+compiler and fallback, each its own process.
 
 `honcho` (a Procfile runner) supervises the S3 endpoint and the four services: it starts them, prefixes and
 multiplexes their output, and when one of them exits or it is told to stop, it stops the others (SIGTERM to each
@@ -18,6 +18,7 @@ infra's state)::
     modules/         the modules the compiler service builds (recompiles after invalidations) before it uploads
                      them to the local S3 endpoint (bucket `cag-modules`, prefix `modules/`), which the cache
                      pool fetches them from by their s3:// URI; the endpoint keeps objects in memory only
+    promotions/      sources the fallback writes for approved promotion candidates (the compiler reads them)
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ PLATFORM_DIR = "platform"
 PLAN_FILE = "plan.json"
 LOG_FILE = "platform.log"
 # Preferred ports (the ones the services default to); a busy one is replaced by a free one.
-DEFAULT_PORTS = {"s3": 50050, "registry": 50051, "cachepool": 50052, "router": 50053, "compiler": 50054}
+DEFAULT_PORTS = {
+    "s3": 50050, "registry": 50051, "cachepool": 50052, "router": 50053, "compiler": 50054, "fallback": 50055,
+}  # fmt: skip
 HEALTH_NAMES = {
     "registry": "cag.v1.RegistryService",
     "cachepool": "cag.v1.CachePoolService",
     "router": "cag.v1.RouterService",
     "compiler": "cag.v1.CompilerService",
+    "fallback": "cag.v1.FallbackService",
 }
 # The cache pool loads the model and replays the registry before it reports SERVING.
 UP_TIMEOUT_S = 300.0
@@ -202,6 +206,7 @@ class Platform:
             "CAG_ROUTER_REGISTRY_ADDRESS": addresses["registry"],
             "CAG_ROUTER_CACHEPOOL_ADDRESS": addresses["cachepool"],
             "CAG_ROUTER_NATS_URL": infra.nats_url_for("router"),
+            "CAG_ROUTER_FALLBACK_ADDRESS": addresses["fallback"],
         }
         if self.pool_replicas > 1:
             router["CAG_ROUTER_REPLICA_DISCOVERY"] = "true"
@@ -214,7 +219,21 @@ class Platform:
             "CAG_COMPILER_OBJECT_STORE_PREFIX": OBJECT_STORE_PREFIX,
             **s3.env("CAG_COMPILER_"),
         }
-        own = {"s3": {}, "registry": registry, "cachepool": cachepool, "router": router, "compiler": compiler}
+        fallback = {
+            "CAG_FALLBACK_ADDRESS": addresses["fallback"],
+            "CAG_FALLBACK_REGISTRY_ADDRESS": addresses["registry"],
+            "CAG_FALLBACK_CACHEPOOL_ADDRESS": addresses["cachepool"],
+            "CAG_FALLBACK_COMPILER_ADDRESS": addresses["compiler"],
+            "CAG_FALLBACK_DATABASE_URL": infra.database_url,
+            "CAG_FALLBACK_NATS_URL": infra.nats_url_for("fallback"),
+            "CAG_FALLBACK_PROMOTION_MODEL": self.model,
+            "CAG_FALLBACK_PROMOTIONS_DIR": str(self.dir / "promotions"),
+            **s3.env("CAG_FALLBACK_"),
+        }
+        own = {
+            "s3": {}, "registry": registry, "cachepool": cachepool, "router": router, "compiler": compiler,
+            "fallback": fallback,
+        }  # fmt: skip
         commands = {name: f"{sys.executable} -m cag.{name}" for name in DEFAULT_PORTS} | {"s3": shlex.join(s3.argv())}
         for name, env in self._replicas(cachepool).items():
             addresses[name], own[name], commands[name] = env["CAG_CACHEPOOL_ADDRESS"], env, commands["cachepool"]

@@ -13,7 +13,7 @@ Errors are CagClientError subclasses (cag.client.errors); transient ones are ret
 """
 
 from cag.client.aio import AsyncAnswerStream, AsyncCagClient
-from cag.client.answer import Answer, Decision, ServedModule, Summary
+from cag.client.answer import Answer, Decision, Evidence, ServedModule, Summary
 from cag.client.blocking import AnswerStream, CagClient
 from cag.client.errors import (
     CagClientError,
@@ -42,6 +42,7 @@ __all__ = [
     "DataLossError",
     "DeadlineExceededError",
     "Decision",
+    "Evidence",
     "FailedPreconditionError",
     "FallbackUnavailableError",
     "InvalidArgumentError",

@@ -42,6 +42,18 @@ class ServedModule:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Evidence:
+    """A retrieved chunk a fallback answer was generated from: characters [char_start, char_end) of the document
+    at `path` in the source `source_uri`."""
+
+    chunk_id: str
+    source_uri: str
+    path: str
+    char_start: int
+    char_end: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Summary:
     """The final record of an answer (cag.v1.GenerateSummary); times in milliseconds."""
 
@@ -60,6 +72,7 @@ class Summary:
     prefill_ms: float
     decode_ms: float
     trace_id: str  # "" when tracing is off
+    evidence: tuple[Evidence, ...] = ()  # fallback path: each chunk in prompt order, with its place in its source
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +124,16 @@ def summary_of(message: common_pb2.GenerateSummary) -> Summary:
         prefill_ms=message.prefill_ms,
         decode_ms=message.decode_ms,
         trace_id=message.trace_id,
+        evidence=tuple(
+            Evidence(
+                chunk_id=e.chunk_id,
+                source_uri=e.source_uri,
+                path=e.path,
+                char_start=e.char_start,
+                char_end=e.char_end,
+            )
+            for e in message.evidence
+        ),
     )
 
 

@@ -8,10 +8,12 @@ from typing import ClassVar
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from cag.errors import InvalidInputError
 from cag.events.consumer import Redelivery
 from cag.fallback.promotion_settings import PromotionSettings
 from cag.settings import CagBaseSettings
+
+# A generic answering layout shipped with the service (the chat template's im_end boundary, as SmolLM2 has).
+DEFAULT_LAYOUT_FILE = Path(__file__).with_name("default_layout.json")
 
 
 class FallbackSettings(CagBaseSettings):
@@ -23,8 +25,8 @@ class FallbackSettings(CagBaseSettings):
     address: str = "127.0.0.1:50055"
     registry_address: str = "127.0.0.1:50051"
     cachepool_address: str = "127.0.0.1:50052"
-    # The prompt layout of fallback answers (its system text and headers; the pool's model renders it): required.
-    layout_file: Path | None = None
+    # The prompt layout of fallback answers (its system text and headers; the pool's model renders it).
+    layout_file: Path = DEFAULT_LAYOUT_FILE
     # Chunks retrieved per query, and the chunker's bound.
     top_k: int = Field(default=4, ge=1, le=64)
     chunk_max_chars: int = Field(default=800, ge=64, le=100_000)
@@ -48,8 +50,6 @@ class FallbackSettings(CagBaseSettings):
 
     @property
     def layout(self) -> Path:
-        if self.layout_file is None:
-            raise InvalidInputError("layout_file is not configured: set CAG_FALLBACK_LAYOUT_FILE to a layout JSON file")
         return self.layout_file
 
     @property

@@ -9,6 +9,7 @@ from faststream.nats import NatsBroker
 from nats.js.api import DeliverPolicy
 
 from cag.acl import PUBLIC_TENANT, AclScope
+from cag.errors import InvalidInputError
 from cag.events.consumer import EventConsumer, Redelivery, subscribe
 from cag.events.schemas import Envelope, ModulePublishedV1, SourceChangedV1
 from cag.fallback.index import Audience
@@ -36,11 +37,15 @@ class SourceFollower:
         self.indexer, self.registry = indexer, registry
 
     async def index_published(self) -> int:
-        """Index the source of every published module whose chunks are missing or older; the sources indexed."""
+        """Index the source of every published module whose chunks are missing or older; the sources indexed. A
+        source this service cannot read (a scheme it does not know, a folder gone) is skipped, saying so."""
         indexed = 0
         request = registry_pb2.ListModulesRequest(state=common_pb2.MODULE_STATE_PUBLISHED)
         async for module in self.registry.list_all(request):
-            indexed += (await self.indexer.index_uri(module.source_uri, audience_of(module))).changed
+            try:
+                indexed += (await self.indexer.index_uri(module.source_uri, audience_of(module))).changed
+            except InvalidInputError as e:
+                log.warning("source %s of module %s not indexed: %s", module.source_uri, module.module_id, e)
         return indexed
 
     async def on_module_published(self, envelope: Envelope, event: ModulePublishedV1) -> None:

@@ -4,10 +4,9 @@ audience inside the query, clear statuses for an empty index, and a source repla
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.acl import AclScope
 from cag.embedding import MiniLMEmbedder
@@ -18,7 +17,6 @@ from cag.fallback.core.chunking import ChunkLimits, SourceDocument
 from cag.fallback.core.evidence_order import RetrievalOrder
 from cag.fallback.index import Audience, ChunkIndex
 from cag.fallback.indexing import Indexer, documents_checksum
-from tests.infra_fixtures import FreshDatabase
 
 ACME_DOCS = [
     SourceDocument(path="refunds.md", title="Refunds", text="# Refunds\n\nRefunds are paid back within 14 days."),
@@ -27,18 +25,6 @@ ACME_DOCS = [
 GLOBEX_DOCS = [
     SourceDocument(path="refunds.md", title="Refunds", text="# Refunds\n\nGlobex refunds take 90 days by cheque."),
 ]
-
-
-@pytest.fixture(scope="session")
-def minilm() -> MiniLMEmbedder:
-    return MiniLMEmbedder.load()
-
-
-@pytest.fixture
-async def database(fresh_database: FreshDatabase) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(fresh_database.database_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
