@@ -55,9 +55,10 @@ class Timed:
 # ---------------------------------------------------------------- through the services
 
 
-def ask_router(cag: CagClient, question: EvalQuestion) -> Sample:
-    """`cag` (and `fallback_only`, asked as a tenant without modules): the router decides, the cache pool or the
-    fallback service answers. The route is the decided one on the module path, NO_ROUTE on the fallback path."""
+def ask_router(cag: CagClient, question: EvalQuestion, *, routed: bool = True) -> Sample:
+    """`cag` (and `fallback_only`, asked as a tenant without modules, `routed` False): the router decides, the
+    cache pool or the fallback service answers. The route is the decided one on the module path, NO_ROUTE on the
+    fallback path; None when the baseline does not route."""
     began = time.perf_counter()
     first: float | None = None
     try:
@@ -66,10 +67,11 @@ def ask_router(cag: CagClient, question: EvalQuestion) -> Sample:
                 first = first or time.perf_counter()
             answer = chunks.answer
     except CagClientError as e:
-        return _failed(question, f"{e.code.name}: {e.message}", route=NO_ROUTE)
+        return _failed(question, f"{e.code.name}: {e.message}", route=NO_ROUTE if routed else None)
     ended = time.perf_counter()
     summary = answer.summary
-    route = answer.decision.route if answer.decision and summary.path == "module" else NO_ROUTE
+    decided = answer.decision.route if answer.decision and summary.path == "module" else NO_ROUTE
+    route = decided if routed else None
     return Sample(
         question_id=question.id,
         question_type=question.type.value,
@@ -79,7 +81,7 @@ def ask_router(cag: CagClient, question: EvalQuestion) -> Sample:
         answer=answer.text.strip(),
         correct=question.check.passes(answer.text),
         route=route,
-        route_correct=route == question.route,
+        route_correct=None if route is None else route == question.route,
     )
 
 
