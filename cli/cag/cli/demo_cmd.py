@@ -1,14 +1,14 @@
 """`cag demo`: the main job end to end, through the platform's own services.
 
-Starts the platform as processes (`cag platform up`: NATS, Postgres, registry, cache pool, router, compiler)
+Starts the platform as processes (`cag platform up`: NATS, Postgres, registry, cache pool, router, compiler, fallback)
 unless it runs already, compiles the demo knowledge — one public module with the shared guidelines and tools, and on top
 of it acme's billing and shipping modules and globex's api module — registers and publishes them, and applies
 each tenant's route rules. Then two end users (alice at acme, bob at globex) ask questions through the router
 with the SDK; per answer it prints the path, the route and what decided it, the module versions with the tier
 each came from, and the TTFT. Last, a live invalidation: a billing source is edited and its change published
-as an event; the next billing answer takes the fallback path (no module is served stale) until the compiler
-service, following the registry's invalidation, has recompiled and published the module by itself, and then the
-new version answers.
+as an event; the next billing answer takes the fallback path (no module is served stale: the fallback service
+answers from retrieved chunks, named with their place in the source) until the compiler service, following the
+registry's invalidation, has recompiled and published the module by itself, and then the new version answers.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, settings: CagSettings) -> int:
     runner.down(purge=True)  # what an interrupted run left
     try:
         with console.status(
-            "starting the platform: NATS, Postgres, registry, cache pool, router, compiler (one process each)"
+            "starting the platform: NATS, Postgres, registry, cache pool, router, compiler, fallback (one process each)"
         ):
             plan = runner.up()
         for service in plan.services:
@@ -182,7 +182,7 @@ class Demo:
         try:
             answer = cag.ask(question, sampling=SAMPLING, tenant=in_name_of)
         except FallbackUnavailableError as e:
-            return Row(who, question, "fallback", "-", "-", None, f"(no retrieval service yet: {e.message})")
+            return Row(who, question, "fallback", "-", "-", None, f"(the fallback service is unavailable: {e.message})")
         except CagClientError as e:
             return Row(who, question, f"refused: {e.code.name}", "-", "-", None, e.message)
         return answer_row(who, question, answer)
@@ -247,6 +247,8 @@ def answer_row(who: str, question: str, answer: Answer) -> Row:
         why = decision.rule_id or f"{decision.confidence:.2f}"
         decided = f"{decision.route} ({decision.basis}: {why})"
     modules = " → ".join(f"v{m.version} {tier_name(m.tier)}" for m in answer.summary.modules)
+    if answer.summary.evidence:  # the fallback path: the retrieved chunks instead of modules
+        modules = ", ".join(f"{e.path} [{e.char_start}:{e.char_end}]" for e in answer.summary.evidence)
     return Row(who, question, answer.summary.path, decided, modules, answer.summary.ttft_ms, answer.text.strip())
 
 
@@ -256,7 +258,7 @@ def tier_name(tier: str) -> str:
 
 def table(title: str, rows: list[Row]) -> Table:
     out = Table(title=title)
-    for column in ("user", "question", "path", "route (decided by)", "modules (tier)", "TTFT", "answer"):
+    for column in ("user", "question", "path", "route (decided by)", "modules (tier) or evidence", "TTFT", "answer"):
         out.add_column(column)
     for r in rows:
         ttft = f"{r.ttft_ms:.0f} ms" if r.ttft_ms is not None else "-"
