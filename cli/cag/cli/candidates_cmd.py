@@ -38,10 +38,17 @@ def register(sub: Any) -> None:
     approve = which.add_parser("approve", help="compile a module from the candidate's evidence and route to it")
     approve.add_argument("candidate_id")
     approve.add_argument("--route", required=True, help="the route the promoted module serves")
+    approve.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        help="a fact the module's answers must contain (repeatable): its golden check where the fallback's "
+        "answers hold nothing of the evidence",
+    )
     approve.set_defaults(run=run_review, approve=True)
     reject = which.add_parser("reject", help="keep the candidate's queries on the fallback")
     reject.add_argument("candidate_id")
-    reject.set_defaults(run=run_review, approve=False, route="")
+    reject.set_defaults(run=run_review, approve=False, route="", expect=[])
     for command in (listing, approve, reject):
         command.add_argument("--fallback", help="fallback service host:port (default: CAG_FALLBACK_ADDRESS)")
     for command in (approve, reject):
@@ -109,6 +116,7 @@ def run_review(args: argparse.Namespace, settings: CagSettings) -> int:
         reviewer=args.reviewer,
         route=args.route,
         comment=args.comment,
+        expect=args.expect,
     )
 
     def review() -> int:

@@ -296,6 +296,7 @@ class ReviewRequest(_message.Message):
     REVIEWER_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
+    EXPECT_FIELD_NUMBER: _builtins.int
     candidate_id: _builtins.str
     approve: _builtins.bool
     """true approves, false rejects."""
@@ -304,6 +305,14 @@ class ReviewRequest(_message.Message):
     route: _builtins.str
     """Route the promoted module will serve (required when approving)."""
     comment: _builtins.str
+    @_builtins.property
+    def expect(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Facts the promoted module's answers to the candidate's queries must contain (its golden checks), for the
+        queries whose fallback answers share no run of words with the evidence (those that do are checked on
+        that). An approval with neither is FAILED_PRECONDITION: the module could not be checked, and the registry
+        publishes no unchecked module.
+        """
+
     def __init__(
         self,
         *,
@@ -312,10 +321,11 @@ class ReviewRequest(_message.Message):
         reviewer: _builtins.str = ...,
         route: _builtins.str = ...,
         comment: _builtins.str = ...,
+        expect: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "candidate_id", b"candidate_id", "comment", b"comment", "reviewer", b"reviewer", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "candidate_id", b"candidate_id", "comment", b"comment", "expect", b"expect", "reviewer", b"reviewer", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

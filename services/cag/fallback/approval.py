@@ -69,11 +69,12 @@ class Approver:
     ) -> None:
         self._database, self._compiler, self._registry, self._target = database, compiler, registry, target
 
-    async def approve(self, candidate: Candidate, route: str) -> str:
-        """Write the source, start its compile, add the route rule; the compile job's id."""
+    async def approve(self, candidate: Candidate, route: str, reviewer_facts: Sequence[str] = ()) -> str:
+        """Write the source, start its compile, add the route rule; the compile job's id. `reviewer_facts`: what
+        the module's answers must hold where the fallback's answers hold nothing grounded in the evidence."""
         check_name("route", route)
         chunks = await self.evidence(candidate)
-        folder = self._write_source(candidate, chunks)
+        folder = self._write_source(candidate, chunks, reviewer_facts)
         job_id = await self._start_compile(candidate, route, folder)
         await self._add_rule(candidate, route)
         return job_id
@@ -111,18 +112,23 @@ class Approver:
             for r in sorted(rows, key=lambda r: order[r.chunk_id])
         ]
 
-    def _write_source(self, candidate: Candidate, chunks: Sequence[EvidenceChunk]) -> Path:
+    def _write_source(self, candidate: Candidate, chunks: Sequence[EvidenceChunk], facts: Sequence[str]) -> Path:
+        evidence = "\n".join(c.text for c in chunks)
+        asked = [(q.text, q.answer) for q in candidate.queries[:GOLDEN_QUERIES]]
+        cases = golden_cases(asked, evidence, reviewer_facts=facts)
+        if not cases:
+            raise PromotionRefusedError(
+                f"candidate {candidate.candidate_id}'s fallback answers share no fact with their evidence, so no "
+                "golden check can be made of them, and the registry publishes no unchecked module: approve again "
+                "naming what the answers must contain (ReviewRequest.expect; cag candidates approve --expect)"
+            )
         folder = self._target.promotions_dir / candidate.tenant_id / candidate.candidate_id
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         for file in source_files(chunks):
             (folder / file.name).write_text(file.text, encoding="utf-8")
-        evidence = "\n".join(c.text for c in chunks)
-        asked = [(q.text, q.answer) for q in candidate.queries[:GOLDEN_QUERIES]]
-        cases = golden_cases(asked, evidence)
-        if cases:
-            (folder / "golden.json").write_text(json.dumps(cases, indent=2, ensure_ascii=False), encoding="utf-8")
+        (folder / "golden.json").write_text(json.dumps(cases, indent=2, ensure_ascii=False), encoding="utf-8")
         return folder
 
     async def _start_compile(self, candidate: Candidate, route: str, folder: Path) -> str:

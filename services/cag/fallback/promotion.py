@@ -39,6 +39,7 @@ class ReviewOrder:
     actor: str  # the authenticated caller
     route: str
     comment: str
+    expect: tuple[str, ...] = ()  # facts the module's answers must hold (golden checks), from the reviewer
 
 
 class Promotion:
@@ -105,7 +106,7 @@ class Promotion:
             changed = reviewed(candidate, review)
             if not order.approve:
                 return changed
-            job_id = await self._approver.approve(changed, order.route)
+            job_id = await self._approver.approve(changed, order.route, order.expect)
             return dataclasses.replace(changed, review=dataclasses.replace(review, compile_job_id=job_id))
 
         changed = await self._store.change(order.candidate_id, apply)

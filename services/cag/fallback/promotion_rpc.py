@@ -16,6 +16,8 @@ from cag.v1 import fallback_pb2
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAX_COMMENT = 1024
+MAX_FACTS = 10
+MAX_FACT_CHARS = 256
 STATES = {
     CandidateState.PROPOSED: fallback_pb2.CANDIDATE_STATE_PROPOSED,
     CandidateState.APPROVED: fallback_pb2.CANDIDATE_STATE_APPROVED,
@@ -50,6 +52,15 @@ def page_of(request: fallback_pb2.CandidatesRequest) -> tuple[CandidateState | N
     return _STATE_OF.get(request.state), int(token or 0), request.page_size or DEFAULT_PAGE
 
 
+def facts_of(request: fallback_pb2.ReviewRequest) -> tuple[str, ...]:
+    if len(request.expect) > MAX_FACTS:
+        raise InvalidFieldError("expect", f"holds {len(request.expect)} facts; at most {MAX_FACTS}")
+    facts = tuple(check_text("expect", f, max_chars=MAX_FACT_CHARS, required=True).strip() for f in request.expect)
+    if not all(facts):
+        raise InvalidFieldError("expect", "holds a blank fact")
+    return facts
+
+
 class PromotionRpcs:
     def __init__(self, promotion: Promotion) -> None:
         self._promotion = promotion
@@ -82,6 +93,7 @@ class PromotionRpcs:
             actor=caller.subject,
             route=check_name("route", request.route) if request.approve else "",
             comment=check_text("comment", request.comment, max_chars=MAX_COMMENT),
+            expect=facts_of(request),
         )
         changed = await self._promotion.review(order)
         job_id = changed.review.compile_job_id if changed.review is not None else ""

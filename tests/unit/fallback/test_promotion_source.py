@@ -50,3 +50,12 @@ def test_an_answer_sharing_no_run_with_the_evidence_gives_no_golden_case() -> No
         evidence,
     )
     assert cases == [{"question": "refund window?", "expect": ["Refunds are accepted within 30 days of delivery."]}]
+
+
+def test_the_reviewers_facts_check_the_queries_whose_answers_hold_none() -> None:
+    evidence = "Refunds are accepted within 30 days of delivery."
+    asked = [("refund window?", "Refunds are accepted within 30 days."), ("other?", "zq xv")]
+    assert golden_cases(asked, evidence, reviewer_facts=["30 days"]) == [
+        {"question": "refund window?", "expect": ["Refunds are accepted within 30"]},
+        {"question": "other?", "expect": ["30 days"]},
+    ]

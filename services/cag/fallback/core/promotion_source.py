@@ -7,7 +7,8 @@ truth, so asserting them whole would only test that the module repeats the fallb
 honestly be asserted is what the answer took from the evidence: runs of at least `min_words` words that the
 answer and the evidence share verbatim. A module built from that evidence should state the same facts; a
 query whose answer shares no such run with the evidence gets no golden case (there is nothing grounded to
-check), and a candidate with no case at all is compiled without a golden gate.
+check) unless the reviewer named the facts its answer must hold. The registry publishes no module without
+passed golden checks, so a candidate with no case at all is not compiled.
 """
 
 from __future__ import annotations
@@ -100,13 +101,17 @@ def grounded_facts(answer: str, evidence: str, *, min_words: int = MIN_FACT_WORD
 
 
 def golden_cases(
-    queries: Sequence[tuple[str, str]], evidence: str, *, max_facts: int = MAX_FACTS_PER_QUERY
+    queries: Sequence[tuple[str, str]],
+    evidence: str,
+    *,
+    reviewer_facts: Sequence[str] = (),
+    max_facts: int = MAX_FACTS_PER_QUERY,
 ) -> list[dict[str, object]]:
     """golden.json entries for (query, fallback answer) pairs: each query with the facts its answer drew from the
-    evidence; queries with none are left out."""
+    evidence, or else the reviewer's facts; queries with neither are left out."""
     cases: list[dict[str, object]] = []
     for query, answer in queries:
-        facts = grounded_facts(answer, evidence)[:max_facts]
+        facts = grounded_facts(answer, evidence)[:max_facts] or list(reviewer_facts)
         if facts:
             cases.append({"question": query, "expect": facts})
     return cases
