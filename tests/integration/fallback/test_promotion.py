@@ -4,8 +4,10 @@ once per event id, proposed on the bus, reviewed once; approval refused for evid
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import nats
 import pytest
@@ -14,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.acl import AclScope
 from cag.embedding import MiniLMEmbedder
+from cag.errors import UnavailableError
 from cag.events.bus import make_broker, publish_event
 from cag.events.consumer import Redelivery, start_broker, subscribe
 from cag.events.schemas import STREAM, CandidateProposedV1, Envelope, FallbackServedV1
-from cag.fallback.approval import PromotionRefusedError
+from cag.fallback.approval import Approver, CompileTarget, PromotionRefusedError
 from cag.fallback.candidate_store import CandidateStore
 from cag.fallback.core.audience import Reader
 from cag.fallback.core.candidates import CandidateNotReviewableError, CandidateState
@@ -27,6 +30,8 @@ from cag.fallback.indexing import Indexer, documents_checksum
 from cag.fallback.promotion import Promotion, ReviewOrder
 from cag.fallback.promotion_handlers import served_consumer
 from cag.lifecycle import bounded
+from cag.rpc.clients import AsyncRegistryClient
+from cag.rpc.clients.compiler import AsyncCompilerClient
 from tests.infra_fixtures import Infra
 from tests.integration.fallback.conftest import REFUND_QUERIES, T0, Bus, count, idle_approver, promotion_of, served
 
@@ -154,3 +159,42 @@ async def test_approval_is_refused_for_private_or_vanished_evidence(
         await promotion.review(order)
     stored = await candidate_store.get(gone.candidate_id)
     assert stored is not None and stored.state is CandidateState.PROPOSED  # a failed approval leaves it proposed
+
+
+async def test_approval_needs_a_golden_fact_and_a_compiler_that_answers(
+    candidate_store: CandidateStore, database: AsyncEngine, minilm: MiniLMEmbedder, tmp_path: Path
+) -> None:
+    index = ChunkIndex(database)
+    await index.create_tables()
+    docs = [SourceDocument(path="refunds.md", title="Refunds", text="# Refunds\n\nMoney returns in two weeks.")]
+    tenant = Audience(tenant_id="acme", scope=AclScope.TENANT)
+    await Indexer(index, minilm, ChunkLimits(), None).index_documents(
+        "file:///kb/r", tenant, docs, documents_checksum(docs)
+    )
+    [retrieved] = await index.nearest(Reader(tenant_id="acme"), minilm.embed(["refund"])[0], 1)
+    down = "127.0.0.1:1"  # nothing listens on port 1
+    approver = Approver(
+        database,
+        AsyncCompilerClient(down, token="t", timeout_s=5.0),
+        AsyncRegistryClient(down, token="t", timeout_s=5.0),
+        CompileTarget(model="tiny", layout_file=tmp_path / "layout.json", promotions_dir=tmp_path / "promotions"),
+    )
+    promotion = Promotion(candidate_store, minilm, Bus(published=[]).publish, approver)
+    for minute, query in enumerate(REFUND_QUERIES):  # answered "Refunds are paid back within 14 days."
+        await count(promotion, served(query, evidence=(retrieved.chunk.chunk_id,), minute=minute))
+    [candidate] = (await candidate_store.page(tenants={"acme"}, state=None, offset=0, limit=10)).candidates
+    order = ReviewOrder(
+        candidate_id=candidate.candidate_id, approve=True, reviewer="", actor="user:alice", route="refunds", comment=""
+    )
+    with pytest.raises(PromotionRefusedError, match="share no fact with their evidence"):
+        await promotion.review(order)
+    with pytest.raises(UnavailableError, match=f"the compiler at {down} refused the promotion: UNAVAILABLE"):
+        await promotion.review(dataclasses.replace(order, expect=("two weeks",)))
+    stored = await candidate_store.get(candidate.candidate_id)
+    assert stored is not None and stored.state is CandidateState.PROPOSED
+    folder = tmp_path / "promotions" / "acme" / candidate.candidate_id
+    assert (
+        folder / "01-refunds.md"
+    ).read_text() == "---\ntitle: Refunds > Refunds\n---\n# Refunds\n\nMoney returns in two weeks.\n"
+    golden = json.loads((folder / "golden.json").read_text())
+    assert golden == [{"question": q, "expect": ["two weeks"]} for q in stored.representative_queries(5)]
