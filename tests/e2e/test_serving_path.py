@@ -9,10 +9,14 @@ input gets a clear status and the router keeps serving.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import grpc
+import nats
 import pytest
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -28,12 +32,14 @@ from cag.client import (
     UnauthenticatedError,
 )
 from cag.engine import Engine, GenerateRequest, SamplingParams
+from cag.events.schemas import STREAM, Envelope, FallbackServedV1
 from cag.kvmodule import ModuleFile
 from cag.layout import PromptLayout, parse_layout
 from cag.models import ModelFiles
 from cag.v1 import registry_pb2
 from tests.conftest import KNOWLEDGE
 from tests.e2e.conftest import ROUTE, Platform
+from tests.infra_fixtures import Infra
 
 QUESTION = "How do refunds work?"  # the rule "refunds" picks the billing route
 GREEDY = Sampling(max_new_tokens=12)
@@ -118,14 +124,43 @@ def assert_answered_from_evidence(answer: Answer, source: Path) -> None:
     assert answer.summary.prefill_tokens > 0
 
 
-async def test_a_query_no_route_matches_is_answered_by_the_fallback_from_named_evidence(platform: Platform) -> None:
-    async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
-        answer = await cag.ask("Can I pay for my order in installments with PayPal?", sampling=GREEDY)
-    assert answer.decision is not None and answer.decision.reason == "no rule matched; serving fallback"
-    assert_answered_from_evidence(answer, KNOWLEDGE / "billing")
-    first = next(e for e in answer.summary.evidence if e.source_uri == (KNOWLEDGE / "billing").as_uri())
-    text = (KNOWLEDGE / "billing" / first.path).read_text()
-    assert first.char_end <= len(text)
+async def served_event(request_id: str, events: JetStreamContext.PullSubscription) -> FallbackServedV1:
+    """The cag.fallback.served event of one request (others may be published meanwhile)."""
+    for _ in range(50):
+        for message in await events.fetch(1, timeout=10):
+            await message.ack()
+            event = FallbackServedV1.model_validate(Envelope.model_validate_json(message.data).data)
+            if event.request_id == request_id:
+                return event
+    raise AssertionError(f"no cag.fallback.served for {request_id}")
+
+
+async def test_a_query_no_route_matches_is_answered_by_the_fallback_from_named_evidence(
+    platform: Platform, infra: Infra
+) -> None:
+    client = await nats.connect(infra.nats_url)
+    events = await client.jetstream().pull_subscribe(
+        FallbackServedV1.subject, durable=f"t-served-{uuid.uuid4().hex[:8]}", stream=STREAM,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+    )  # fmt: skip
+    try:
+        async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
+            answer = await cag.ask("Can I pay for my order in installments with PayPal?", sampling=GREEDY)
+        assert answer.decision is not None and answer.decision.reason == "no rule matched; serving fallback"
+        assert_answered_from_evidence(answer, KNOWLEDGE / "billing")
+        first = next(e for e in answer.summary.evidence if e.source_uri == (KNOWLEDGE / "billing").as_uri())
+        assert first.char_end <= len((KNOWLEDGE / "billing" / first.path).read_text())
+        event = await served_event(answer.decision.decision_id, events)
+    finally:
+        await client.close()
+    assert (event.tenant_id, event.route, event.query) == (
+        "acme",
+        "",
+        "Can I pay for my order in installments with PayPal?",
+    )
+    assert event.evidence_ids == list(answer.summary.evidence_ids)
+    assert (KNOWLEDGE / "billing").as_uri() in event.source_uris
+    assert event.answer == answer.text and event.reason == "no rule matched; serving fallback"
 
 
 async def test_an_invalidated_module_takes_the_fallback_path(platform: Platform) -> None:
