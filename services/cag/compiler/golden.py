@@ -50,11 +50,19 @@ def run_golden(
         request = GenerateRequest(chain=chain, suffix=suffix_tokens(case.question), sampling=sampling)
         tokens = [event.token_id for event in engine.generate(request)]
         answer = decode(tokens).strip()
-        result = GoldenResult(question=case.question, expect=case.expect, answer=answer, passed=case.passes(answer))
+        result = GoldenResult(
+            question=case.question, expect=case.expect, answer=transcript(answer), passed=case.passes(answer)
+        )
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
+
+
+def transcript(answer: str) -> str:
+    """The answer as recorded (module header, registry, logs): control characters other than tab and newline
+    written as `\\xNN`, since a model may emit any (a carriage return, say) and stored text may not hold them."""
+    return "".join(f"\\x{ord(c):02x}" if (ord(c) < 0x20 and c not in "\t\n") or c == "\x7f" else c for c in answer)
 
 
 def results_json(results: Sequence[GoldenResult]) -> str:
