@@ -143,7 +143,10 @@ class ChunkIndex:
             f"WHERE {condition.sql} ORDER BY distance LIMIT :k"
         )
         params = {**condition.params, "query": _vector(query_embedding), "k": k}
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
+            # An HNSW scan filters after it finds neighbours: a tenant with few chunks among many of others' would
+            # get fewer than k (or none). Iterative scans go on until k rows pass the filter, nearest first.
+            await conn.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
             rows = (await conn.execute(query, params)).all()
         return [
             Retrieved(

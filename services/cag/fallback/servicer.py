@@ -110,7 +110,10 @@ class FallbackServicer(fallback_pb2_grpc.FallbackServiceServicer):
     @override
     async def Index(self, request: fallback_pb2.IndexRequest, context: Context) -> fallback_pb2.IndexResponse:
         audience = audience_of(request)
-        current_caller().require(Scope.WRITE, check_name("tenant_id", request.tenant_id))
+        caller = current_caller()
+        caller.require(Scope.WRITE, check_name("tenant_id", request.tenant_id))
+        if audience.scope is AclScope.PUBLIC:  # public chunks reach every tenant: an operator's decision
+            caller.require_admin("index public knowledge")
         source_uri = check_text("source_uri", request.source_uri, max_chars=MAX_URI, required=True)
         documents = documents_of(request)
         result = await self.indexer.index_documents(source_uri, audience, documents, documents_checksum(documents))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cag.acl import AclScope
@@ -17,6 +18,7 @@ from cag.fallback.core.chunking import ChunkLimits, SourceDocument
 from cag.fallback.core.evidence_order import RetrievalOrder
 from cag.fallback.index import Audience, ChunkIndex
 from cag.fallback.indexing import Indexer, documents_checksum
+from tests.infra_fixtures import FreshDatabase
 
 ACME_DOCS = [
     SourceDocument(path="refunds.md", title="Refunds", text="# Refunds\n\nRefunds are paid back within 14 days."),
@@ -121,3 +123,37 @@ async def test_a_source_is_replaced_in_one_transaction(indexed: Indexer, minilm:
     rows = await indexed.index.nearest(reader, vector, 10)
     texts = [r.chunk.text for r in rows if r.chunk.source_uri == uri]
     assert texts == ["# Refunds\n\nRefunds now take 30 days."]
+
+
+async def test_a_tenant_with_few_chunks_among_many_of_another_still_gets_its_own_through_the_hnsw_index(
+    index: ChunkIndex, database: AsyncEngine, fresh_database: FreshDatabase, minilm: MiniLMEmbedder
+) -> None:
+    """With the planner made to use the HNSW index, the nearest 40 candidates are all another tenant's: the
+    reader's own chunk is still found (the scan goes on until rows pass the audience filter)."""
+    indexer = Indexer(index, minilm, ChunkLimits(), None)
+    crowd = [
+        SourceDocument(path=f"refunds-{i}.md", title="Refunds", text=f"Refunds of order {i} take {i} days.")
+        for i in range(150)
+    ]
+    await put(indexer, "file:///kb/globex", Audience(tenant_id="globex", scope=AclScope.TENANT), crowd)
+    lone = [SourceDocument(path="stores.md", title="Stores", text="Our Paris store opens at nine.")]
+    await put(indexer, "file:///kb/acme", Audience(tenant_id="acme", scope=AclScope.TENANT), lone)
+    async with database.begin() as conn:  # only the HNSW index left to the planner
+        await conn.execute(text("DROP INDEX fallback_chunks_source"))
+        await conn.execute(text(f'ALTER DATABASE "{fresh_database.name}" SET enable_seqscan = off'))
+    await database.dispose()  # new connections take the setting
+    [vector] = minilm.embed(["How long do refunds of an order take?"])
+    async with database.connect() as conn:
+        plan = "\n".join(
+            row[0]
+            for row in await conn.execute(
+                text(
+                    "EXPLAIN SELECT chunk_id FROM fallback_chunks WHERE tenant_id = 'acme' "
+                    "ORDER BY embedding <=> CAST(:q AS vector) LIMIT 3"
+                ),
+                {"q": "[" + ",".join(map(str, vector)) + "]"},
+            )
+        )
+    assert "fallback_chunks_embedding" in plan  # the HNSW index answers
+    found = await index.nearest(Reader(tenant_id="acme"), vector, 3)
+    assert [r.chunk.path for r in found] == ["stores.md"]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, cast
+
 import pytest
 
 from cag.acl import PUBLIC_TENANT, AclScope
-from cag.errors import InvalidFieldError
+from cag.auth import Caller, Scope
+from cag.auth.caller import SYSTEM
+from cag.errors import InvalidFieldError, PermissionDeniedError
+from cag.fallback import servicer
 from cag.fallback.core.audience import Reader
+from cag.fallback.index import Audience
+from cag.fallback.indexing import Indexed
 from cag.fallback.servicer import audience_of, documents_of, question_of
 from cag.v1 import common_pb2, fallback_pb2
 
@@ -90,3 +98,40 @@ def test_documents_are_required_once_each() -> None:
     for request, problem in ((empty, "is empty"), (twice, "repeats")):
         with pytest.raises(InvalidFieldError, match=problem):
             documents_of(request)
+
+
+class Indexer:
+    def __init__(self) -> None:
+        self.indexed: list[str] = []
+
+    async def index_documents(self, source_uri: str, audience: Audience, documents: list[Any], checksum: str) -> Any:
+        self.indexed.append(source_uri)
+        return Indexed(documents=len(documents), chunks=1, checksum=checksum, changed=True)
+
+
+TENANT_WRITER = Caller(subject="user:ops-ann", scopes=frozenset({Scope.WRITE}), tenants=frozenset({"acme"}))
+
+
+@pytest.mark.parametrize(
+    ("caller", "scope", "allowed"),
+    [
+        (TENANT_WRITER, common_pb2.ACL_SCOPE_TENANT, True),
+        (TENANT_WRITER, common_pb2.ACL_SCOPE_PUBLIC, False),
+        (SYSTEM, common_pb2.ACL_SCOPE_PUBLIC, True),
+        (dataclasses.replace(TENANT_WRITER, scopes=frozenset({Scope.READ})), common_pb2.ACL_SCOPE_TENANT, False),
+    ],
+    ids=["tenant-writer", "tenant-writer-public", "admin-public", "reader"],
+)
+async def test_index_needs_write_on_the_tenant_and_admin_for_public_knowledge(
+    caller: Caller, scope: int, allowed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(servicer, "current_caller", lambda: caller)
+    indexer = Indexer()
+    fallback = servicer.FallbackServicer(cast("Any", None), cast("Any", indexer), cast("Any", None), router_subject="r")
+    request = index_request(scope, PUBLIC_TENANT if scope == common_pb2.ACL_SCOPE_PUBLIC else "")
+    if allowed:
+        assert (await fallback.Index(request, cast("Any", None))).chunks == 1
+    else:
+        with pytest.raises(PermissionDeniedError):
+            await fallback.Index(request, cast("Any", None))
+    assert indexer.indexed == (["file:///kb/acme"] if allowed else [])
