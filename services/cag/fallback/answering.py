@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 from faststream.nats import NatsBroker
 
+from cag.acl import PUBLIC_TENANT
 from cag.errors import NoEvidenceError, UnavailableError
 from cag.events.bus import publish_event
 from cag.events.schemas import MAX_ANSWER, Envelope, FallbackServedV1
@@ -19,6 +20,7 @@ from cag.fallback.core.audience import Reader
 from cag.fallback.core.evidence_order import EvidenceOrder
 from cag.fallback.embedder import Embeds, embed
 from cag.fallback.index import ChunkIndex, Retrieved
+from cag.fallback.reindexing import Reindexing
 from cag.rpc.clients import AsyncCachePoolClient
 from cag.v1 import cachepool_pb2, common_pb2
 
@@ -46,10 +48,14 @@ class Answerer:
         *,
         layout_json: str,
         top_k: int,
+        reindexing: Reindexing | None = None,
+        reindex_wait_s: float = 30.0,
     ) -> None:
         self.index, self.embedder, self.order, self.pool, self.broker = index, embedder, order, pool, broker
         self.layout_json = layout_json
         self.top_k = top_k
+        self.reindexing = reindexing or Reindexing()
+        self.reindex_wait_s = reindex_wait_s
 
     async def answer(self, question: Question, timeout_s: float | None) -> AsyncIterator[common_pb2.GenerateResponse]:
         arrived = time.perf_counter()
@@ -81,7 +87,10 @@ class Answerer:
         await self._served(question, evidence, "".join(answer), time.perf_counter() - arrived)
 
     async def evidence(self, reader: Reader, query: str) -> list[Retrieved]:
-        """The top-k chunks the reader may read, in the evidence order's order (the set is retrieval's)."""
+        """The top-k chunks the reader may read, in the evidence order's order (the set is retrieval's). While a
+        source of the reader's tenant (or a public one) is being reindexed, its new chunks are waited for."""
+        if not await self.reindexing.settled((reader.tenant_id, PUBLIC_TENANT), self.reindex_wait_s):
+            log.warning("answering %s from chunks still being reindexed", reader.tenant_id)
         [vector] = await embed(self.embedder, [query])
         retrieved = await self.index.nearest(reader, vector, self.top_k)
         if not retrieved:

@@ -27,6 +27,7 @@ from cag.fallback.indexing import Indexer
 from cag.fallback.promotion import Promotion
 from cag.fallback.promotion_handlers import subscribe_promotion
 from cag.fallback.promotion_rpc import PromotionRpcs
+from cag.fallback.reindexing import Reindexing
 from cag.fallback.servicer import SERVICE_NAME, FallbackServicer
 from cag.fallback.settings import FallbackSettings
 from cag.fallback.sources import SourceFollower, subscribe_sources
@@ -74,14 +75,18 @@ class FallbackApp:
         store = ObjectStore(S3Settings.of(s.infra))
         indexer = Indexer(index, self.embedder, ChunkLimits(max_chars=s.chunk_max_chars), store)
         self.broker = make_broker(s.nats_url)
-        follower = SourceFollower(indexer, self.registry)
+        reindexing = Reindexing()
+        follower = SourceFollower(indexer, self.registry, reindexing)
         subscribe_sources(self.broker, follower, s.group, s.redelivery)
         promotion = await self._promotion(token, self.database, self.registry, self.embedder, self.broker)
         subscribe_promotion(self.broker, promotion, s.group, s.redelivery)
         await start_broker(self.broker)
         log.info("fallback: %d source(s) of published modules indexed", await follower.index_published())
         order = self.order or RetrievalOrder()
-        answerer = Answerer(index, self.embedder, order, self.pool, self.broker, layout_json=layout, top_k=s.top_k)
+        answerer = Answerer(
+            index, self.embedder, order, self.pool, self.broker, layout_json=layout, top_k=s.top_k,
+            reindexing=reindexing, reindex_wait_s=s.reindex_wait_s,
+        )  # fmt: skip
         self.server = await build_server(
             [
                 (

@@ -30,6 +30,8 @@ class FallbackSettings(CagBaseSettings):
     # Chunks retrieved per query, and the chunker's bound.
     top_k: int = Field(default=4, ge=1, le=64)
     chunk_max_chars: int = Field(default=800, ge=64, le=100_000)
+    # An answer for a tenant whose source is being reindexed after a change waits at most this long for it.
+    reindex_wait_s: float = Field(default=30.0, ge=0)
     # Only this identity (the router) and admins may ask for answers.
     router_subject: str = "service:router"
     # The fallback's identity towards the registry and the cache pool (a token minted from the signing key).

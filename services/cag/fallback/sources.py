@@ -14,6 +14,7 @@ from cag.events.consumer import EventConsumer, Redelivery, subscribe
 from cag.events.schemas import Envelope, ModulePublishedV1, SourceChangedV1
 from cag.fallback.index import Audience
 from cag.fallback.indexing import Indexer
+from cag.fallback.reindexing import Reindexing
 from cag.rpc.clients import AsyncRegistryClient
 from cag.v1 import common_pb2, registry_pb2
 
@@ -33,8 +34,8 @@ def audience_of(module: common_pb2.Module) -> Audience:
 
 
 class SourceFollower:
-    def __init__(self, indexer: Indexer, registry: AsyncRegistryClient) -> None:
-        self.indexer, self.registry = indexer, registry
+    def __init__(self, indexer: Indexer, registry: AsyncRegistryClient, reindexing: Reindexing) -> None:
+        self.indexer, self.registry, self.reindexing = indexer, registry, reindexing
 
     async def index_published(self) -> int:
         """Index the source of every published module whose chunks are missing or older; the sources indexed. A
@@ -56,7 +57,11 @@ class SourceFollower:
 
     async def on_source_changed(self, envelope: Envelope, event: SourceChangedV1) -> None:
         """Re-read a source the index holds (for the tenant, or public) and replace its chunks; a source the index
-        does not hold is indexed when a module of it is published."""
+        does not hold is indexed when a module of it is published. Answers for the tenant wait meanwhile."""
+        async with self.reindexing.running(event.tenant_id):
+            await self._reindex(envelope, event)
+
+    async def _reindex(self, envelope: Envelope, event: SourceChangedV1) -> None:
         for tenant in (event.tenant_id, PUBLIC_TENANT):
             audience = await self.indexer.index.audience_of(tenant, event.source_uri)
             if audience is not None:

@@ -17,6 +17,7 @@ from cag.fallback.core.audience import Reader
 from cag.fallback.core.chunking import ChunkLimits
 from cag.fallback.index import Audience, ChunkIndex
 from cag.fallback.indexing import Indexer, read_source
+from cag.fallback.reindexing import Reindexing
 from cag.fallback.sources import SourceFollower, subscribe_sources
 from cag.lifecycle import bounded
 from cag.rpc.clients import AsyncRegistryClient
@@ -58,7 +59,7 @@ async def test_a_changed_source_is_reindexed_once_per_event(
         await indexer.index_uri(uri, audience)
     broker = make_broker(infra.nats_url_for("fallback"))
     registry = AsyncRegistryClient("127.0.0.1:9", token="unused")  # source events never ask the registry
-    subscribe_sources(broker, SourceFollower(indexer, registry), f"t{uuid.uuid4().hex[:8]}", FAST)
+    subscribe_sources(broker, SourceFollower(indexer, registry, Reindexing()), f"t{uuid.uuid4().hex[:8]}", FAST)
     await start_broker(broker)
     ops = make_broker(infra.nats_url)
     await ops.start()
