@@ -5,42 +5,22 @@ gRPC's own call object, so that whoever reads the stream can also cancel it (whi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from types import TracebackType
 
 import grpc
 
-from cag.auth.credentials import bearer_metadata
-from cag.rpc.auth import authenticated_channel
-from cag.telemetry import traced_channel
+from cag.rpc.clients.channels import AsyncChannel, BlockingChannel
 from cag.v1 import cachepool_pb2, cachepool_pb2_grpc, common_pb2
 
 # A generation streams for as long as the answer is; a prefetch may copy a large module.
 DEFAULT_TIMEOUT_S = 120.0
 
 
-class CachePoolClient:
+class CachePoolClient(BlockingChannel):
     """Blocking calls on one insecure channel to `address` (host:port), as `token`; use as a context manager."""
 
     def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self._metadata = bearer_metadata(token)
-        self._channel = traced_channel(grpc.insecure_channel(address))
+        super().__init__(address, token=token, timeout_s=timeout_s)
         self._stub = cachepool_pb2_grpc.CachePoolServiceStub(self._channel)
-
-    def __enter__(self) -> CachePoolClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def _timeout(self, timeout_s: float | None) -> float:
-        return self.timeout_s if timeout_s is None else timeout_s
 
     def generate(
         self, request: cachepool_pb2.CachePoolGenerateRequest, *, timeout_s: float | None = None
@@ -71,28 +51,12 @@ class CachePoolClient:
         return self._stub.Stats(cachepool_pb2.StatsRequest(), timeout=self.timeout_s, metadata=self._metadata)
 
 
-class AsyncCachePoolClient:
+class AsyncCachePoolClient(AsyncChannel):
     """The cache pool over grpc.aio: the same calls as CachePoolClient; Generate's call is async-iterable."""
 
     def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self._channel = authenticated_channel(address, token)
+        super().__init__(address, token=token, timeout_s=timeout_s)
         self._stub = cachepool_pb2_grpc.CachePoolServiceStub(self._channel)
-
-    async def __aenter__(self) -> AsyncCachePoolClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close(grace=None)
-
-    def _timeout(self, timeout_s: float | None) -> float:
-        return self.timeout_s if timeout_s is None else timeout_s
 
     def generate(
         self, request: cachepool_pb2.CachePoolGenerateRequest, *, timeout_s: float | None = None

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
-from cag.rpc.auth import authenticated_channel
+from cag.rpc.clients.channels import AsyncChannel
 from cag.v1 import compiler_pb2, compiler_pb2_grpc
 
 # Starting a job answers with its id at once; only the compile itself takes long, and it is not awaited here.
 DEFAULT_TIMEOUT_S = 30.0
 
 
-class AsyncCompilerClient:
+class AsyncCompilerClient(AsyncChannel):
     def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self._channel = authenticated_channel(address, token)
+        super().__init__(address, token=token, timeout_s=timeout_s)
         self._stub = compiler_pb2_grpc.CompilerServiceStub(self._channel)
-
-    async def __aenter__(self) -> AsyncCompilerClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close(grace=None)
 
     async def start(self, request: compiler_pb2.CompileRequest) -> str:
         """The id of the job the compile runs as. The job goes on after the stream is left (the compiler runs it

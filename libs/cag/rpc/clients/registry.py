@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator
-from types import TracebackType
 
-import grpc
-
-from cag.auth.credentials import bearer_metadata
-from cag.rpc.auth import authenticated_channel
-from cag.telemetry import traced_channel
+from cag.rpc.clients.channels import AsyncChannel, BlockingChannel
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 30.0
 
 
-class RegistryClient:
+class RegistryClient(BlockingChannel):
     """Blocking calls on one insecure channel to `address` (host:port); use as a context manager.
 
     `token`: the bearer token sent with every call (None: none, and the registry answers UNAUTHENTICATED).
     """
 
     def __init__(self, address: str, *, token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self._metadata = bearer_metadata(token) if token else ()
-        self._channel = traced_channel(grpc.insecure_channel(address))
+        super().__init__(address, token=token, timeout_s=timeout_s)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
 
     def register(self, module: common_pb2.Module) -> common_pb2.Module:
         request = registry_pb2.RegisterRequest(module=module)
@@ -105,25 +86,12 @@ class RegistryClient:
         return self._stub.GetRouteRules(request, timeout=self.timeout_s, metadata=self._metadata)
 
 
-class AsyncRegistryClient:
+class AsyncRegistryClient(AsyncChannel):
     """The registry over grpc.aio, for services: the same calls as RegistryClient, awaited; Watch streams."""
 
     def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self._channel = authenticated_channel(address, token)
+        super().__init__(address, token=token, timeout_s=timeout_s)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
-
-    async def __aenter__(self) -> AsyncRegistryClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close(grace=None)
 
     async def register(self, module: common_pb2.Module) -> common_pb2.Module:
         response = await self._stub.Register(registry_pb2.RegisterRequest(module=module), timeout=self.timeout_s)

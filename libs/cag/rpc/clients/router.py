@@ -4,42 +4,21 @@ SDK (cag.client) builds answers, typed errors and retries on top of them."""
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import grpc
 
-from cag.auth.credentials import bearer_metadata
-from cag.rpc.auth import authenticated_channel
-from cag.telemetry import traced_channel
+from cag.rpc.clients.channels import AsyncChannel, BlockingChannel
 from cag.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 # A generation streams for as long as the answer is: longer than a registry call may take.
 DEFAULT_TIMEOUT_S = 120.0
 
 
-class RouterClient:
+class RouterClient(BlockingChannel):
     """Blocking calls on one insecure channel to `address` (host:port), as `token`; use as a context manager."""
 
     def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self._metadata = bearer_metadata(token)
-        self._channel = traced_channel(grpc.insecure_channel(address))
+        super().__init__(address, token=token, timeout_s=timeout_s)
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
-
-    def __enter__(self) -> RouterClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def _timeout(self, timeout_s: float | None) -> float:
-        return self.timeout_s if timeout_s is None else timeout_s
 
     def generate(
         self, request: router_pb2.GenerateRequest, *, timeout_s: float | None = None
@@ -54,28 +33,12 @@ class RouterClient:
         return self._stub.Explain(request, timeout=self._timeout(timeout_s), metadata=self._metadata)
 
 
-class AsyncRouterClient:
+class AsyncRouterClient(AsyncChannel):
     """The router over grpc.aio: the same calls as RouterClient; Generate's call is async-iterable."""
 
     def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self._channel = authenticated_channel(address, token)
+        super().__init__(address, token=token, timeout_s=timeout_s)
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
-
-    async def __aenter__(self) -> AsyncRouterClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close(grace=None)
-
-    def _timeout(self, timeout_s: float | None) -> float:
-        return self.timeout_s if timeout_s is None else timeout_s
 
     def generate(
         self, request: router_pb2.GenerateRequest, *, timeout_s: float | None = None
