@@ -31,10 +31,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cag.bench.arguments import positive_int
 from cag.bench.cacheweaver_plot import plot_ttft_cdf
 from cag.bench.cacheweaver_workload import K, OracleOrder, Question, ServedPrefixes, corpus, questions
 from cag.bench.output import emit_report
-from cag.bench.ttft import FIRST_TOKEN, _positive
+from cag.bench.ttft import FIRST_TOKEN
 from cag.engine import Engine, GenerateRequest, load_engine
 from cag.fallback.core.evidence_order import EvidenceOrder, EvidenceTrie, RetrievalOrder
 from cag.models import SMOLLM2, resolve_model
@@ -235,8 +236,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of a table")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON report is written ({DEFAULT_OUT})")
-    p.add_argument("--questions", type=_positive, default=48, help="questions in the stream (default 48)")
-    p.add_argument("--reps", type=_positive, default=3, help="repetitions of the three runs (default 3)")
+    p.add_argument("--questions", type=positive_int, default=48, help="questions in the stream (default 48)")
+    p.add_argument("--reps", type=positive_int, default=3, help="repetitions of the three runs (default 3)")
     p.add_argument("--model", default=SMOLLM2, help=f"catalog name or model folder (default {SMOLLM2})")
     p.set_defaults(run=run)
 

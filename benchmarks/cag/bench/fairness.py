@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cag.bench.arguments import positive_int
 from cag.bench.output import emit_report
 from cag.cachepool.core.admission import QueueLimits
 from cag.cachepool.scheduler import Scheduler
@@ -301,12 +302,6 @@ def run_benchmark(config: BenchConfig, tick: Tick) -> FairnessReport:
 # ---------------------------------------------------------------- command line
 
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}")
-    return int(value)
-
-
 def _scale(value: str) -> float:
     try:
         scale = float(value)
@@ -321,9 +316,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("fairness", help="a modest tenant's p99 TTFT alone vs while another floods (fifo vs fair)")
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of a table")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON report is written ({DEFAULT_OUT})")
-    p.add_argument("--b-requests", type=_positive, default=100, help="tenant B's requests per phase (default 100)")
-    p.add_argument("--flood-clients", type=_positive, default=24, help="tenant A's concurrent clients (default 24)")
-    p.add_argument("--max-running", type=_positive, default=4, help="engine slots (default 4, the pool's)")
+    p.add_argument("--b-requests", type=positive_int, default=100, help="tenant B's requests per phase (default 100)")
+    p.add_argument("--flood-clients", type=positive_int, default=24, help="tenant A's concurrent clients (default 24)")
+    p.add_argument("--max-running", type=positive_int, default=4, help="engine slots (default 4, the pool's)")
     p.add_argument("--max-queued", type=int, default=32, help="waiting room (default 32, the pool's)")
     p.add_argument("--scale", type=_scale, default=1.0, help="multiply every duration (default 1: the measured ones)")
     p.set_defaults(run=run)

@@ -43,6 +43,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cag.acl import AclScope
+from cag.bench.arguments import positive_int
 from cag.bench.output import emit_report
 from cag.bench.ttft import Timing, ensure_cold
 from cag.cachepool.core import CACHE_TIERS, ModuleSpec, PoolSettings, PromotionRule, Residency, Tier, TierBudgets
@@ -570,12 +571,6 @@ def _skews(value: str) -> tuple[float, ...]:
     return skews
 
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}")
-    return int(value)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "pool", help="eviction policies under a Zipf workload: TTFT modeled from measured restore costs per tier"
@@ -584,10 +579,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON report is written (default {DEFAULT_OUT})"
     )
-    p.add_argument("--reps", type=_positive, default=3, help="repetitions per cost measurement; medians are used")
+    p.add_argument("--reps", type=positive_int, default=3, help="repetitions per cost measurement; medians are used")
     p.add_argument("--seed", type=int, default=0, help="seed of the module sizes and request sequences")
     p.add_argument("--skews", type=_skews, default=DEFAULT_SKEWS, help="Zipf skews (default 0.6,0.9,1.2)")
-    p.add_argument("--requests", type=_positive, default=8000, help="requests per skew and policy (default 8000)")
+    p.add_argument("--requests", type=positive_int, default=8000, help="requests per skew and policy (default 8000)")
     p.add_argument("--model", default=SMOLLM2, help=f"model whose KV shape the module files take (default {SMOLLM2})")
     p.set_defaults(run=run)
 

@@ -47,6 +47,7 @@ from rich.table import Table
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token
+from cag.bench.arguments import positive_int
 from cag.bench.output import emit_report
 from cag.events.schemas import Envelope, SourceChangedV1
 from cag.infra.database import DatabaseUrls, create_database, drop_database
@@ -635,18 +636,12 @@ async def _measure(
 # ---------------------------------------------------------------- command line
 
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}")
-    return int(value)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("registry", help="registry at scale: ResolveRoute latency and invalidation propagation")
-    p.add_argument("--modules", type=_positive, default=100_000, help="modules loaded (default 100000)")
-    p.add_argument("--calls", type=_positive, default=2000, help="timed ResolveRoute calls (default 2000)")
-    p.add_argument("--events", type=_positive, default=200, help="invalidation events timed (default 200)")
-    p.add_argument("--concurrency", type=_positive, default=CONCURRENT_CLIENTS,
+    p.add_argument("--modules", type=positive_int, default=100_000, help="modules loaded (default 100000)")
+    p.add_argument("--calls", type=positive_int, default=2000, help="timed ResolveRoute calls (default 2000)")
+    p.add_argument("--events", type=positive_int, default=200, help="invalidation events timed (default 200)")
+    p.add_argument("--concurrency", type=positive_int, default=CONCURRENT_CLIENTS,
                    help=f"clients of the concurrent ResolveRoute run (default {CONCURRENT_CLIENTS})")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of a table")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON report goes (default {DEFAULT_OUT})")

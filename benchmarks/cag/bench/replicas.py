@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cag.bench.arguments import positive_int
 from cag.bench.output import emit_report
 from cag.bench.pool import (
     MEASURE_STEPS,
@@ -289,12 +290,6 @@ def costs_of_report(path: Path) -> tuple[TierCosts, int, str]:
 # ---------------------------------------------------------------- command line
 
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}")
-    return int(value)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "replicas", help="three cache-pool replicas: cache-aware routing vs round robin (simulated, measured costs)"
@@ -303,9 +298,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON report is written (default {DEFAULT_OUT})"
     )
-    p.add_argument("--reps", type=_positive, default=3, help="repetitions per cost measurement; medians are used")
-    p.add_argument("--seeds", type=_positive, default=3, help="request sequences (repetitions) per routing (default 3)")
-    p.add_argument("--requests", type=_positive, default=6000, help="requests per sequence (default 6000)")
+    p.add_argument("--reps", type=positive_int, default=3, help="repetitions per cost measurement; medians are used")
+    p.add_argument("--seeds", type=positive_int, default=3, help="request sequences per routing (default 3)")
+    p.add_argument("--requests", type=positive_int, default=6000, help="requests per sequence (default 6000)")
     p.add_argument("--rate", type=float, default=3.0, help="arrivals per second over the three replicas (default 3)")
     p.add_argument("--skew", type=float, default=1.0, help="Zipf skew of the leaf modules' popularity (default 1.0)")
     p.add_argument("--model", default=SMOLLM2, help=f"model whose KV shape the module files take (default {SMOLLM2})")

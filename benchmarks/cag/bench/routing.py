@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cag.acl import AclScope
+from cag.bench.arguments import positive_int
 from cag.bench.output import emit_report
 from cag.router.core import (
     Ask,
@@ -131,19 +132,13 @@ def run_benchmark(rule_count: int, queries: int, reps: int, tick: Any) -> Routin
     )
 
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}")
-    return int(value)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("routing", help="the router core's decision time with many keyword rules (p50/p99)")
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of a table")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the JSON report is written ({DEFAULT_OUT})")
-    p.add_argument("--rules", type=_positive, default=200, help="keyword rules of the tenant (default 200)")
-    p.add_argument("--queries", type=_positive, default=1000, help="decisions per repetition (default 1000)")
-    p.add_argument("--reps", type=_positive, default=5, help="repetitions (default 5)")
+    p.add_argument("--rules", type=positive_int, default=200, help="keyword rules of the tenant (default 200)")
+    p.add_argument("--queries", type=positive_int, default=1000, help="decisions per repetition (default 1000)")
+    p.add_argument("--reps", type=positive_int, default=5, help="repetitions (default 5)")
     p.set_defaults(run=run)
 
 

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from cag.acl import AclScope
 from cag.bench import pagecache
+from cag.bench.arguments import positive_int
 from cag.bench.output import emit_report
 from cag.canonical.checksum import chain_hash
 from cag.engine import Engine, GenerateRequest, SamplingParams, load_engine
@@ -580,19 +581,13 @@ def _sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}")
-    return int(value)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("ttft", help="time to first token: full prefill vs restoring a KV module (RAM, cold file)")
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of a table")
     p.add_argument(
         "--sizes", type=_sizes, default=DEFAULT_SIZES, help="module sizes in tokens (default 1024,2048,4096)"
     )
-    p.add_argument("--reps", type=_positive, default=3, help="repetitions per measurement; medians are reported")
+    p.add_argument("--reps", type=positive_int, default=3, help="repetitions per measurement; medians are reported")
     p.add_argument(
         "--out", type=Path, help=f"where the JSON report is written (default {DEFAULT_OUT}, vLLM: ttft_vllm.json)"
     )
