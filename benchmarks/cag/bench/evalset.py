@@ -73,11 +73,12 @@ def exact_form(text: str) -> str:
 
 
 def contains_phrase(normalized_text: str, phrase: str) -> bool:
-    """True when `phrase` (normalized here) occurs in `normalized_text` as whole words: "60" is not in "600"."""
+    """True when `phrase` (normalized here) occurs in `normalized_text` as whole words and whole numbers: "60" is
+    not in "600", "$4" is not in "$4.50"."""
     words = normalize(phrase)
     if not words:
         return False
-    pattern = rf"(?<!\w){re.escape(words)}(?!\w)"
+    pattern = rf"(?<![\w.]){re.escape(words)}(?![\w]|[.,]\d)"
     return re.search(pattern, normalized_text) is not None
 
 

@@ -34,6 +34,9 @@ def test_a_phrase_matches_whole_words_only() -> None:
     check = AnswerCheck(phrases=(("60",),))
     assert check.passes("Tokens expire after 60 minutes.")
     assert not check.passes("The limit is 600 requests per minute.")
+    assert AnswerCheck(phrases=(("$4",),)).passes("Gift wrapping costs $4.")
+    assert not AnswerCheck(phrases=(("$4",),)).passes("Gift wrapping costs $4.50 per item.")
+    assert not AnswerCheck(phrases=(("5",),)).passes("It takes 2.5 days.")
 
 
 def test_every_phrase_is_required_and_any_alternative_satisfies_one() -> None:
