@@ -350,12 +350,16 @@ def report(
 def register(sub: Any) -> None:
     p = sub.add_parser("matrix", help="CAG vs RAG, full context, classifier only and fallback only (seed §16)")
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the table")
-    p.add_argument("--limit", type=positive_int, default=None, help="answer only this many questions (spread over the set)")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="answer only this many questions (spread over the set)"
+    )
     p.add_argument("--reps", type=positive_int, default=1, help="passes over the questions (default 1)")
-    p.add_argument("--top-k", type=positive_int, default=4, help="chunks traditional RAG puts in the prompt (default 4)")
+    p.add_argument("--top-k", type=positive_int, default=4, help="chunks RAG puts in the prompt (default 4)")
     p.add_argument("--baselines", type=_baselines, default=list(BASELINES), help="comma-separated (default all)")
     p.add_argument("--engine", default="torch", help="engine of every baseline: torch (default) or vllm")
-    p.add_argument("--threads", type=positive_int, default=1, help="engine threads, here and in the services (default 1)")
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="engine threads here and in the services (default 1)"
+    )
     p.add_argument("--eval", type=Path, default=EVAL, help=f"the evaluation set (default {EVAL})")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the JSON report (default {DEFAULT_OUT})")
     p.add_argument("--model", default=SMOLLM2, help=f"catalog name of the model (default {SMOLLM2})")
