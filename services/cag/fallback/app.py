@@ -20,7 +20,7 @@ from cag.fallback.answering import Answerer
 from cag.fallback.approval import Approver, CompileTarget
 from cag.fallback.candidate_store import CandidateStore
 from cag.fallback.core.chunking import ChunkLimits
-from cag.fallback.core.evidence_order import EvidenceOrder, RetrievalOrder
+from cag.fallback.core.evidence_order import EvidenceOrder, EvidenceTrie, RetrievalOrder
 from cag.fallback.embedder import Embeds
 from cag.fallback.index import ChunkIndex
 from cag.fallback.indexing import Indexer
@@ -43,6 +43,12 @@ from cag.v1 import fallback_pb2_grpc
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10.0
+
+
+def evidence_order_of(settings: FallbackSettings) -> EvidenceOrder:
+    if settings.evidence_order == "cacheweaver":
+        return EvidenceTrie(settings.evidence_trie_nodes)
+    return RetrievalOrder()
 
 
 @dataclass
@@ -82,7 +88,7 @@ class FallbackApp:
         subscribe_promotion(self.broker, promotion, s.group, s.redelivery)
         await start_broker(self.broker)
         log.info("fallback: %d source(s) of published modules indexed", await follower.index_published())
-        order = self.order or RetrievalOrder()
+        order = self.order or evidence_order_of(s)
         answerer = Answerer(
             index, self.embedder, order, self.pool, self.broker, layout_json=layout, top_k=s.top_k,
             reindexing=reindexing, reindex_wait_s=s.reindex_wait_s,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
@@ -30,6 +30,11 @@ class FallbackSettings(CagBaseSettings):
     # Chunks retrieved per query, and the chunker's bound.
     top_k: int = Field(default=4, ge=1, le=64)
     chunk_max_chars: int = Field(default=800, ge=64, le=100_000)
+    # How retrieved evidence is ordered in the prompt: "cacheweaver" puts the longest recently served sequence
+    # first (a trie of `evidence_trie_nodes` chunk ids), so the engine's prefix cache reuses it; "retrieval"
+    # keeps the index's order. Either way the set of chunks is the retrieved one.
+    evidence_order: Literal["cacheweaver", "retrieval"] = "cacheweaver"
+    evidence_trie_nodes: int = Field(default=4096, ge=1, le=10_000_000)
     # An answer for a tenant whose source is being reindexed after a change waits at most this long for it.
     reindex_wait_s: float = Field(default=30.0, ge=0)
     # Only this identity (the router) and admins may ask for answers.
