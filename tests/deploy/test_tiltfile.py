@@ -141,6 +141,7 @@ def test_live_updates_python_sources(tilt: Tilt) -> None:
 def test_what_the_tiltfile_names_is_what_the_chart_renders(tilt: Tilt, render: Render) -> None:
     manifests = render([VALUES_DEV])
     workloads = {m["metadata"]["name"]: m for m in of_kind(manifests, "Deployment") + of_kind(manifests, "StatefulSet")}
+    assert workloads, "the chart renders no workload with the dev values"
     for args, _ in tilt.named("k8s_resource"):
         assert args[0] in workloads, f"k8s_resource({args[0]!r}): the chart renders no such workload"
     refs = {args[0] for args, _ in image_builds(tilt)}
@@ -151,7 +152,9 @@ def test_what_the_tiltfile_names_is_what_the_chart_renders(tilt: Tilt, render: R
 
 
 def test_dev_values_allow_the_source_sync(render: Render) -> None:
-    for workload in of_kind(render([VALUES_DEV]), "Deployment"):
+    workloads = of_kind(render([VALUES_DEV]), "Deployment") + of_kind(render([VALUES_DEV]), "StatefulSet")
+    assert workloads, "the chart renders no workload with the dev values"
+    for workload in workloads:
         for container in workload["spec"]["template"]["spec"]["containers"]:
             context = container.get("securityContext") or {}
             assert not context.get("readOnlyRootFilesystem"), f"{container['name']}: live update needs a writable root"
