@@ -1,0 +1,429 @@
+{{/* Names, labels, images, probes and the pod spec every service shares. A component template calls
+     include "cag.<kind>" (dict "root" $ "name" "<service>"). */}}
+
+{{- define "cag.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "cag.componentName" -}}
+{{- printf "%s-%s" (include "cag.fullname" .root) .name -}}
+{{- end -}}
+
+{{- define "cag.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+app.kubernetes.io/part-of: cag
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+{{ include "cag.selectorLabels" . }}
+{{- end -}}
+
+{{- define "cag.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .name }}
+{{- end -}}
+
+{{- define "cag.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "cag.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The health service name grpc.health.v1 reports for a service: cag.v1.<Name>Service. */}}
+{{- define "cag.healthService" -}}
+{{- $names := dict "registry" "Registry" "cachepool" "CachePool" "router" "Router" "compiler" "Compiler" "fallback" "Fallback" -}}
+{{- printf "cag.v1.%sService" (get $names .name) -}}
+{{- end -}}
+
+{{/* The services that serve Prometheus metrics (CAG_<NAME>_METRICS_PORT); compiler and fallback have none. */}}
+{{- define "cag.hasMetrics" -}}
+{{- has .name (list "registry" "cachepool" "router") -}}
+{{- end -}}
+
+{{- define "cag.envPrefix" -}}
+{{- printf "CAG_%s_" (upper .name) -}}
+{{- end -}}
+
+{{/* The engine services have CPU and GPU images. */}}
+{{- define "cag.image" -}}
+{{- $img := .root.Values.image -}}
+{{- $tag := default .root.Chart.AppVersion $img.tag -}}
+{{- $repo := printf "cag-%s" .name -}}
+{{- if has .name (list "cachepool" "compiler") -}}
+{{- $tag = printf "%s-%s" $tag $img.variant -}}
+{{- end -}}
+{{- if $img.registry -}}
+{{- printf "%s/%s:%s" $img.registry $repo $tag -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "cag.address" -}}
+{{- $c := index .root.Values .name -}}
+{{- printf "%s:%v" (include "cag.componentName" .) $c.port -}}
+{{- end -}}
+
+{{/* gRPC probes on the service's health service (grpc.health.v1). */}}
+{{- define "cag.probes" -}}
+{{- $c := index .root.Values .name -}}
+{{- $health := include "cag.healthService" . -}}
+startupProbe:
+  grpc: {port: {{ $c.port }}, service: {{ $health }}}
+  periodSeconds: 10
+  failureThreshold: 60
+readinessProbe:
+  grpc: {port: {{ $c.port }}, service: {{ $health }}}
+  periodSeconds: 10
+  failureThreshold: 3
+livenessProbe:
+  grpc: {port: {{ $c.port }}, service: {{ $health }}}
+  periodSeconds: 20
+  failureThreshold: 3
+{{- end -}}
+
+{{- define "cag.secretEnv" -}}
+- name: {{ .var }}
+  valueFrom:
+    secretKeyRef: {name: {{ .secret }}, key: {{ .key }}}
+{{- end -}}
+
+{{/* Where every process finds the infrastructure: NATS (its own identity), the signing key, telemetry. */}}
+{{- define "cag.infraEnv" -}}
+{{- $v := .root.Values -}}
+{{- $p := include "cag.envPrefix" . -}}
+- name: CAG_HOME
+  value: /var/lib/cag
+- name: CAG_AUTH_KEY_FILE
+  value: /etc/cag/auth/{{ $v.auth.key }}
+{{ include "cag.secretEnv" (dict "var" (printf "%sNATS_URL" $p) "secret" $v.nats.existingSecret "key" (index $v.nats.urlKeys .name)) }}
+- name: OTEL_SERVICE_NAME
+  value: cag-{{ .name }}
+{{- if $v.otlp.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $v.otlp.endpoint | quote }}
+{{- else }}
+- name: CAG_TRACES
+  value: "off"
+{{- end }}
+{{- end -}}
+
+{{- define "cag.databaseEnv" -}}
+{{- $v := .root.Values -}}
+{{ include "cag.secretEnv" (dict "var" (printf "%sDATABASE_URL" (include "cag.envPrefix" .)) "secret" $v.database.existingSecret "key" $v.database.urlKey) }}
+{{- end -}}
+
+{{- define "cag.objectStoreEnv" -}}
+{{- $s := .root.Values.objectStore -}}
+{{- if $s.endpoint }}
+- name: CAG_S3_ENDPOINT_URL
+  value: {{ $s.endpoint | quote }}
+{{- end }}
+- name: CAG_S3_REGION
+  value: {{ $s.region | quote }}
+{{- if $s.existingSecret }}
+{{ include "cag.secretEnv" (dict "var" "CAG_S3_ACCESS_KEY_ID" "secret" $s.existingSecret "key" $s.accessKeyIdKey) }}
+{{ include "cag.secretEnv" (dict "var" "CAG_S3_SECRET_ACCESS_KEY" "secret" $s.existingSecret "key" $s.secretAccessKeyKey) }}
+{{- end }}
+{{- end -}}
+
+{{/* Extra settings of one service (values <service>.env), named without the CAG_<SERVICE>_ prefix. */}}
+{{- define "cag.extraEnv" -}}
+{{- $c := index .root.Values .name -}}
+{{- $p := include "cag.envPrefix" . -}}
+{{- range $k, $val := $c.env }}
+- name: {{ printf "%s%s" $p $k }}
+  value: {{ $val | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "cag.podAnnotations" -}}
+{{- if and .root.Values.metrics.podAnnotations (eq (include "cag.hasMetrics" .) "true") -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .root.Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
+{{- define "cag.ports" -}}
+{{- $c := index .root.Values .name -}}
+- name: grpc
+  containerPort: {{ $c.port }}
+  protocol: TCP
+{{- if eq (include "cag.hasMetrics" .) "true" }}
+- name: metrics
+  containerPort: {{ .root.Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{- define "cag.volumeMounts" -}}
+- name: home
+  mountPath: /var/lib/cag
+- name: tmp
+  mountPath: /tmp
+- name: auth
+  mountPath: /etc/cag/auth
+  readOnly: true
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/cag/tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "cag.volumes" -}}
+{{- $v := .root.Values -}}
+- name: home
+{{- if and $v.models.existingClaim (has .name (list "cachepool" "compiler" "fallback")) }}
+  persistentVolumeClaim:
+    claimName: {{ $v.models.existingClaim }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+- name: tmp
+  emptyDir: {}
+- name: auth
+  secret:
+    secretName: {{ $v.auth.existingSecret }}
+    defaultMode: 0400
+    items:
+      - key: {{ $v.auth.key }}
+        path: {{ $v.auth.key }}
+{{- if $v.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "cag.tlsSecretName" .root }}
+    defaultMode: 0400
+{{- end }}
+{{- end -}}
+
+{{- define "cag.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "cag.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/* The pod template of one service; `env` is the service's own settings (YAML list, already rendered). */}}
+{{- define "cag.podTemplate" -}}
+{{- $v := .root.Values -}}
+{{- $c := index $v .name -}}
+metadata:
+  labels:
+    {{- include "cag.labels" . | nindent 4 }}
+  annotations:
+    checksum/config: {{ toJson $c | sha256sum | trunc 16 }}
+    {{- include "cag.podAnnotations" . | nindent 4 }}
+spec:
+  serviceAccountName: {{ include "cag.serviceAccountName" .root }}
+  automountServiceAccountToken: false
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $v.podSecurityContext | nindent 4 }}
+  terminationGracePeriodSeconds: 30
+  containers:
+    - name: {{ .name }}
+      image: {{ include "cag.image" . }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      securityContext:
+        {{- toYaml $v.securityContext | nindent 8 }}
+      ports:
+        {{- include "cag.ports" . | nindent 8 }}
+      env:
+        {{- include "cag.infraEnv" . | nindent 8 }}
+        {{- if eq (include "cag.hasMetrics" .) "true" }}
+        - name: {{ include "cag.envPrefix" . }}METRICS_PORT
+          value: {{ $v.metrics.port | quote }}
+        {{- end }}
+        {{- .env | nindent 8 }}
+        {{- include "cag.extraEnv" . | nindent 8 }}
+      {{- include "cag.probes" . | nindent 6 }}
+      resources:
+        {{- toYaml $c.resources | nindent 8 }}
+      volumeMounts:
+        {{- include "cag.volumeMounts" . | nindent 8 }}
+        {{- with .extraMounts }}
+        {{- . | nindent 8 }}
+        {{- end }}
+  {{- with $c.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumes:
+    {{- include "cag.volumes" . | nindent 4 }}
+{{- end -}}
+
+{{/* A Deployment for a stateless service. */}}
+{{- define "cag.deployment" -}}
+{{- $c := index .root.Values .name -}}
+{{- if $c.enabled }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "cag.componentName" . }}
+  labels:
+    {{- include "cag.labels" . | nindent 4 }}
+spec:
+  {{- if not $c.autoscaling.enabled }}
+  replicas: {{ $c.replicaCount }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "cag.selectorLabels" . | nindent 6 }}
+  template:
+    {{- include "cag.podTemplate" . | nindent 4 }}
+{{- end }}
+{{- end -}}
+
+{{- define "cag.service" -}}
+{{- $c := index .root.Values .name -}}
+{{- if $c.enabled }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "cag.componentName" . }}
+  labels:
+    {{- include "cag.labels" . | nindent 4 }}
+spec:
+  type: {{ dig "service" "type" "ClusterIP" $c }}
+  selector:
+    {{- include "cag.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ $c.port }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: grpc
+    {{- if eq (include "cag.hasMetrics" .) "true" }}
+    - name: metrics
+      port: {{ .root.Values.metrics.port }}
+      targetPort: metrics
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "cag.hpa" -}}
+{{- $c := index .root.Values .name -}}
+{{- if and $c.enabled $c.autoscaling.enabled }}
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "cag.componentName" . }}
+  labels:
+    {{- include "cag.labels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: {{ .kind | default "Deployment" }}
+    name: {{ include "cag.componentName" . }}
+  minReplicas: {{ $c.autoscaling.minReplicas }}
+  maxReplicas: {{ $c.autoscaling.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $c.autoscaling.targetCPUUtilizationPercentage }}
+{{- end }}
+{{- end -}}
+
+{{- define "cag.pdb" -}}
+{{- $c := index .root.Values .name -}}
+{{- if and $c.enabled $c.pdb.enabled }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "cag.componentName" . }}
+  labels:
+    {{- include "cag.labels" . | nindent 4 }}
+spec:
+  minAvailable: {{ $c.pdb.minAvailable }}
+  selector:
+    matchLabels:
+      {{- include "cag.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{- define "cag.serviceMonitor" -}}
+{{- $c := index .root.Values .name -}}
+{{- $m := .root.Values.metrics -}}
+{{- if and $c.enabled $m.serviceMonitor.enabled (eq (include "cag.hasMetrics" .) "true") }}
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata:
+  name: {{ include "cag.componentName" . }}
+  labels:
+    {{- include "cag.labels" . | nindent 4 }}
+    {{- with $m.serviceMonitor.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "cag.selectorLabels" . | nindent 6 }}
+  endpoints:
+    - port: metrics
+      path: /metrics
+      interval: {{ $m.serviceMonitor.interval }}
+{{- end }}
+{{- end -}}
+
+{{/* Ingress: the gRPC port from the release's own pods only (the router's from `networkPolicy.routerFrom`, anyone
+     when empty), the metrics port from `networkPolicy.metricsFrom`. */}}
+{{- define "cag.networkPolicy" -}}
+{{- $v := .root.Values -}}
+{{- $c := index $v .name -}}
+{{- if and $c.enabled $v.networkPolicy.enabled }}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "cag.componentName" . }}
+  labels:
+    {{- include "cag.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "cag.selectorLabels" . | nindent 6 }}
+  policyTypes: [Ingress]
+  ingress:
+    - ports:
+        - {port: grpc, protocol: TCP}
+      {{- if eq .name "router" }}
+      {{- with $v.networkPolicy.routerFrom }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- else }}
+      from:
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/name: {{ .root.Chart.Name }}
+              app.kubernetes.io/instance: {{ .root.Release.Name }}
+      {{- end }}
+    {{- if eq (include "cag.hasMetrics" .) "true" }}
+    - ports:
+        - {port: metrics, protocol: TCP}
+      {{- with $v.networkPolicy.metricsFrom }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    {{- end }}
+{{- end }}
+{{- end -}}
