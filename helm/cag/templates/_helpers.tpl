@@ -266,6 +266,21 @@ spec:
   {{- end }}
   volumes:
     {{- include "cag.volumes" . | nindent 4 }}
+    {{- with .extraVolumes }}
+    {{- . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/* The folder where the fallback writes approved candidates' sources and the compiler reads them (file:// URIs):
+     one claim both mount, else an emptyDir each (approvals then cannot compile across pods). */}}
+{{- define "cag.promotionsVolume" -}}
+- name: promotions
+{{- with .Values.promotions.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
 {{- end -}}
 
 {{/* A Deployment for a stateless service. */}}
