@@ -189,19 +189,45 @@ prometheus.io/path: /metrics
 {{- end }}
 - name: tmp
   emptyDir: {}
-- name: auth
-  secret:
-    secretName: {{ $v.auth.existingSecret }}
-    defaultMode: 0400
-    items:
-      - key: {{ $v.auth.key }}
-        path: {{ $v.auth.key }}
+{{ include "cag.authVolumes" .root }}
 {{- if $v.tls.enabled }}
 - name: tls
   secret:
     secretName: {{ include "cag.tlsSecretName" .root }}
     defaultMode: 0400
 {{- end }}
+{{- end -}}
+
+{{/* The signing key: the services refuse a key file other users can read, and a Secret volume's files become
+     group-readable under the pod's fsGroup, so an init container copies the key into an emptyDir with mode 0600. */}}
+{{- define "cag.authVolumes" -}}
+- name: auth
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+- name: auth-secret
+  secret:
+    secretName: {{ .Values.auth.existingSecret }}
+    defaultMode: 0400
+    items:
+      - key: {{ .Values.auth.key }}
+        path: {{ .Values.auth.key }}
+{{- end -}}
+
+{{- define "cag.authInitContainer" -}}
+{{- $v := .root.Values -}}
+- name: auth-key
+  image: {{ include "cag.image" . }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  command: [install, -m, "0600", /etc/cag/auth-secret/{{ $v.auth.key }}, /etc/cag/auth/{{ $v.auth.key }}]
+  securityContext:
+    {{- toYaml $v.securityContext | nindent 4 }}
+  resources:
+    requests: {cpu: 10m, memory: 16Mi}
+    limits: {memory: 32Mi}
+  volumeMounts:
+    - {name: auth, mountPath: /etc/cag/auth}
+    - {name: auth-secret, mountPath: /etc/cag/auth-secret, readOnly: true}
 {{- end -}}
 
 {{- define "cag.tlsSecretName" -}}
@@ -228,6 +254,8 @@ spec:
   securityContext:
     {{- toYaml $v.podSecurityContext | nindent 4 }}
   terminationGracePeriodSeconds: 30
+  initContainers:
+    {{- include "cag.authInitContainer" . | nindent 4 }}
   containers:
     - name: {{ .name }}
       image: {{ include "cag.image" . }}
