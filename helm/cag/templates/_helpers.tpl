@@ -133,13 +133,29 @@ livenessProbe:
 {{- end }}
 {{- end -}}
 
-{{/* Extra settings of one service (values <service>.env), named without the CAG_<SERVICE>_ prefix. */}}
-{{- define "cag.extraEnv" -}}
+{{/* Extra settings of one service (values <service>.env, named without the CAG_<SERVICE>_ prefix): the data of
+     its ConfigMap, which the container reads with envFrom. */}}
+{{- define "cag.configData" -}}
 {{- $c := index .root.Values .name -}}
 {{- $p := include "cag.envPrefix" . -}}
 {{- range $k, $val := $c.env }}
-- name: {{ printf "%s%s" $p $k }}
-  value: {{ $val | toString | quote }}
+{{ printf "%s%s" $p $k }}: {{ $val | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "cag.configMap" -}}
+{{- $c := index .root.Values .name -}}
+{{- if $c.enabled }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "cag.componentName" . }}
+  labels:
+    {{- include "cag.labels" . | nindent 4 }}
+{{- with include "cag.configData" . }}
+data:
+  {{- . | trim | nindent 2 }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -242,7 +258,7 @@ metadata:
   labels:
     {{- include "cag.labels" . | nindent 4 }}
   annotations:
-    checksum/config: {{ toJson $c | sha256sum | trunc 16 }}
+    checksum/config: {{ include "cag.configData" . | sha256sum | trunc 16 }}
     {{- include "cag.podAnnotations" . | nindent 4 }}
 spec:
   serviceAccountName: {{ include "cag.serviceAccountName" .root }}
@@ -271,7 +287,9 @@ spec:
           value: {{ $v.metrics.port | quote }}
         {{- end }}
         {{- .env | nindent 8 }}
-        {{- include "cag.extraEnv" . | nindent 8 }}
+      envFrom:
+        - configMapRef:
+            name: {{ include "cag.componentName" . }}
       {{- include "cag.probes" . | nindent 6 }}
       resources:
         {{- toYaml $c.resources | nindent 8 }}
