@@ -62,6 +62,11 @@ HELM := $(TOOLS)/bin/helm
 TOOLS_VENV := $(TOOLS)/venv
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 KUBE_VERSION := 1.35.0
+# Every optional part of the chart switched on (CronJob, HPAs, certificates), so their templates are validated too.
+CHART_EVERYTHING_ON := --set sourcesSync.enabled=true,tls.enabled=true,tls.certManager.issuerRef.name=cag-ca \
+	$(foreach s,registry router cachepool compiler fallback,--set $(s).autoscaling.enabled=true,$(s).pdb.enabled=true)
+# The manifests outside the chart (namespace, development NATS and Postgres); the values files are not manifests.
+DEPLOY_MANIFESTS = $(filter-out deploy/k8s/values-%,$(wildcard deploy/k8s/*.yaml))
 export HELM_CACHE_HOME := $(TOOLS)/helm/cache
 export HELM_CONFIG_HOME := $(TOOLS)/helm/config
 export HELM_DATA_HOME := $(TOOLS)/helm/data
@@ -84,16 +89,21 @@ $(TOOLS_STAMP):
 		--target $(TOOLS)/starlark starlark-pyo3==2026.1.3 $(QUIET_PIP)
 	touch $(TOOLS_STAMP)
 
-# Lint and render the chart for the default, CPU and GPU values, validate every rendered object against the
-# Kubernetes $(KUBE_VERSION) schemas, then the chart unit tests, the Tiltfile under Starlark and the Dockerfile checks.
+# Lint and render the chart for the default, CPU, GPU and Tilt dev values, validate every rendered object and the
+# manifests outside the chart against the Kubernetes $(KUBE_VERSION) schemas, lint the Dockerfile, then the tests
+# under tests/deploy: chart unit tests, the Tiltfile under Starlark, the paths the Dockerfile copies.
 deploy-check: venv deploy-tools
 	$(HELM) lint --strict helm/cag
 	$(HELM) lint --strict helm/cag -f deploy/k8s/values-cpu.yaml
 	$(HELM) lint --strict helm/cag -f deploy/k8s/values-gpu.yaml
-	set -o pipefail; for values in "" deploy/k8s/values-cpu.yaml deploy/k8s/values-gpu.yaml; do \
+	$(HELM) lint --strict helm/cag -f deploy/tilt/values-dev.yaml
+	set -o pipefail; for values in "" deploy/k8s/values-cpu.yaml deploy/k8s/values-gpu.yaml deploy/tilt/values-dev.yaml; do \
 		echo "helm template helm/cag $${values:+-f $$values} | kubernetes-validate"; \
 		$(HELM) template cag helm/cag --kube-version $(KUBE_VERSION) $${values:+-f $$values} \
 			| $(TOOLS_VENV)/bin/kubernetes-validate --strict -k $(KUBE_VERSION) --quiet - || exit 1; done
+	set -o pipefail; $(HELM) template cag helm/cag --kube-version $(KUBE_VERSION) $(CHART_EVERYTHING_ON) \
+		| $(TOOLS_VENV)/bin/kubernetes-validate --strict -k $(KUBE_VERSION) --quiet -
+	$(TOOLS_VENV)/bin/kubernetes-validate --strict -k $(KUBE_VERSION) --quiet $(DEPLOY_MANIFESTS)
 	$(TOOLS_VENV)/bin/hadolint Dockerfile
 	CAG_DEPLOY_CHECK=1 HELM=$(HELM) KUBE_VERSION=$(KUBE_VERSION) \
 		PYTHONPATH=$(TOOLS)/starlark \

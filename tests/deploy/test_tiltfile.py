@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.conftest import CHART, GRPC_PORTS, REPO, SERVICES, VALUES_DEV, Render, of_kind
 
@@ -138,17 +139,60 @@ def test_live_updates_python_sources(tilt: Tilt) -> None:
         assert steps.index(fall_backs[0]) == 0 if fall_backs else True, "fall_back_on must come first"
 
 
-def test_what_the_tiltfile_names_is_what_the_chart_renders(tilt: Tilt, render: Render) -> None:
-    manifests = render([VALUES_DEV])
-    workloads = {m["metadata"]["name"]: m for m in of_kind(manifests, "Deployment") + of_kind(manifests, "StatefulSet")}
-    assert workloads, "the chart renders no workload with the dev values"
-    for args, _ in tilt.named("k8s_resource"):
-        assert args[0] in workloads, f"k8s_resource({args[0]!r}): the chart renders no such workload"
+def plain_manifests(tilt: Tilt) -> list[dict[str, Any]]:
+    """The manifests of the files the Tiltfile deploys as they are (not through helm)."""
+    files: list[str] = []
+    for args, _ in tilt.named("k8s_yaml"):
+        if isinstance(args[0], str):
+            files.append(args[0])
+        elif isinstance(args[0], list):
+            files += [f for f in args[0] if isinstance(f, str)]
+    return [doc for f in files for doc in yaml.safe_load_all((REPO / f).read_text()) if doc]
+
+
+def test_what_the_tiltfile_names_is_what_it_deploys(tilt: Tilt, render: Render) -> None:
+    chart = render([VALUES_DEV])
+    plain = plain_manifests(tilt)
+    assert plain, "the Tiltfile deploys no development NATS or Postgres"
+    kinds = ("Deployment", "StatefulSet")
+    chart_workloads = {m["metadata"]["name"]: m for kind in kinds for m in of_kind(chart, kind)}
+    assert chart_workloads, "the chart renders no workload with the dev values"
+    workloads = set(chart_workloads) | {m["metadata"]["name"] for kind in kinds for m in of_kind(plain, kind)}
+    resources = {args[0] for args, _ in tilt.named("k8s_resource")} | {a[0] for a, _ in tilt.named("local_resource")}
+    for args, kwargs in tilt.named("k8s_resource"):
+        assert args[0] in workloads, f"k8s_resource({args[0]!r}): nothing deployed has that name"
+        for dep in kwargs.get("resource_deps", []):
+            assert dep in resources, f"k8s_resource({args[0]!r}) waits for {dep!r}, which is no resource"
+    for name in chart_workloads:
+        assert name in resources, f"the chart's {name} is not grouped as a Tilt resource"
     refs = {args[0] for args, _ in image_builds(tilt)}
-    for name, workload in workloads.items():
+    for name, workload in chart_workloads.items():
         for container in workload["spec"]["template"]["spec"]["containers"]:
-            repository = container["image"].rsplit(":", 1)[0] if "@" not in container["image"] else container["image"]
+            repository = container["image"].rsplit(":", 1)[0]
             assert repository in refs, f"{name} runs {container['image']}, which the Tiltfile does not build"
+
+
+def test_chart_and_dev_infrastructure_share_one_namespace(tilt: Tilt) -> None:
+    (_, kwargs), *_ = tilt.named("helm")
+    namespace = kwargs.get("namespace")
+    assert namespace, "the chart is deployed in whatever namespace the kube context has"
+    for manifest in plain_manifests(tilt):
+        if manifest["kind"] == "Namespace":
+            assert manifest["metadata"]["name"] == namespace
+        else:
+            assert manifest["metadata"].get("namespace") == namespace, manifest["metadata"]["name"]
+    for _, kwargs in tilt.named("local_resource"):
+        assert namespace in str(kwargs.get("cmd", namespace)), "a local command works in another namespace"
+
+
+def test_dev_secrets_are_the_ones_the_chart_and_postgres_reference(tilt: Tilt, render: Render) -> None:
+    script = (REPO / "deploy" / "tilt" / "dev-secrets.sh").read_text()
+    referenced: set[str] = set()
+    for manifest in render([VALUES_DEV]) + plain_manifests(tilt):
+        referenced |= set(re.findall(r"'(?:secretName|name)': '([^']+)'", str(manifest.get("spec", {}))))
+    secrets = {name for name in referenced if re.search(rf"create secret generic {re.escape(name)}\b", script)}
+    wanted = {"cag-auth", "cag-nats", "cag-database", "cag-postgres-dev"}
+    assert wanted <= secrets, f"Secrets the dev release needs that dev-secrets.sh does not make: {wanted - secrets}"
 
 
 def test_dev_values_allow_the_source_sync(render: Render) -> None:
@@ -163,5 +207,6 @@ def test_dev_values_allow_the_source_sync(render: Render) -> None:
 def test_files_the_tiltfile_reads_exist() -> None:
     text = TILTFILE.read_text()
     for path in re.findall(r'"((?:helm|deploy|libs|services|cli|benchmarks)/[^"]*)"', text):
+        path = path.split()[0]  # a command's first word
         assert (REPO / path).exists(), f"the Tiltfile names {path}, which does not exist"
     assert Path(DOCKERFILE).is_file()
