@@ -210,7 +210,7 @@ prometheus.io/path: /metrics
 - name: tls
   secret:
     secretName: {{ include "cag.tlsSecretName" .root }}
-    defaultMode: 0400
+    defaultMode: 0440
 {{- end }}
 {{- end -}}
 
@@ -224,7 +224,8 @@ prometheus.io/path: /metrics
 - name: auth-secret
   secret:
     secretName: {{ .Values.auth.existingSecret }}
-    defaultMode: 0400
+    # Owned by root with group fsGroup: group-readable so that the init container (uid 10001) can copy it.
+    defaultMode: 0440
     items:
       - key: {{ .Values.auth.key }}
         path: {{ .Values.auth.key }}
