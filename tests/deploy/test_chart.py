@@ -279,3 +279,23 @@ def test_sources_sync_cronjob_runs_cag_sources_sync(render: Render) -> None:
     container = pod_spec(jobs[0])["containers"][0]
     command = [*container.get("command", []), *container.get("args", [])]
     assert "sources" in command and "sync" in command, command
+
+
+def test_signing_key_file_stays_owner_only_under_fs_group(render: Render) -> None:
+    """Under a pod fsGroup the kubelet makes a Secret volume's files group-readable whatever defaultMode says
+    (kubernetes/kubernetes#57923), and cag.auth.load_key refuses such a key: the file CAG_AUTH_KEY_FILE names must
+    come from elsewhere (the chart's init container copies it, mode 0600, into an in-memory emptyDir)."""
+    atomic_writer_kinds = ("secret", "projected", "configMap", "downwardAPI")
+    for name, spec in all_pod_specs(render([], EVERYTHING)):
+        if spec.get("securityContext", {}).get("fsGroup") is None:
+            continue
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            key_file = {e["name"]: e.get("value") for e in container.get("env", [])}.get("CAG_AUTH_KEY_FILE")
+            if not key_file:
+                continue
+            key_dir = str(Path(key_file).parent)
+            mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == key_dir]
+            for mount in mounts:
+                volume = volumes[mount["name"]]
+                assert not set(volume) & set(atomic_writer_kinds), f"{name}: {key_file} comes from {volume}"
