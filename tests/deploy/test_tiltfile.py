@@ -97,14 +97,20 @@ def dockerfile_targets() -> set[str]:
 def test_builds_one_image_per_service_from_dockerfile_targets(tilt: Tilt) -> None:
     builds = image_builds(tilt)
     assert builds, "the Tiltfile builds no image"
+    refs = {args[0] for args, _ in builds}
     targets = dockerfile_targets()
-    built = {kwargs.get("target") for _, kwargs in builds}
+    built = {kwargs["target"] for _, kwargs in builds if "target" in kwargs}
     assert built <= targets, f"targets the Dockerfile does not have: {built - targets}"
     for service in SERVICES:
         assert any(str(t).startswith(service) for t in built), f"no image built for {service}"
     for args, kwargs in builds:
         assert args[1] == ".", "images build from the repository root"
-        assert kwargs.get("dockerfile", "Dockerfile") == "Dockerfile"
+        if "dockerfile_contents" in kwargs:
+            base = re.search(r"^FROM\s+(\S+)", kwargs["dockerfile_contents"], flags=re.MULTILINE)
+            assert base and base.group(1) in refs, f"{args[0]} builds on an image the Tiltfile does not build"
+        else:
+            assert kwargs.get("dockerfile", "Dockerfile") == "Dockerfile"
+            assert "target" in kwargs, f"{args[0]} builds the Dockerfile's last stage, not a service target"
 
 
 def test_deploys_the_chart_with_dev_values(tilt: Tilt) -> None:
@@ -129,14 +135,22 @@ def test_forwards_the_router_grpc_port(tilt: Tilt) -> None:
 
 
 def test_live_updates_python_sources(tilt: Tilt) -> None:
-    for _, kwargs in image_builds(tilt):
-        steps = kwargs.get("live_update", [])
+    live = [(args, kwargs) for args, kwargs in image_builds(tilt) if kwargs.get("live_update")]
+    assert {args[0] for args, _ in live} == {f"cag-{service}" for service in SERVICES}
+    for args, kwargs in live:
+        steps = kwargs["live_update"]
         synced = {step["args"][0] for step in steps if step.get("tilt") == "sync"}
         for source in ("libs/cag", "services/cag", "cli/cag"):
-            assert source in synced, f"{source} is not synced into {kwargs.get('target')}"
+            assert source in synced, f"{source} is not synced into {args[0]}"
             assert (REPO / source).is_dir()
+            only = kwargs.get("only")
+            assert only is None or source in only, f"{source} is outside {args[0]}'s build context"
+        destinations = {step["args"][1] for step in steps if step.get("tilt") == "sync"}
+        for destination in destinations:
+            assert destination in kwargs.get("dockerfile_contents", ""), f"{args[0]} may not write {destination}"
         fall_backs = [step for step in steps if step.get("tilt") == "fall_back_on"]
-        assert steps.index(fall_backs[0]) == 0 if fall_backs else True, "fall_back_on must come first"
+        assert not fall_backs or steps.index(fall_backs[0]) == 0, "fall_back_on must come first"
+        assert kwargs.get("entrypoint") == ["python", "-m", "cag." + args[0].removeprefix("cag-")]
 
 
 def plain_manifests(tilt: Tilt) -> list[dict[str, Any]]:
