@@ -98,7 +98,8 @@ deploy-check: venv deploy-tools
 	$(HELM) lint --strict helm/cag -f deploy/k8s/values-cpu.yaml
 	$(HELM) lint --strict helm/cag -f deploy/k8s/values-gpu.yaml
 	$(HELM) lint --strict helm/cag -f deploy/tilt/values-dev.yaml
-	set -o pipefail; for values in "" deploy/k8s/values-cpu.yaml deploy/k8s/values-gpu.yaml deploy/tilt/values-dev.yaml; do \
+	set -o pipefail; \
+	for values in "" deploy/k8s/values-cpu.yaml deploy/k8s/values-gpu.yaml deploy/tilt/values-dev.yaml; do \
 		echo "helm template helm/cag $${values:+-f $$values} | kubernetes-validate"; \
 		$(HELM) template cag helm/cag --kube-version $(KUBE_VERSION) $${values:+-f $$values} \
 			| $(TOOLS_VENV)/bin/kubernetes-validate --strict -k $(KUBE_VERSION) --quiet - || exit 1; done
