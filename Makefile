@@ -49,7 +49,8 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: venv lint typecheck
+# The deployment checks (deploy-check, below) are part of the tests: their own pytest run covers tests/deploy.
+test: venv lint typecheck deploy-check
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # Offline checks of the Kubernetes deployment (Dockerfile, helm/cag, deploy/k8s, Tiltfile). The tools go under
