@@ -268,6 +268,7 @@ def test_prometheus_annotations_and_otlp_endpoint(render: Render) -> None:
             assert annotations.get("prometheus.io/scrape") == "true", service
             assert int(annotations["prometheus.io/port"]) == ports["metrics"]
             assert int(env[f"CAG_{service.upper()}_METRICS_PORT"]) == ports["metrics"]
+            assert env[f"CAG_{service.upper()}_METRICS_HOST"] == "0.0.0.0"  # the scraper is outside the pod
         else:
             assert "prometheus.io/scrape" not in annotations, f"{service} serves no metrics"
         assert "http://otel-collector:4317" in str(container.get("env")), f"{service} has no OTLP endpoint"

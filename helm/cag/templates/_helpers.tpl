@@ -286,6 +286,8 @@ spec:
         {{- if eq (include "cag.hasMetrics" .) "true" }}
         - name: {{ include "cag.envPrefix" . }}METRICS_PORT
           value: {{ $v.metrics.port | quote }}
+        - name: {{ include "cag.envPrefix" . }}METRICS_HOST
+          value: "0.0.0.0"
         {{- end }}
         {{- .env | nindent 8 }}
       envFrom:

@@ -116,7 +116,7 @@ class CachePoolApp:
         servicer = CachePoolServicer(Answerer(pool, scheduler, prompts, self.executor), limits, replica_id=s.replica)
         if s.metrics_port:
             REGISTRY.register(PoolCollector(pool, scheduler))
-            log.info("metrics on http://127.0.0.1:%d/metrics", serve_metrics("127.0.0.1", s.metrics_port))
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
         self.server = await build_server(
             [(cachepool_pb2_grpc.add_CachePoolServiceServicer_to_server, servicer)],
             [SERVICE_NAME],

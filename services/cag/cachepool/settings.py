@@ -77,6 +77,8 @@ class CachePoolSettings(CagBaseSettings):
         default=None, validation_alias=AliasChoices("CAG_CACHEPOOL_NUM_THREADS", "CAG_NUM_THREADS")
     )
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
+    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
+    metrics_host: str = "127.0.0.1"
     reflection: bool = False
     shutdown_grace_s: float = 10.0
     # This replica among several (cag.events.replicas): its key in the announcement bucket; "" takes `instance`

@@ -67,7 +67,7 @@ class RegistryApp:
             reflection=s.reflection,
         )
         if s.metrics_port:
-            log.info("metrics on http://127.0.0.1:%d/metrics", serve_metrics("127.0.0.1", s.metrics_port))
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
         await self.server.start()
         log.info("registry serving on %s", s.address)
 

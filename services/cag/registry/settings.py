@@ -30,6 +30,8 @@ class RegistrySettings(CagBaseSettings):
     shutdown_grace_s: float = 10.0
     # Prometheus metrics on http://127.0.0.1:<port>/metrics, as the router and the cache pool serve them.
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
+    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
+    metrics_host: str = "127.0.0.1"
     # Redelivery of events whose handling fails (docs/events.md): tries, then the delays between them.
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)

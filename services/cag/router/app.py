@@ -97,7 +97,7 @@ class RouterApp:
         await routes.caught_up.wait()
         self.tasks.append(asyncio.create_task(routes.reconcile_every(s.reconcile_interval_s), name="reconcile"))
         if s.metrics_port:
-            log.info("metrics on http://127.0.0.1:%d/metrics", serve_metrics("127.0.0.1", s.metrics_port))
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
         await self.server.start()
         log.info("router serving on %s", s.address)
 

@@ -44,6 +44,8 @@ class RouterSettings(CagBaseSettings):
     registry_timeout_s: float = Field(default=5.0, gt=0)
     max_query_chars: int = Field(default=4096, ge=1, le=1_000_000)
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
+    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
+    metrics_host: str = "127.0.0.1"
     reflection: bool = False
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # Names this process's NATS durable: every router process applies every rule update.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.error
 import urllib.request
 
 import grpc
@@ -18,19 +19,23 @@ from cag.settings import InfraSettings
 from tests.infra_fixtures import FreshDatabase, Infra
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+def scrape(port: int, host: str = "127.0.0.1") -> str:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as reply:
         return str(reply.read().decode())
 
 
-async def test_the_registry_serves_its_request_counts_on_the_metrics_port(
+async def test_the_registry_serves_its_request_counts_on_the_metrics_host_and_port(
     infra: Infra, fresh_database: FreshDatabase
 ) -> None:
     shared = InfraSettings(
         database_url=fresh_database.database_url, nats_url=infra.nats_url, auth_key_file=infra.auth_key_file
     )
     address, metrics_port = f"127.0.0.1:{free_port()}", free_port()
-    app = RegistryApp(RegistrySettings(infra=shared, address=address, metrics_port=metrics_port, shutdown_grace_s=0))
+    # Another loopback address than the default one: the endpoint listens where the setting says, and only there.
+    settings = RegistrySettings(
+        infra=shared, address=address, metrics_port=metrics_port, metrics_host="127.0.0.2", shutdown_grace_s=0
+    )
+    app = RegistryApp(settings)
     await app.start()
     try:
         token = issue_token(load_key(infra.auth_key_file), "service:test-reader", [Scope.READ], [ALL_TENANTS], 600)
@@ -38,7 +43,9 @@ async def test_the_registry_serves_its_request_counts_on_the_metrics_port(
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await client.get("no-such-module")
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
-        text = await asyncio.to_thread(scrape, metrics_port)
+        text = await asyncio.to_thread(scrape, metrics_port, "127.0.0.2")
+        with pytest.raises(urllib.error.URLError, match="Connection refused"):  # nothing on the default host
+            await asyncio.to_thread(scrape, metrics_port, "127.0.0.1")
     finally:
         await app.stop()
     assert 'cag_requests_total{code="NOT_FOUND",method="Get",service="cag.v1.RegistryService"}' in text
