@@ -60,6 +60,16 @@ def check_event_id(value: str, field: str = "event_id") -> str:
     return value
 
 
+def is_control(c: str) -> bool:
+    """A C0 control character or DEL."""
+    return ord(c) < 0x20 or c == "\x7f"
+
+
+def is_unstorable(c: str) -> bool:
+    """What stored or logged text may not hold: a control character other than tab and newline."""
+    return is_control(c) and c not in "\t\n"
+
+
 def check_text(field: str, value: str, *, max_chars: int, required: bool = False) -> str:
     """Free text that is stored or logged: bounded, no NUL (Postgres refuses it), no other C0 controls
     except tab and newline (they forge log lines)."""
@@ -67,7 +77,7 @@ def check_text(field: str, value: str, *, max_chars: int, required: bool = False
         raise InvalidFieldError(field, "is required")
     if len(value) > max_chars:
         raise InvalidFieldError(field, f"is {len(value):,} characters long; at most {max_chars:,} are allowed")
-    bad = next((c for c in value if (ord(c) < 0x20 and c not in "\t\n") or c == "\x7f"), None)
+    bad = next((c for c in value if is_unstorable(c)), None)
     if bad is not None:
         raise InvalidFieldError(field, f"contains the control character U+{ord(bad):04X}")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in value):

@@ -20,6 +20,7 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 from cag.errors import InvalidFieldError, KVModuleNotFoundError, UnavailableError
+from cag.identifiers import is_control
 from cag.settings import InfraSettings
 
 RANGE_BYTES = 8 << 20  # one ranged GET
@@ -53,7 +54,7 @@ def is_s3_uri(uri: str) -> bool:
 
 def parse_s3_uri(uri: str, field: str = "storage_uri") -> S3Location:
     """The bucket and key of an s3:// URI; InvalidFieldError naming `field` when it is not a safe one."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in uri):  # urlparse would silently drop tabs and newlines
+    if any(is_control(c) for c in uri):  # urlparse would silently drop tabs and newlines
         raise InvalidFieldError(field, "the URI holds control characters")
     parsed = urlparse(uri)
     if parsed.scheme != "s3":

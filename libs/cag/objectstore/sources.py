@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cag.canonical.uris import local_path
 from cag.errors import InvalidFieldError
+from cag.identifiers import is_control
 from cag.objectstore.s3 import ObjectStore, S3Location, is_s3_uri, parse_s3_uri
 
 MAX_SOURCE_OBJECTS = 10_000
@@ -81,7 +82,5 @@ def _objects(store: ObjectStore, prefix: S3Location, uri: str, field: str) -> li
 def _plain_relative(path: str) -> bool:
     parts = path.split("/")
     return (
-        "\\" not in path
-        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
-        and all(part not in ("", ".", "..") for part in parts)
+        "\\" not in path and not any(is_control(c) for c in path) and all(part not in ("", ".", "..") for part in parts)
     )

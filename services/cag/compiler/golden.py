@@ -9,6 +9,7 @@ import torch
 
 from cag.canonical import GoldenCase, compact_json
 from cag.engine import Engine, GenerateRequest, ModuleRows, SamplingParams
+from cag.identifiers import is_unstorable
 from cag.kvmodule import KVSource, LoadedModule
 from cag.metadata import ModuleMetadata
 
@@ -62,7 +63,7 @@ def run_golden(
 def transcript(answer: str) -> str:
     """The answer as recorded (module header, registry, logs): control characters other than tab and newline
     written as `\\xNN`, since a model may emit any (a carriage return, say) and stored text may not hold them."""
-    return "".join(f"\\x{ord(c):02x}" if (ord(c) < 0x20 and c not in "\t\n") or c == "\x7f" else c for c in answer)
+    return "".join(f"\\x{ord(c):02x}" if is_unstorable(c) else c for c in answer)
 
 
 def results_json(results: Sequence[GoldenResult]) -> str:
