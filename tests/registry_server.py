@@ -23,7 +23,7 @@ from cag.registry.core import RegistryCore
 from cag.registry.servicer import SERVICE_NAME, RegistryServicer
 from cag.rpc.errors import error_details
 from cag.rpc.modules import module_message
-from cag.rpc.server import build_server
+from cag.rpc.server import ServiceServer, build_server
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 TOKEN_TTL_S = 3600.0
@@ -87,7 +87,7 @@ class RegistryServer:
     address: str
     key: bytes
     channel: grpc.aio.Channel
-    server: grpc.aio.Server
+    server: ServiceServer
 
     def token(self, subject: str, scopes: Iterable[Scope], tenants: Iterable[str]) -> str:
         return issue_token(self.key, subject, scopes, tenants, TOKEN_TTL_S)

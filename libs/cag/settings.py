@@ -53,6 +53,13 @@ class InfraSettings(BaseModel):
     s3_region: str | None = None
     s3_access_key_id: str | None = Field(default=None, repr=False)
     s3_secret_access_key: str | None = Field(default=None, repr=False)
+    # gRPC over TLS (cag.rpc.tls): this process's certificate chain and key, the CA of the platform's certificates,
+    # the name servers' certificates are checked against, and whether servers ask for client certificates.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_server_name: str | None = None
+    tls_client_auth: bool = True
 
 
 class _InfraEnvSource(EnvSettingsSource):
@@ -94,7 +101,7 @@ class CagBaseSettings(BaseSettings):
     def _check_required_infra(self) -> Self:
         missing = [name for name in self.required_infra if getattr(self.infra, name) is None]
         if missing:
-            raise ValueError(f"set {', '.join(self._env_names(n) for n in missing)}")
+            raise ValueError(f"set {', '.join(self.env_names(n) for n in missing)}")
         return self
 
     @classmethod
@@ -104,13 +111,14 @@ class CagBaseSettings(BaseSettings):
         return InfraSettings.model_validate(_InfraEnvSource(cls)().get("infra", {}))
 
     @classmethod
-    def _env_names(cls, name: str) -> str:
+    def env_names(cls, name: str) -> str:
+        """The environment variables that set infra field `name` here, for messages that say what to set."""
         return f"{cls.model_config.get('env_prefix', '')}{name.upper()} or {SHARED_PREFIX}{name.upper()}"
 
     def _infra(self, name: str) -> Any:
         value = getattr(self.infra, name)
         if value is None:
-            raise InvalidInputError(f"{name} is not configured: set {self._env_names(name)}")
+            raise InvalidInputError(f"{name} is not configured: set {self.env_names(name)}")
         return value
 
     # Typed views of `infra` for the code that needs a value (InvalidInputError, saying what to set, when unset).
@@ -152,7 +160,7 @@ class CagSettings(CagBaseSettings):
     def model_post_init(self, context: Any) -> None:
         """Defaults for what neither the caller nor the environment set: NATS on localhost, the signing key that
         `cag infra up` writes in the run directory."""
-        self._infra_given = frozenset(n for n in InfraSettings.model_fields if getattr(self.infra, n) is not None)
+        self._infra_given = frozenset(n for n in self.infra.model_fields_set if getattr(self.infra, n) is not None)
         defaults = {"nats_url": DEFAULT_NATS_URL, "auth_key_file": self.run_dir / "auth.key"}
         unset = {name: value for name, value in defaults.items() if name not in self._infra_given}
         if unset:

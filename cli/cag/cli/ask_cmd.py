@@ -12,6 +12,7 @@ from cag.auth.credentials import resolve_token
 from cag.cli.main import EXIT_CODES
 from cag.client import Answer, CagClient, CagClientError, Sampling
 from cag.errors import InvalidFieldError, Status
+from cag.rpc.tls import client_tls
 from cag.settings import CagSettings
 
 
@@ -34,7 +35,8 @@ def run_ask(args: argparse.Namespace, settings: CagSettings) -> int:
     token = args.token or resolve_token(settings)
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
     try:
-        with CagClient(args.address or settings.router_address, token, timeout_s=args.timeout) as cag:
+        address = args.address or settings.router_address
+        with CagClient(address, token, timeout_s=args.timeout, tls=client_tls(settings)) as cag:
             stream = cag.stream(args.query, tenant=args.tenant, route=args.route, metadata=metadata, sampling=sampling)
             with stream:
                 for text in stream:

@@ -19,6 +19,7 @@ from rich.table import Table
 from cag.auth.credentials import resolve_token
 from cag.cli.registry_client import run_with_rpc_errors
 from cag.rpc.clients.promotion import PromotionClient
+from cag.rpc.tls import client_tls
 from cag.settings import CagSettings
 from cag.v1 import fallback_pb2
 
@@ -62,7 +63,9 @@ def state_name(value: int) -> str:
 
 
 def _client(settings: CagSettings, address: str | None) -> PromotionClient:
-    return PromotionClient(address or settings.fallback_address, token=resolve_token(settings))
+    return PromotionClient(
+        address or settings.fallback_address, token=resolve_token(settings), tls=client_tls(settings)
+    )
 
 
 def run_list(args: argparse.Namespace, settings: CagSettings) -> int:

@@ -12,6 +12,7 @@ import grpc
 from cag.auth.credentials import resolve_token
 from cag.errors import Status
 from cag.rpc.clients import DEFAULT_TIMEOUT_S, RegistryClient
+from cag.rpc.tls import client_tls
 from cag.settings import CagSettings
 from cag.v1 import common_pb2
 
@@ -37,8 +38,10 @@ def registry_client(
     settings: CagSettings, address: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> RegistryClient:
     """A client of `address` (default: settings.registry_address) with the command's credentials (CAG_TOKEN,
-    or a short-lived token minted from the local signing key); UnauthenticatedError saying what to set."""
-    return RegistryClient(address or settings.registry_address, token=resolve_token(settings), timeout_s=timeout_s)
+    or a short-lived token minted from the local signing key) and TLS settings (CAG_TLS_*); UnauthenticatedError
+    saying what to set."""
+    address = address or settings.registry_address
+    return RegistryClient(address, token=resolve_token(settings), timeout_s=timeout_s, tls=client_tls(settings))
 
 
 def rpc_exit_code(code: grpc.StatusCode) -> int:

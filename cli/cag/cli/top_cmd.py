@@ -28,6 +28,7 @@ from cag.cli.top.sources import AddressSource, CombinedSource, PlanSource, Repli
 from cag.errors import InvalidInputError
 from cag.events.replicas import ADDRESS
 from cag.infra.nats_auth import MONITOR
+from cag.rpc.tls import ClientTls, client_tls
 from cag.settings import CagSettings
 
 # The widest a one-shot frame gets: every column of the table readable in a log or a pipe.
@@ -61,7 +62,7 @@ def run_top(args: argparse.Namespace, settings: CagSettings) -> int:
     nats_url = identity_nats_url(args.nats, settings, MONITOR)
     plan_file = settings.run_dir / PLATFORM_DIR / PLAN_FILE
     try:
-        return asyncio.run(_top(args, token, nats_url, plan_file))
+        return asyncio.run(_top(args, token, nats_url, plan_file, client_tls(settings)))
     except KeyboardInterrupt:  # how a live view is left
         return 0
 
@@ -77,7 +78,7 @@ def _check(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{option} {address[:80]!r} is not HOST:PORT")
 
 
-async def _top(args: argparse.Namespace, token: str, nats_url: str, plan_file: Path) -> int:
+async def _top(args: argparse.Namespace, token: str, nats_url: str, plan_file: Path, tls: ClientTls | None) -> int:
     """Replicas named with --pool, else those announcing themselves and those of the platform started here."""
     feed = EventFeed(nats_url, EventRing(args.events), since=datetime.now(UTC) - timedelta(minutes=args.since),
                      timeout_s=args.timeout)  # fmt: skip
@@ -85,7 +86,9 @@ async def _top(args: argparse.Namespace, token: str, nats_url: str, plan_file: P
     source = AddressSource(args.pool) if announced is None else CombinedSource([announced, PlanSource(plan_file)])
     await asyncio.gather(feed.start(), *([announced.start()] if announced else []))
     compiler = args.compiler or _platform_compiler(plan_file)
-    view = TopView(source, feed, announced, compiler, token=token, timeout_s=args.timeout, jobs=min(args.events, 500))
+    view = TopView(
+        source, feed, announced, compiler, token=token, timeout_s=args.timeout, jobs=min(args.events, 500), tls=tls
+    )
     try:
         if args.once or args.json:
             await feed.caught_up(args.timeout)
@@ -131,6 +134,7 @@ class TopView:
         token: str,
         timeout_s: float,
         jobs: int,
+        tls: ClientTls | None = None,
     ) -> None:
         self.source = source
         self.feed = feed
@@ -139,10 +143,12 @@ class TopView:
         self.token = token
         self.timeout_s = timeout_s
         self.jobs = jobs
+        self.tls = tls
 
     async def snapshot(self) -> TopSnapshot:
         replicas, (compiles, compiles_error) = await asyncio.gather(
-            poll_replicas(await self.source.targets(), token=self.token, timeout_s=self.timeout_s), self._compiles()
+            poll_replicas(await self.source.targets(), token=self.token, timeout_s=self.timeout_s, tls=self.tls),
+            self._compiles(),
         )
         return TopSnapshot(
             taken_at=datetime.now(UTC),
@@ -158,4 +164,6 @@ class TopView:
     async def _compiles(self) -> tuple[tuple[CompileJob, ...], str]:
         if not self.compiler:
             return (), ""
-        return await poll_compiles(self.compiler, token=self.token, limit=self.jobs, timeout_s=self.timeout_s)
+        return await poll_compiles(
+            self.compiler, token=self.token, limit=self.jobs, timeout_s=self.timeout_s, tls=self.tls
+        )

@@ -8,6 +8,9 @@
                 print(text, end="")
         print(chunks.answer.decision)
 
+Over TLS: CagClient(address, token, tls=ClientTls.from_files(ca_file, cert_file, key_file, server_name=...)),
+the certificate and key only where the router asks for one (mutual TLS).
+
 Errors are CagClientError subclasses (cag.client.errors); transient ones are retried before the first token
 (RetryPolicy).
 """
@@ -30,6 +33,7 @@ from cag.client.errors import (
 )
 from cag.client.request import Sampling
 from cag.client.retry import NO_RETRY, RetryPolicy
+from cag.rpc.tls import ClientTls
 
 __all__ = [
     "NO_RETRY",
@@ -39,6 +43,7 @@ __all__ = [
     "AsyncCagClient",
     "CagClient",
     "CagClientError",
+    "ClientTls",
     "DataLossError",
     "DeadlineExceededError",
     "Decision",

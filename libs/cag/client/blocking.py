@@ -13,6 +13,7 @@ from cag.client.errors import CagClientError, from_rpc_error
 from cag.client.request import Sampling, generate_request
 from cag.client.retry import RetryPolicy
 from cag.rpc.clients.router import DEFAULT_TIMEOUT_S, RouterClient
+from cag.rpc.tls import ClientTls
 from cag.v1 import common_pb2
 
 
@@ -95,15 +96,22 @@ class AnswerStream:
 class CagClient:
     """Asks the platform through its router at `address` (host:port) as `token` (an end user's or a service's).
 
-    timeout_s: the default deadline of each call, retries included; retry: when to try again (RetryPolicy).
+    timeout_s: the default deadline of each call, retries included; retry: when to try again (RetryPolicy);
+    tls: TLS towards the router (ClientTls.from_files(ca_file, ...)), None: plaintext.
     """
 
     def __init__(
-        self, address: str, token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy | None = None
+        self,
+        address: str,
+        token: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self._router = RouterClient(address, token=token, timeout_s=timeout_s)
+        self._router = RouterClient(address, token=token, timeout_s=timeout_s, tls=tls)
 
     def __enter__(self) -> CagClient:
         return self

@@ -23,6 +23,7 @@ from cag.auth.credentials import AUTHORIZATION, bearer_metadata
 from cag.auth.tokens import KeySet, check_key, verify_token
 from cag.errors import UnauthenticatedError
 from cag.rpc.errors import HANDLER_FACTORIES, abort_with
+from cag.rpc.tls import ClientTls
 from cag.telemetry import aio_channel_interceptors
 
 # Verifies a bearer token and names its caller, or raises UnauthenticatedError.
@@ -190,9 +191,9 @@ def _refuse_sync(method: str) -> Callable[..., Awaitable[Any]]:
 # Client side -----------------------------------------------------------------------------------
 
 
-def authenticated_channel(address: str, token: str) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to `address` whose every call (unary or streaming) presents `token` and
-    carries the current trace."""
+def authenticated_channel(address: str, token: str, tls: ClientTls | None = None) -> grpc.aio.Channel:
+    """A grpc.aio channel to `address`, over TLS with `tls` (else plaintext), whose every call (unary or
+    streaming) presents `token` and carries the current trace."""
     metadata = bearer_metadata(token)
     interceptors: list[Any] = [  # the stubs type client interceptors as "cast or ignore"
         *aio_channel_interceptors(),  # client spans; the trace goes on in the call's metadata
@@ -201,7 +202,9 @@ def authenticated_channel(address: str, token: str) -> grpc.aio.Channel:
         _StreamUnaryBearer(metadata),
         _StreamStreamBearer(metadata),
     ]
-    return grpc.aio.insecure_channel(address, interceptors=interceptors)
+    if tls is None:
+        return grpc.aio.insecure_channel(address, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, tls.credentials(), options=tls.options(), interceptors=interceptors)
 
 
 class _Bearer:

@@ -38,7 +38,8 @@ from cag.models import resolve_model
 from cag.objectstore.s3 import S3Settings
 from cag.rpc.auth import authenticated_channel
 from cag.rpc.clients import AsyncRegistryClient
-from cag.rpc.server import build_server
+from cag.rpc.server import ServiceServer, build_server
+from cag.rpc.tls import client_tls, server_tls
 from cag.rpc.watch import RegistryFollower
 from cag.service_process import run_until_signalled
 from cag.telemetry.metrics import REGISTRY, serve_metrics
@@ -67,7 +68,7 @@ class CachePoolApp:
     # Given by tests that share one engine across apps; otherwise loaded from the settings at start.
     engine: ServingEngine | None = None
     pool: CachePool | None = None
-    server: grpc.aio.Server | None = None
+    server: ServiceServer | None = None
     broker: NatsBroker | None = None
     registry: AsyncRegistryClient | None = None
     channel: grpc.aio.Channel | None = None
@@ -79,13 +80,14 @@ class CachePoolApp:
 
     async def start(self) -> None:
         s = self.settings
+        listen_tls, tls = server_tls(s), client_tls(s)  # a TLS setting wrong: refused before anything starts
         key = load_key(s.auth_key_file)
         token = issue_token(key, s.subject, s.registry_scopes, [ALL_TENANTS], s.token_ttl_s)
         engine = self.engine if self.engine is not None else await asyncio.to_thread(load_serving_engine, s)
         prompts = await asyncio.to_thread(load_tokenizer, s)
         self.executor = ThreadPoolExecutor(s.load_threads + 2 * s.max_running, thread_name_prefix="cachepool")
-        self.registry = AsyncRegistryClient(s.registry_address, token=token)
-        self.channel = authenticated_channel(s.registry_address, token)
+        self.registry = AsyncRegistryClient(s.registry_address, token=token, tls=tls)
+        self.channel = authenticated_channel(s.registry_address, token, tls)
         bytes_per_token = engine.kv_shape.bytes_per_token
         residency = Residency(s.pool_settings(engine.kv_capacity * bytes_per_token, bytes_per_token))
         pool = self.pool = CachePool(
@@ -123,6 +125,8 @@ class CachePoolApp:
             s.address,
             auth=key,
             reflection=s.reflection,
+            tls=listen_tls,
+            health_address=s.health_address,
         )
         await self.server.start()
         log.info("cache pool serving on %s", s.address)

@@ -80,6 +80,9 @@ class CachePoolSettings(CagBaseSettings):
     # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
     metrics_host: str = "127.0.0.1"
     reflection: bool = False
+    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
+    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
+    health_address: str | None = None
     shutdown_grace_s: float = 10.0
     # This replica among several (cag.events.replicas): its key in the announcement bucket; "" takes `instance`
     # (unique per pool process already: it names the process's NATS durables). It announces what it holds and

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import grpc
 from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -23,7 +22,8 @@ from cag.lifecycle import bounded
 from cag.objectstore import ObjectStore, parse_s3_uri
 from cag.objectstore.s3 import S3Settings
 from cag.rpc.clients import AsyncRegistryClient
-from cag.rpc.server import build_server
+from cag.rpc.server import ServiceServer, build_server
+from cag.rpc.tls import client_tls, server_tls
 from cag.service_process import run_until_signalled
 from cag.v1 import compiler_pb2_grpc
 
@@ -41,16 +41,17 @@ class CompilerApp:
     recompiler: Recompiler | None = None
     registry: AsyncRegistryClient | None = None
     broker: NatsBroker | None = None
-    server: grpc.aio.Server | None = None
+    server: ServiceServer | None = None
 
     async def start(self) -> None:
         s = self.settings
+        listen_tls, tls = server_tls(s), client_tls(s)  # a TLS setting wrong: refused before anything starts
         key = load_key(s.auth_key_file)
         token = issue_token(key, s.subject, [Scope.WRITE], [ALL_TENANTS], s.token_ttl_s)
         self.database = create_async_engine(s.database_url, pool_size=4, pool_pre_ping=True)
         store = JobStore(self.database)
         await store.create_tables()
-        self.registry = AsyncRegistryClient(s.registry_address, token=token)
+        self.registry = AsyncRegistryClient(s.registry_address, token=token, tls=tls)
         s.modules_dir.mkdir(parents=True, exist_ok=True)
         prefix = s.object_store_prefix
         config = CompilerConfig(
@@ -74,6 +75,8 @@ class CompilerApp:
             s.address,
             auth=key,
             reflection=s.reflection,
+            tls=listen_tls,
+            health_address=s.health_address,
         )
         await self.server.start()
         log.info("compiler serving on %s", s.address)

@@ -42,6 +42,9 @@ class CompilerSettings(CagBaseSettings):
     # Compiler replicas sharing a group share its NATS durables: each invalidation is handled by one of them.
     group: str = Field(default="compiler", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     reflection: bool = False
+    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
+    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
+    health_address: str | None = None
     shutdown_grace_s: float = 10.0
     # Recompiles wait for a parent that is being rebuilt by redelivery with these delays (then give up).
     event_max_deliver: int = 6

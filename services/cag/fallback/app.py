@@ -7,7 +7,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import grpc
 from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -37,7 +36,8 @@ from cag.objectstore import ObjectStore
 from cag.objectstore.s3 import S3Settings
 from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
 from cag.rpc.clients.compiler import AsyncCompilerClient
-from cag.rpc.server import build_server
+from cag.rpc.server import ServiceServer, build_server
+from cag.rpc.tls import ClientTls, client_tls, server_tls
 from cag.service_process import run_until_signalled
 from cag.v1 import fallback_pb2_grpc
 
@@ -62,10 +62,11 @@ class FallbackApp:
     pool: AsyncCachePoolClient | None = None
     compiler: AsyncCompilerClient | None = None
     broker: NatsBroker | None = None
-    server: grpc.aio.Server | None = None
+    server: ServiceServer | None = None
 
     async def start(self) -> None:
         s = self.settings
+        listen_tls, tls = server_tls(s), client_tls(s)  # a TLS setting wrong: refused before anything starts
         key = load_key(s.auth_key_file)
         token = issue_token(key, s.subject, [Scope.READ, Scope.WRITE], [ALL_TENANTS], s.token_ttl_s)
         layout = layout_json(load_layout(s.layout))
@@ -76,15 +77,15 @@ class FallbackApp:
         self.database = create_async_engine(s.database_url, pool_size=4, pool_pre_ping=True)
         index = ChunkIndex(self.database)
         await index.create_tables()
-        self.registry = AsyncRegistryClient(s.registry_address, token=token)
-        self.pool = AsyncCachePoolClient(s.cachepool_address, token=token)
+        self.registry = AsyncRegistryClient(s.registry_address, token=token, tls=tls)
+        self.pool = AsyncCachePoolClient(s.cachepool_address, token=token, tls=tls)
         store = ObjectStore(S3Settings.of(s.infra))
         indexer = Indexer(index, self.embedder, ChunkLimits(max_chars=s.chunk_max_chars), store)
         self.broker = make_broker(s.nats_url)
         reindexing = Reindexing()
         follower = SourceFollower(indexer, self.registry, reindexing)
         subscribe_sources(self.broker, follower, s.group, s.redelivery)
-        promotion = await self._promotion(token, self.database, self.registry, self.embedder, self.broker)
+        promotion = await self._promotion(token, tls, self.database, self.registry, self.embedder, self.broker)
         subscribe_promotion(self.broker, promotion, s.group, s.redelivery)
         await start_broker(self.broker)
         log.info("fallback: %d source(s) of published modules indexed", await follower.index_published())
@@ -104,18 +105,26 @@ class FallbackApp:
             s.address,
             auth=key,
             reflection=s.reflection,
+            tls=listen_tls,
+            health_address=s.health_address,
         )
         await self.server.start()
         log.info("fallback serving on %s", s.address)
 
     async def _promotion(
-        self, token: str, database: AsyncEngine, registry: AsyncRegistryClient, embedder: Embeds, broker: NatsBroker
+        self,
+        token: str,
+        tls: ClientTls | None,
+        database: AsyncEngine,
+        registry: AsyncRegistryClient,
+        embedder: Embeds,
+        broker: NatsBroker,
     ) -> Promotion:
         """Candidates from served fallbacks; approvals compile through the compiler and route through the registry."""
         s, p = self.settings, self.settings.promotion
         candidates = CandidateStore(database, p.policy)
         await candidates.create_tables()
-        self.compiler = AsyncCompilerClient(p.compiler_address, token=token)
+        self.compiler = AsyncCompilerClient(p.compiler_address, token=token, tls=tls)
         target = CompileTarget(
             model=p.promotion_model, layout_file=p.promotion_layout_file or s.layout, promotions_dir=p.promotions_dir
         )

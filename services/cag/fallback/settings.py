@@ -48,6 +48,9 @@ class FallbackSettings(CagBaseSettings):
     # Fallback replicas sharing a group share its NATS durables: each source event is indexed by one of them.
     group: str = Field(default="fallback", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     reflection: bool = False
+    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
+    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
+    health_address: str | None = None
     shutdown_grace_s: float = 10.0
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0)

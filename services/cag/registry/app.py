@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass, field
 from functools import partial
 
-import grpc
 from faststream.nats import NatsBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,7 +23,8 @@ from cag.registry.handlers import subscribe_invalidations, subscribe_route_decis
 from cag.registry.outbox import OutboxRelay
 from cag.registry.servicer import RegistryServicer
 from cag.registry.settings import RegistrySettings
-from cag.rpc.server import build_server
+from cag.rpc.server import ServiceServer, build_server
+from cag.rpc.tls import server_tls
 from cag.service_process import run_until_signalled, service_main
 from cag.telemetry.metrics import serve_metrics
 from cag.v1 import registry_pb2_grpc
@@ -39,13 +39,14 @@ class RegistryApp:
     settings: RegistrySettings
     engine: AsyncEngine | None = None
     broker: NatsBroker | None = None
-    server: grpc.aio.Server | None = None
+    server: ServiceServer | None = None
     core: RegistryCore | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: StopSignal = field(default_factory=StopSignal)
 
     async def start(self) -> None:
         s = self.settings
+        listen_tls = server_tls(s)  # a TLS setting wrong: refused before anything starts
         self.engine = await asyncio.to_thread(connect, s.database_url, pool_size=s.pool_size)  # runs migrations
         sessions = session_factory(self.engine)
         self.core = RegistryCore(PostgresStore(sessions))
@@ -65,6 +66,8 @@ class RegistryApp:
             s.address,
             auth=load_key(s.auth_key_file),
             reflection=s.reflection,
+            tls=listen_tls,
+            health_address=s.health_address,
         )
         if s.metrics_port:
             log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))

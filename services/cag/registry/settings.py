@@ -26,6 +26,9 @@ class RegistrySettings(CagBaseSettings):
     pool_size: int = 10
     # Server reflection lists every method to anyone who can connect: for development only.
     reflection: bool = False
+    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
+    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
+    health_address: str | None = None
     # On SIGTERM: how long in-flight RPCs get to finish before they are cancelled.
     shutdown_grace_s: float = 10.0
     # Prometheus metrics on http://127.0.0.1:<port>/metrics, as the router and the cache pool serve them.

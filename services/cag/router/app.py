@@ -8,7 +8,6 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import grpc
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 
@@ -30,7 +29,8 @@ from cag.router.servicer import SERVICE_NAME, RouterServicer
 from cag.router.settings import RouterSettings
 from cag.rpc.clients import AsyncCachePoolClient, AsyncRegistryClient
 from cag.rpc.clients.fallback import AsyncFallbackClient
-from cag.rpc.server import build_server
+from cag.rpc.server import ServiceServer, build_server
+from cag.rpc.tls import ClientTls, client_tls, server_tls
 from cag.rpc.watch import RegistryFollower
 from cag.service_process import run_until_signalled
 from cag.telemetry.metrics import serve_metrics
@@ -51,7 +51,7 @@ def load_classifier(settings: RouterSettings) -> Classifier | None:
 @dataclass
 class RouterApp:
     settings: RouterSettings
-    server: grpc.aio.Server | None = None
+    server: ServiceServer | None = None
     broker: NatsBroker | None = None
     registry: AsyncRegistryClient | None = None
     replicas: CachePoolReplicas | None = None
@@ -65,10 +65,11 @@ class RouterApp:
         """Returns once the gRPC server listens. It starts listening only when the route snapshot has caught
         up with the registry's feed, so that health checks (and requests) find the router ready."""
         s = self.settings
+        listen_tls, tls = server_tls(s), client_tls(s)  # a TLS setting wrong: refused before anything starts
         keys = load_key_set(s.auth_key_file, s.infra.auth_jwks_file)
         token = issue_token(load_key(s.auth_key_file), s.subject, [Scope.READ], [ALL_TENANTS], s.token_ttl_s)
         classifier = await asyncio.to_thread(load_classifier, s)
-        self.registry = AsyncRegistryClient(s.registry_address, token=token, timeout_s=s.registry_timeout_s)
+        self.registry = AsyncRegistryClient(s.registry_address, token=token, timeout_s=s.registry_timeout_s, tls=tls)
         routes = self.routes = RegistryRoutes(self.registry, RouteSnapshot(), timeout_s=s.registry_timeout_s)
         follower = RegistryFollower(self.registry, routes.on_change, on_caught_up=routes.on_caught_up)
         self.tasks = [asyncio.create_task(follower.run(), name="registry-follower")]
@@ -77,8 +78,8 @@ class RouterApp:
         await start_broker(self.broker)
         broker = self.broker
         self.audit = DecisionAudit(lambda envelope: publish_event(broker, envelope))
-        self.replicas = await self._replicas(token)
-        self.fallback = AsyncFallbackClient(s.fallback_address, token=token)
+        self.replicas = await self._replicas(token, tls)
+        self.fallback = AsyncFallbackClient(s.fallback_address, token=token, tls=tls)
         decider = Decider(
             Router(classifier, threshold=s.classifier_threshold), routes, max_query_chars=s.max_query_chars
         )
@@ -93,6 +94,8 @@ class RouterApp:
             s.address,
             auth=keys,
             reflection=s.reflection,
+            tls=listen_tls,
+            health_address=s.health_address,
         )
         await routes.caught_up.wait()
         self.tasks.append(asyncio.create_task(routes.reconcile_every(s.reconcile_interval_s), name="reconcile"))
@@ -101,12 +104,12 @@ class RouterApp:
         await self.server.start()
         log.info("router serving on %s", s.address)
 
-    async def _replicas(self, token: str) -> CachePoolReplicas:
+    async def _replicas(self, token: str, tls: ClientTls | None) -> CachePoolReplicas:
         """The cache-pool replicas: the one configured, or with discovery those the replica bucket announces (the
         watcher hands over every current one at once, then each change)."""
         s = self.settings
         replicas = CachePoolReplicas(
-            ReplicaDirectory(), s.replica_policy, lambda address: AsyncCachePoolClient(address, token=token)
+            ReplicaDirectory(), s.replica_policy, lambda address: AsyncCachePoolClient(address, token=token, tls=tls)
         )
         if not s.replica_discovery:
             replicas.directory.add_static(STATIC_REPLICA, s.cachepool_address)

@@ -47,6 +47,9 @@ class RouterSettings(CagBaseSettings):
     # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
     metrics_host: str = "127.0.0.1"
     reflection: bool = False
+    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
+    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
+    health_address: str | None = None
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # Names this process's NATS durable: every router process applies every rule update.
     instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")

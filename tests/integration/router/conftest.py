@@ -38,13 +38,15 @@ from cag.router.app import RouterApp
 from cag.router.settings import RouterSettings
 from cag.rpc.auth import current_caller
 from cag.rpc.clients import AsyncRouterClient
-from cag.rpc.server import build_server
+from cag.rpc.server import ServiceServer, build_server
+from cag.rpc.tls import ClientTls, ServerTls, client_tls, server_tls
 from cag.settings import InfraSettings
 from cag.telemetry import configure_tracing
 from cag.v1 import cachepool_pb2, cachepool_pb2_grpc, common_pb2, registry_pb2, router_pb2
 from tests.infra_fixtures import FreshDatabase, Infra
 from tests.registry_population import make_metadata
 from tests.registry_server import Client, RegistryServer
+from tests.support.pki import SERVER_NAME, Pki
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -124,6 +126,7 @@ class Stack:
     router_address: str
     key: bytes
     spans: InMemorySpanExporter
+    router_tls: ClientTls | None = None  # what a product service dials the router with
 
     @property
     def admin(self) -> Client:
@@ -143,7 +146,7 @@ class Stack:
         return issue_user_token(self.key, "acme", 60, user="alice", now=time.time() - 3600)
 
     def client(self, token: str | None = None) -> AsyncRouterClient:
-        return AsyncRouterClient(self.router_address, token=token or self.token(user="alice"))
+        return AsyncRouterClient(self.router_address, token=token or self.token(user="alice"), tls=self.router_tls)
 
     async def explain(self, query: str, *, token: str | None = None, **fields: Any) -> common_pb2.RouteDecision:
         async with self.client(token) as router:
@@ -171,10 +174,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s:
         await asyncio.sleep(0.05)
 
 
-async def serve_pool(pool: ScriptedCachePool, address: str, key: bytes) -> grpc.aio.Server:
+async def serve_pool(pool: ScriptedCachePool, address: str, key: bytes, tls: ServerTls | None = None) -> ServiceServer:
     name = cachepool_pb2.DESCRIPTOR.services_by_name["CachePoolService"].full_name
     server = await build_server(
-        [(cachepool_pb2_grpc.add_CachePoolServiceServicer_to_server, pool)], [name], address, auth=key
+        [(cachepool_pb2_grpc.add_CachePoolServiceServicer_to_server, pool)], [name], address, auth=key, tls=tls
     )
     await server.start()
     return server
@@ -195,22 +198,51 @@ def router_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
+def platform_pki() -> Pki | None:
+    """Certificates of the stack's servers and clients (a test module overrides this fixture): None, plaintext."""
+    return None
+
+
+def tls_infra(pki: Pki | None) -> dict[str, Any]:
+    """The TLS settings a pod gets from the chart: its certificate (server and client use), the CA, the name."""
+    if pki is None:
+        return {}
+    return {
+        "tls_cert_file": pki.server_cert_file,
+        "tls_key_file": pki.server_key_file,
+        "tls_ca_file": pki.ca_file,
+        "tls_server_name": SERVER_NAME,
+    }
+
+
+@pytest.fixture
 async def stack(
-    infra: Infra, fresh_database: FreshDatabase, spans: InMemorySpanExporter, router_overrides: dict[str, Any]
+    infra: Infra,
+    fresh_database: FreshDatabase,
+    spans: InMemorySpanExporter,
+    router_overrides: dict[str, Any],
+    platform_pki: Pki | None,
 ) -> AsyncIterator[Stack]:
     key = load_key(infra.auth_key_file)
+    with_tls = tls_infra(platform_pki)
     shared = InfraSettings(
-        database_url=fresh_database.database_url, nats_url=infra.nats_url, auth_key_file=infra.auth_key_file
+        database_url=fresh_database.database_url, nats_url=infra.nats_url, auth_key_file=infra.auth_key_file, **with_tls
     )
     registry_address = f"127.0.0.1:{free_port()}"
-    registry_app = RegistryApp(RegistrySettings(infra=shared, address=registry_address, shutdown_grace_s=0))
+    registry_settings = RegistrySettings(infra=shared, address=registry_address, shutdown_grace_s=0)
+    registry_app = RegistryApp(registry_settings)
     await registry_app.start()
     assert registry_app.server is not None
-    channel = grpc.aio.insecure_channel(registry_address)
+    dial = client_tls(registry_settings)  # the test's own calls: as a service of the platform would
+    channel = (
+        grpc.aio.insecure_channel(registry_address)
+        if dial is None
+        else grpc.aio.secure_channel(registry_address, dial.credentials(), options=dial.options())
+    )
     registry = RegistryServer(address=registry_address, key=key, channel=channel, server=registry_app.server)
     # The generated base answers UNIMPLEMENTED for the RPCs the router never calls (its stubs declare them abstract).
     pool, pool_address = ScriptedCachePool(), f"127.0.0.1:{free_port()}"  # type: ignore[abstract]
-    pool_server = await serve_pool(pool, pool_address, key)
+    pool_server = await serve_pool(pool, pool_address, key, server_tls(registry_settings))
     router_app: RouterApp | None = None
     try:
         for metadata, source in MODULES:
@@ -229,12 +261,21 @@ async def stack(
                 registry_timeout_s=2.0,
                 instance=f"t{secrets.token_hex(4)}",  # a durable of its own: rule updates of this test only
                 shutdown_grace_s=0,
-                infra={"nats_url": infra.nats_url, "auth_key_file": infra.auth_key_file},  # type: ignore[arg-type]
+                # Callers of the router present no client certificate (its tls_client_auth off), like the chart's.
+                infra={  # type: ignore[arg-type]
+                    "nats_url": infra.nats_url,
+                    "auth_key_file": infra.auth_key_file,
+                    **with_tls,
+                    "tls_client_auth": False,
+                },
                 **router_overrides,
             )
         )
         await router_app.start()
-        yield Stack(registry_app, registry, pool, router_app, router_address, key, spans)
+        router_tls = (
+            None if platform_pki is None else ClientTls.from_files(platform_pki.ca_file, server_name=SERVER_NAME)
+        )
+        yield Stack(registry_app, registry, pool, router_app, router_address, key, spans, router_tls)
     finally:
         if router_app is not None:
             await router_app.stop()

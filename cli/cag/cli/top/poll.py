@@ -9,16 +9,22 @@ import grpc
 
 from cag.cli.top.model import ReplicaTarget, ReplicaView, replica_down, replica_view
 from cag.rpc.clients import AsyncCachePoolClient
+from cag.rpc.tls import ClientTls
 
 
-async def poll_replicas(targets: Sequence[ReplicaTarget], *, token: str, timeout_s: float) -> tuple[ReplicaView, ...]:
+async def poll_replicas(
+    targets: Sequence[ReplicaTarget], *, token: str, timeout_s: float, tls: ClientTls | None = None
+) -> tuple[ReplicaView, ...]:
     """Every target's view, in the targets' order."""
-    return tuple(await asyncio.gather(*(poll_replica(t, token=token, timeout_s=timeout_s) for t in targets)))
+    polls = (poll_replica(t, token=token, timeout_s=timeout_s, tls=tls) for t in targets)
+    return tuple(await asyncio.gather(*polls))
 
 
-async def poll_replica(target: ReplicaTarget, *, token: str, timeout_s: float) -> ReplicaView:
+async def poll_replica(
+    target: ReplicaTarget, *, token: str, timeout_s: float, tls: ClientTls | None = None
+) -> ReplicaView:
     try:
-        async with AsyncCachePoolClient(target.address, token=token, timeout_s=timeout_s) as client:
+        async with AsyncCachePoolClient(target.address, token=token, timeout_s=timeout_s, tls=tls) as client:
             return replica_view(target, await client.stats())
     except grpc.aio.AioRpcError as e:
         return replica_down(target, f"{e.code().name}: {e.details()}")

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import grpc
 
 from cag.rpc.clients.channels import AsyncChannel, BlockingChannel
+from cag.rpc.tls import ClientTls
 from cag.v1 import cachepool_pb2, cachepool_pb2_grpc, common_pb2
 
 # A generation streams for as long as the answer is; a prefetch may copy a large module.
@@ -16,10 +17,12 @@ DEFAULT_TIMEOUT_S = 120.0
 
 
 class CachePoolClient(BlockingChannel):
-    """Blocking calls on one insecure channel to `address` (host:port), as `token`; use as a context manager."""
+    """Blocking calls on one channel to `address` (host:port), as `token`; use as a context manager."""
 
-    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = cachepool_pb2_grpc.CachePoolServiceStub(self._channel)
 
     def generate(
@@ -54,8 +57,10 @@ class CachePoolClient(BlockingChannel):
 class AsyncCachePoolClient(AsyncChannel):
     """The cache pool over grpc.aio: the same calls as CachePoolClient; Generate's call is async-iterable."""
 
-    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = cachepool_pb2_grpc.CachePoolServiceStub(self._channel)
 
     def generate(

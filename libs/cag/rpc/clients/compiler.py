@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cag.rpc.clients.channels import AsyncChannel
+from cag.rpc.tls import ClientTls
 from cag.v1 import compiler_pb2, compiler_pb2_grpc
 
 # Starting a job answers with its id at once; only the compile itself takes long, and it is not awaited here.
@@ -10,8 +11,10 @@ DEFAULT_TIMEOUT_S = 30.0
 
 
 class AsyncCompilerClient(AsyncChannel):
-    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = compiler_pb2_grpc.CompilerServiceStub(self._channel)
 
     async def start(self, request: compiler_pb2.CompileRequest) -> str:

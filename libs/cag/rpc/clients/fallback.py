@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 from cag.rpc.clients.channels import AsyncChannel
+from cag.rpc.tls import ClientTls
 from cag.v1 import common_pb2, fallback_pb2, fallback_pb2_grpc
 
 # A generation streams for as long as the answer is.
@@ -13,8 +14,10 @@ DEFAULT_TIMEOUT_S = 120.0
 
 
 class AsyncFallbackClient(AsyncChannel):
-    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = fallback_pb2_grpc.FallbackServiceStub(self._channel)
 
     def generate(

@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from cag.rpc.clients.channels import BlockingChannel
+from cag.rpc.tls import ClientTls
 from cag.v1 import fallback_pb2, fallback_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 60.0  # an approval starts a compile and updates the route rules before it answers
 
 
 class PromotionClient(BlockingChannel):
-    """Blocking calls on one insecure channel to `address` (host:port), as `token`; use as a context manager."""
+    """Blocking calls on one channel to `address` (host:port), as `token`; use as a context manager."""
 
-    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = fallback_pb2_grpc.FallbackServiceStub(self._channel)
 
     def candidates(self, request: fallback_pb2.CandidatesRequest) -> Iterator[fallback_pb2.PromotionCandidate]:

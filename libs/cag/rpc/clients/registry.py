@@ -5,19 +5,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 from cag.rpc.clients.channels import AsyncChannel, BlockingChannel
+from cag.rpc.tls import ClientTls
 from cag.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 30.0
 
 
 class RegistryClient(BlockingChannel):
-    """Blocking calls on one insecure channel to `address` (host:port); use as a context manager.
+    """Blocking calls on one channel to `address` (host:port); use as a context manager.
 
     `token`: the bearer token sent with every call (None: none, and the registry answers UNAUTHENTICATED).
     """
 
-    def __init__(self, address: str, *, token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        tls: ClientTls | None = None,
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
 
     def register(self, module: common_pb2.Module) -> common_pb2.Module:
@@ -89,8 +97,10 @@ class RegistryClient(BlockingChannel):
 class AsyncRegistryClient(AsyncChannel):
     """The registry over grpc.aio, for services: the same calls as RegistryClient, awaited; Watch streams."""
 
-    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
 
     async def register(self, module: common_pb2.Module) -> common_pb2.Module:

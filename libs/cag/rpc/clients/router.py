@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 
 from cag.rpc.clients.channels import AsyncChannel, BlockingChannel
+from cag.rpc.tls import ClientTls
 from cag.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 # A generation streams for as long as the answer is: longer than a registry call may take.
@@ -14,10 +15,12 @@ DEFAULT_TIMEOUT_S = 120.0
 
 
 class RouterClient(BlockingChannel):
-    """Blocking calls on one insecure channel to `address` (host:port), as `token`; use as a context manager."""
+    """Blocking calls on one channel to `address` (host:port), as `token`; use as a context manager."""
 
-    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
 
     def generate(
@@ -36,8 +39,10 @@ class RouterClient(BlockingChannel):
 class AsyncRouterClient(AsyncChannel):
     """The router over grpc.aio: the same calls as RouterClient; Generate's call is async-iterable."""
 
-    def __init__(self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(address, token=token, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, token: str, timeout_s: float = DEFAULT_TIMEOUT_S, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(address, token=token, timeout_s=timeout_s, tls=tls)
         self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
 
     def generate(

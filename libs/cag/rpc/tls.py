@@ -1,0 +1,137 @@
+"""Transport security of the platform's gRPC: the credentials a service's server listens with and those every
+client channel presents.
+
+Configured in the shared infra settings (cag.settings): CAG_TLS_CERT_FILE and CAG_TLS_KEY_FILE (this process's
+certificate chain and key, PEM), CAG_TLS_CA_FILE (the CA that signs the platform's certificates),
+CAG_TLS_SERVER_NAME (the name clients check a server's certificate against, whatever address they dial: the
+cache-pool replicas are dialled by pod IP) and CAG_TLS_CLIENT_AUTH (a server asks for a client certificate signed
+by the CA: mutual TLS, the default). Each reads CAG_<SERVICE>_TLS_... first, so one service can differ, e.g. the
+router facing callers outside the platform without client certificates. Nothing set: plaintext, as on a
+developer's machine.
+
+Files are read once, when the server or channel is built: a renewed certificate takes effect on restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from cag.errors import InvalidInputError
+from cag.settings import CagBaseSettings
+
+PEM_MARKER = b"-----BEGIN "
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    certificate_chain: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)
+    client_ca: bytes | None = field(repr=False)  # None: no client certificate is asked for
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.certificate_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    ca: bytes | None = field(repr=False)  # None: the system's trusted roots
+    certificate_chain: bytes | None = field(default=None, repr=False)  # presented to servers that ask (mutual TLS)
+    private_key: bytes | None = field(default=None, repr=False)
+    server_name: str | None = None  # None: the host of the address dialled
+
+    @classmethod
+    def from_files(
+        cls,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        *,
+        server_name: str | None = None,
+    ) -> ClientTls:
+        """TLS towards the platform from PEM files: its CA (None: the system's roots) and, for mutual TLS, a client
+        certificate and its key. InvalidInputError for a file missing, unreadable or not PEM."""
+        if (cert_file is None) != (key_file is None):
+            raise InvalidInputError("a client certificate needs its key: give both cert_file and key_file, or neither")
+        return cls(
+            ca=None if ca_file is None else _read_pem(Path(ca_file), "ca_file"),
+            certificate_chain=None if cert_file is None else _read_pem(Path(cert_file), "cert_file"),
+            private_key=None if key_file is None else _read_pem(Path(key_file), "key_file"),
+            server_name=server_name,
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca, self.private_key, self.certificate_chain)
+
+    def options(self) -> list[tuple[str, str]]:
+        return [] if self.server_name is None else [("grpc.ssl_target_name_override", self.server_name)]
+
+
+def server_tls(settings: CagBaseSettings) -> ServerTls | None:
+    """What a service's server listens with: None when no TLS setting is given (plaintext). Raises
+    InvalidInputError, naming the setting, for an incomplete configuration or a file that is not readable PEM."""
+    infra = settings.infra
+    if not _configured(settings):
+        return None
+    if infra.tls_cert_file is None or infra.tls_key_file is None:
+        raise InvalidInputError(
+            f"a server with TLS needs its certificate and key: set {settings.env_names('tls_cert_file')} and "
+            f"{settings.env_names('tls_key_file')}"
+        )
+    if infra.tls_client_auth and infra.tls_ca_file is None:
+        raise InvalidInputError(
+            f"mutual TLS checks client certificates against a CA: set {settings.env_names('tls_ca_file')}, or "
+            f"{settings.env_names('tls_client_auth')}=false to ask for none"
+        )
+    return ServerTls(
+        certificate_chain=_read_setting(settings, "tls_cert_file"),
+        private_key=_read_setting(settings, "tls_key_file"),
+        client_ca=_read_setting(settings, "tls_ca_file") if infra.tls_client_auth else None,
+    )
+
+
+def client_tls(settings: CagBaseSettings) -> ClientTls | None:
+    """What this process's channels present: None when no TLS setting is given (plaintext). The CA alone is
+    enough towards a server that asks for no client certificate (a command line calling the router)."""
+    infra = settings.infra
+    if not _configured(settings):
+        return None
+    if (infra.tls_cert_file is None) != (infra.tls_key_file is None):
+        raise InvalidInputError(
+            f"a client certificate needs its key: set both {settings.env_names('tls_cert_file')} and "
+            f"{settings.env_names('tls_key_file')}, or neither"
+        )
+    with_certificate = infra.tls_cert_file is not None
+    return ClientTls(
+        ca=_read_setting(settings, "tls_ca_file") if infra.tls_ca_file is not None else None,
+        certificate_chain=_read_setting(settings, "tls_cert_file") if with_certificate else None,
+        private_key=_read_setting(settings, "tls_key_file") if with_certificate else None,
+        server_name=infra.tls_server_name,
+    )
+
+
+def _configured(settings: CagBaseSettings) -> bool:
+    infra = settings.infra
+    return any(path is not None for path in (infra.tls_cert_file, infra.tls_key_file, infra.tls_ca_file))
+
+
+def _read_setting(settings: CagBaseSettings, name: str) -> bytes:
+    return _read_pem(Path(getattr(settings.infra, name)), settings.env_names(name))
+
+
+def _read_pem(path: Path, given_as: str) -> bytes:
+    """The file, checked to be PEM here (gRPC would only fail the handshake later, unexplained); `given_as` names
+    where the path came from, for the message."""
+    try:
+        content = path.read_bytes()
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {path} ({given_as}): {e.strerror}") from e
+    if PEM_MARKER not in content:
+        raise InvalidInputError(f"{path} ({given_as}) is not PEM: expected a '-----BEGIN' block")
+    return content
