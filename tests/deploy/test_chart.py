@@ -300,3 +300,79 @@ def test_signing_key_file_stays_owner_only_under_fs_group(render: Render) -> Non
             for mount in mounts:
                 volume = volumes[mount["name"]]
                 assert not set(volume) & set(atomic_writer_kinds), f"{name}: {key_file} comes from {volume}"
+
+
+TLS = ("tls.enabled=true", "tls.existingSecret=cag-tls")
+
+
+def env_of(container: Manifest) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def mounted_secret(spec: Manifest, container: Manifest, path: str) -> str:
+    """The Secret the file at `path` comes from ("" when none)."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return str(volumes[mount["name"]].get("secret", {}).get("secretName", ""))
+    return ""
+
+
+def test_tls_files_reach_every_process_that_speaks_grpc(render: Render) -> None:
+    """Every service and the sources-sync job read their certificate, key and CA from the release's Secret, under
+    the settings cag.rpc.tls reads, and check servers against one name."""
+    from cag.settings import InfraSettings
+
+    rendered = render([], (*TLS, "sourcesSync.enabled=true"))
+    specs = all_pod_specs(rendered)
+    assert {name for name, _ in specs} >= {f"{RELEASE}-{s}" for s in SERVICES} | {f"{RELEASE}-sources-sync"}
+    for name, spec in specs:
+        container = spec["containers"][0]
+        env = env_of(container)
+        for setting in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            assert setting in InfraSettings.model_fields
+            path = env.get(f"CAG_{setting.upper()}")
+            assert path, f"{name}: no CAG_{setting.upper()}"
+            assert mounted_secret(spec, container, path) == "cag-tls", f"{name}: {path} is not from the TLS Secret"
+        assert env["CAG_TLS_SERVER_NAME"] == f"{RELEASE}-internal", name  # the release name holds the chart name
+
+
+def test_without_tls_nothing_of_it_is_rendered(render: Render, values: list[Path]) -> None:
+    for name, spec in all_pod_specs(render(values, ("sourcesSync.enabled=true",))):
+        container = spec["containers"][0]
+        assert not [n for n in env_of(container) if "_TLS_" in n and n != "CAG_ROUTER_TLS_CLIENT_AUTH"], name
+        assert "health" not in {p["name"] for p in container.get("ports", [])}, name
+        assert "tls" not in {v["name"] for v in spec.get("volumes", [])}, name
+
+
+def test_with_tls_probes_go_to_the_plaintext_health_port(render: Render) -> None:
+    """kubelet's gRPC probes speak no TLS: each service opens a health-only port (its HEALTH_ADDRESS setting) and
+    every probe goes there, never to the TLS port."""
+    for service, workload in workloads(render([], TLS)).items():
+        assert "health_address" in (REPO / "services" / "cag" / service / "settings.py").read_text()
+        container = pod_spec(workload)["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        health_address = env_of(container)[f"CAG_{service.upper()}_HEALTH_ADDRESS"]
+        assert health_address == f"0.0.0.0:{ports['health']}"
+        assert ports["health"] != ports["grpc"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            grpc = container[probe]["grpc"]
+            assert (grpc["port"], grpc["service"]) == (ports["health"], HEALTH_SERVICES[service]), f"{service} {probe}"
+
+
+def test_the_router_asks_callers_for_certificates_only_when_told(render: Render) -> None:
+    def client_auth(sets: tuple[str, ...]) -> str:
+        router = workloads(render([], sets))["router"]
+        return str(env_of(pod_spec(router)["containers"][0])["CAG_ROUTER_TLS_CLIENT_AUTH"])
+
+    assert client_auth(TLS) == "false"
+    assert client_auth((*TLS, "tls.routerClientAuth=true")) == "true"
+
+
+def test_the_certificate_carries_the_server_name_and_both_usages(render: Render) -> None:
+    rendered = render([], ("tls.enabled=true", "tls.certManager.issuerRef.name=cag-ca", "tls.serverName=cag.example"))
+    [certificate] = of_kind(rendered, "Certificate")
+    assert "cag.example" in certificate["spec"]["dnsNames"]
+    assert set(certificate["spec"]["usages"]) == {"server auth", "client auth"}  # servers that dial each other
+    for _, spec in all_pod_specs(rendered):
+        assert env_of(spec["containers"][0])["CAG_TLS_SERVER_NAME"] == "cag.example"

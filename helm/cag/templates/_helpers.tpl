@@ -70,22 +70,44 @@ app.kubernetes.io/component: {{ .name }}
 {{- printf "%s:%v" (include "cag.componentName" .) $c.port -}}
 {{- end -}}
 
-{{/* gRPC probes on the service's health service (grpc.health.v1). */}}
+{{/* gRPC probes on the service's health service (grpc.health.v1): on its gRPC port, or with TLS on the plaintext
+     health-only port (kubelet's gRPC probes speak no TLS). */}}
 {{- define "cag.probes" -}}
 {{- $c := index .root.Values .name -}}
+{{- $port := ternary .root.Values.tls.healthPort $c.port .root.Values.tls.enabled -}}
 {{- $health := include "cag.healthService" . -}}
 startupProbe:
-  grpc: {port: {{ $c.port }}, service: {{ $health }}}
+  grpc: {port: {{ $port }}, service: {{ $health }}}
   periodSeconds: 10
   failureThreshold: 60
 readinessProbe:
-  grpc: {port: {{ $c.port }}, service: {{ $health }}}
+  grpc: {port: {{ $port }}, service: {{ $health }}}
   periodSeconds: 10
   failureThreshold: 3
 livenessProbe:
-  grpc: {port: {{ $c.port }}, service: {{ $health }}}
+  grpc: {port: {{ $port }}, service: {{ $health }}}
   periodSeconds: 20
   failureThreshold: 3
+{{- end -}}
+
+{{/* The name clients check server certificates against (CAG_TLS_SERVER_NAME); the Certificate carries it. */}}
+{{- define "cag.tlsServerName" -}}
+{{- default (printf "%s-internal" (include "cag.fullname" .)) .Values.tls.serverName -}}
+{{- end -}}
+
+{{/* The release's certificate, its key and CA (the mounted Secret) and the server name: what every process that
+     speaks gRPC to the platform reads (cag.rpc.tls). Takes the root context. */}}
+{{- define "cag.tlsEnv" -}}
+{{- if .Values.tls.enabled -}}
+- name: CAG_TLS_CERT_FILE
+  value: /etc/cag/tls/tls.crt
+- name: CAG_TLS_KEY_FILE
+  value: /etc/cag/tls/tls.key
+- name: CAG_TLS_CA_FILE
+  value: /etc/cag/tls/ca.crt
+- name: CAG_TLS_SERVER_NAME
+  value: {{ include "cag.tlsServerName" . | quote }}
+{{- end -}}
 {{- end -}}
 
 {{- define "cag.secretEnv" -}}
@@ -94,7 +116,7 @@ livenessProbe:
     secretKeyRef: {name: {{ .secret }}, key: {{ .key }}}
 {{- end -}}
 
-{{/* Where every process finds the infrastructure: NATS (its own identity), the signing key, telemetry. */}}
+{{/* Where every process finds the infrastructure: NATS (its own identity), the signing key, TLS, telemetry. */}}
 {{- define "cag.infraEnv" -}}
 {{- $v := .root.Values -}}
 {{- $p := include "cag.envPrefix" . -}}
@@ -103,6 +125,11 @@ livenessProbe:
 - name: CAG_AUTH_KEY_FILE
   value: /etc/cag/auth/{{ $v.auth.key }}
 {{ include "cag.secretEnv" (dict "var" (printf "%sNATS_URL" $p) "secret" $v.nats.existingSecret "key" (index $v.nats.urlKeys .name)) }}
+{{- if $v.tls.enabled }}
+{{ include "cag.tlsEnv" .root }}
+- name: {{ $p }}HEALTH_ADDRESS
+  value: "0.0.0.0:{{ $v.tls.healthPort }}"
+{{- end }}
 - name: OTEL_SERVICE_NAME
   value: cag-{{ .name }}
 {{- if $v.otlp.endpoint }}
@@ -172,6 +199,11 @@ prometheus.io/path: /metrics
 - name: grpc
   containerPort: {{ $c.port }}
   protocol: TCP
+{{- if .root.Values.tls.enabled }}
+- name: health
+  containerPort: {{ .root.Values.tls.healthPort }}
+  protocol: TCP
+{{- end }}
 {{- if eq (include "cag.hasMetrics" .) "true" }}
 - name: metrics
   containerPort: {{ .root.Values.metrics.port }}
@@ -206,10 +238,16 @@ prometheus.io/path: /metrics
 - name: tmp
   emptyDir: {}
 {{ include "cag.authVolumes" .root }}
-{{- if $v.tls.enabled }}
+{{- include "cag.tlsVolume" .root }}
+{{- end -}}
+
+{{/* The release's certificate Secret (root context); nothing without tls.enabled. The services check no mode on
+     it: under fsGroup it is group-readable, which is how the non-root user reads it. */}}
+{{- define "cag.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
 - name: tls
   secret:
-    secretName: {{ include "cag.tlsSecretName" .root }}
+    secretName: {{ include "cag.tlsSecretName" . }}
     defaultMode: 0440
 {{- end }}
 {{- end -}}
