@@ -252,11 +252,6 @@ def test_cpu_values_ask_for_no_gpu(render: Render) -> None:
         assert "/gpu" not in str(spec.get("containers")), f"{name} asks for a GPU with the CPU values"
 
 
-def has_metrics(service: str) -> bool:
-    """Whether the service serves Prometheus metrics (its settings have CAG_<NAME>_METRICS_PORT)."""
-    return "metrics_port" in (REPO / "services" / "cag" / service / "settings.py").read_text()
-
-
 def test_prometheus_annotations_and_otlp_endpoint(render: Render) -> None:
     rendered = render([], ("otlp.endpoint=http://otel-collector:4317",))
     for service, workload in workloads(rendered).items():
@@ -264,13 +259,12 @@ def test_prometheus_annotations_and_otlp_endpoint(render: Render) -> None:
         container = pod_spec(workload)["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        if has_metrics(service):
-            assert annotations.get("prometheus.io/scrape") == "true", service
-            assert int(annotations["prometheus.io/port"]) == ports["metrics"]
-            assert int(env[f"CAG_{service.upper()}_METRICS_PORT"]) == ports["metrics"]
-            assert env[f"CAG_{service.upper()}_METRICS_HOST"] == "0.0.0.0"  # the scraper is outside the pod
-        else:
-            assert "prometheus.io/scrape" not in annotations, f"{service} serves no metrics"
+        # Every service serves metrics on the port its settings name (CAG_<NAME>_METRICS_PORT).
+        assert "metrics_port" in (REPO / "services" / "cag" / service / "settings.py").read_text()
+        assert annotations.get("prometheus.io/scrape") == "true", service
+        assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+        assert int(env[f"CAG_{service.upper()}_METRICS_PORT"]) == ports["metrics"]
+        assert env[f"CAG_{service.upper()}_METRICS_HOST"] == "0.0.0.0"  # the scraper is outside the pod
         assert "http://otel-collector:4317" in str(container.get("env")), f"{service} has no OTLP endpoint"
 
 

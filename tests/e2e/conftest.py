@@ -111,6 +111,7 @@ async def platform(
                 cachepool_address=settings.address,
                 shutdown_grace_s=0,
                 group=f"t{free_port()}",  # durables of its own: events of this test only
+                metrics_port=free_port(),
                 infra={  # type: ignore[arg-type]
                     "database_url": fresh_database.database_url,
                     "nats_url": infra.nats_url_for("fallback"),

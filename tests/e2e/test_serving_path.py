@@ -40,6 +40,7 @@ from cag.v1 import registry_pb2
 from tests.conftest import KNOWLEDGE
 from tests.e2e.conftest import ROUTE, Platform
 from tests.infra_fixtures import Infra
+from tests.support.metrics import sample, scrape
 
 QUESTION = "How do refunds work?"  # the rule "refunds" picks the billing route
 GREEDY = Sampling(max_new_tokens=12)
@@ -161,6 +162,20 @@ async def test_a_query_no_route_matches_is_answered_by_the_fallback_from_named_e
     assert event.evidence_ids == list(answer.summary.evidence_ids)
     assert (KNOWLEDGE / "billing").as_uri() in event.source_uris
     assert event.answer == answer.text and event.reason == "no rule matched; serving fallback"
+
+
+async def test_the_fallback_serves_its_time_to_first_token_and_retrieval_time(platform: Platform) -> None:
+    port = platform.fallback.settings.metrics_port
+    ttft, retrieval = (
+        'cag_ttft_seconds_count{path="fallback",service="fallback"}',
+        "cag_fallback_retrieval_seconds_count",
+    )
+    before = await asyncio.to_thread(scrape, port)
+    async with AsyncCagClient(platform.router_address, platform.user_token()) as cag:
+        answer = await cag.ask("Can I pay for my order in installments with PayPal?", sampling=GREEDY)
+    assert answer.summary.path == "fallback" and answer.summary.tokens > 0
+    after = await asyncio.to_thread(scrape, port)
+    assert (sample(after, ttft) - sample(before, ttft), sample(after, retrieval) - sample(before, retrieval)) == (1, 1)
 
 
 async def test_an_invalidated_module_takes_the_fallback_path(platform: Platform) -> None:

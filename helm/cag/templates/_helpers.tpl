@@ -41,11 +41,6 @@ app.kubernetes.io/component: {{ .name }}
 {{- printf "cag.v1.%sService" (get $names .name) -}}
 {{- end -}}
 
-{{/* The services that serve Prometheus metrics (CAG_<NAME>_METRICS_PORT); compiler and fallback have none. */}}
-{{- define "cag.hasMetrics" -}}
-{{- has .name (list "registry" "cachepool" "router") -}}
-{{- end -}}
-
 {{- define "cag.envPrefix" -}}
 {{- printf "CAG_%s_" (upper .name) -}}
 {{- end -}}
@@ -187,7 +182,7 @@ data:
 {{- end -}}
 
 {{- define "cag.podAnnotations" -}}
-{{- if and .root.Values.metrics.podAnnotations (eq (include "cag.hasMetrics" .) "true") -}}
+{{- if .root.Values.metrics.podAnnotations -}}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .root.Values.metrics.port | quote }}
 prometheus.io/path: /metrics
@@ -204,11 +199,9 @@ prometheus.io/path: /metrics
   containerPort: {{ .root.Values.tls.healthPort }}
   protocol: TCP
 {{- end }}
-{{- if eq (include "cag.hasMetrics" .) "true" }}
 - name: metrics
   containerPort: {{ .root.Values.metrics.port }}
   protocol: TCP
-{{- end }}
 {{- end -}}
 
 {{- define "cag.volumeMounts" -}}
@@ -321,12 +314,10 @@ spec:
         {{- include "cag.ports" . | nindent 8 }}
       env:
         {{- include "cag.infraEnv" . | nindent 8 }}
-        {{- if eq (include "cag.hasMetrics" .) "true" }}
         - name: {{ include "cag.envPrefix" . }}METRICS_PORT
           value: {{ $v.metrics.port | quote }}
         - name: {{ include "cag.envPrefix" . }}METRICS_HOST
           value: "0.0.0.0"
-        {{- end }}
         {{- .env | nindent 8 }}
       envFrom:
         - configMapRef:
@@ -411,12 +402,10 @@ spec:
       targetPort: grpc
       protocol: TCP
       appProtocol: grpc
-    {{- if eq (include "cag.hasMetrics" .) "true" }}
     - name: metrics
       port: {{ .root.Values.metrics.port }}
       targetPort: metrics
       protocol: TCP
-    {{- end }}
 {{- end }}
 {{- end -}}
 
@@ -466,7 +455,7 @@ spec:
 {{- define "cag.serviceMonitor" -}}
 {{- $c := index .root.Values .name -}}
 {{- $m := .root.Values.metrics -}}
-{{- if and $c.enabled $m.serviceMonitor.enabled (eq (include "cag.hasMetrics" .) "true") }}
+{{- if and $c.enabled $m.serviceMonitor.enabled }}
 apiVersion: monitoring.coreos.com/v1
 kind: ServiceMonitor
 metadata:
@@ -519,13 +508,11 @@ spec:
               app.kubernetes.io/name: {{ .root.Chart.Name }}
               app.kubernetes.io/instance: {{ .root.Release.Name }}
       {{- end }}
-    {{- if eq (include "cag.hasMetrics" .) "true" }}
     - ports:
         - {port: metrics, protocol: TCP}
       {{- with $v.networkPolicy.metricsFrom }}
       from:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-    {{- end }}
 {{- end }}
 {{- end -}}

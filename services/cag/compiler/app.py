@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token, load_key
 from cag.compiler.jobstore import JobStore
+from cag.compiler.metrics import CompilerCollector, record_finished
 from cag.compiler.recompile import Recompiler, subscribe_recompiles
 from cag.compiler.runner import Compiler, CompilerConfig
 from cag.compiler.servicer import SERVICE_NAME, CompilerServicer
@@ -25,6 +26,7 @@ from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.server import ServiceServer, build_server
 from cag.rpc.tls import client_tls, server_tls
 from cag.service_process import run_until_signalled
+from cag.telemetry.metrics import REGISTRY, serve_metrics
 from cag.v1 import compiler_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class CompilerApp:
     registry: AsyncRegistryClient | None = None
     broker: NatsBroker | None = None
     server: ServiceServer | None = None
+    collector: CompilerCollector | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -66,6 +69,7 @@ class CompilerApp:
         compiler = self.compiler = Compiler(store, self.registry, config, engine=self.engine)
         recompiler = self.recompiler = Recompiler(compiler, self.registry, self.broker)
         compiler.on_finished(recompiler.job_finished)
+        compiler.on_finished(record_finished)
         subscribe_recompiles(self.broker, recompiler, s.group, s.redelivery)
         await start_broker(self.broker)
         log.info("compiler: %d unfinished job(s) resumed", await compiler.resume())
@@ -78,6 +82,10 @@ class CompilerApp:
             tls=listen_tls,
             health_address=s.health_address,
         )
+        if s.metrics_port:
+            self.collector = CompilerCollector(compiler)
+            REGISTRY.register(self.collector)
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
         await self.server.start()
         log.info("compiler serving on %s", s.address)
 
@@ -86,6 +94,8 @@ class CompilerApp:
             await self.server.stop(grace=self.settings.shutdown_grace_s)
         if self.broker is not None:
             await bounded(self.broker.stop(), "NATS broker", STOP_TIMEOUT_S)
+        if self.collector is not None:
+            REGISTRY.unregister(self.collector)
         if self.compiler is not None:
             await self.compiler.close()
         if self.registry is not None:

@@ -144,6 +144,7 @@ class Compiler:
         self._feeds: dict[str, Feed] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_finished: list[Finished] = []
+        self._running = 0
 
     def on_finished(self, callback: Finished) -> None:
         """`callback(job)` runs when a job this process ran has finished (in the event loop's thread)."""
@@ -165,6 +166,16 @@ class Compiler:
             job.logs.append("resumed after a compiler restart")
             self._start(job)
         return len(jobs)
+
+    @property
+    def running(self) -> int:
+        """Jobs of this process on a worker now."""
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        """Jobs of this process waiting for a worker."""
+        return len(self._feeds) - self._running
 
     def feed(self, job_id: str) -> Feed | None:
         return self._feeds.get(job_id)
@@ -195,31 +206,38 @@ class Compiler:
         await feed.put(compiler_pb2.CompileProgress(job_id=job.job_id))
         try:
             async with self._slots:
-                job.state, job.started_at = JobState.RUNNING, _now()
-                await self._store.save(job)
-                module: common_pb2.Module | None = None
-                last: compiler_pb2.CompileProgress | CagError
+                self._running += 1
                 try:
-                    module = await self._build(job, feed)
-                    job.state, job.module_id = JobState.SUCCEEDED, module.module_id
-                    job.logs.append(f"{'published' if module.version else 'registered'} {module.module_id}")
-                    last = compiler_pb2.CompileProgress(finished=module)
-                except CagError as e:
-                    self._fail(job, e)
-                    last = e
-                except Exception as e:  # a bug: the job fails with what happened, the service goes on
-                    log.exception("compile job %s failed", job.job_id)
-                    last = CagError(f"compile failed unexpectedly: {type(e).__name__}: {e}")
-                    self._fail(job, last)
-                # The record first: a follower told the outcome may look the job up at once.
-                job.finished_at = _now()
-                await self._store.save(job, module.SerializeToString() if module is not None else None)
-                await feed.put(last)
+                    await self._run_on_worker(job, feed)
+                finally:
+                    self._running -= 1
         finally:
             await feed.close()
             self._feeds.pop(job.job_id, None)
         for callback in self._on_finished:
             callback(job)
+
+    async def _run_on_worker(self, job: Job, feed: Feed) -> None:
+        job.state, job.started_at = JobState.RUNNING, _now()
+        await self._store.save(job)
+        module: common_pb2.Module | None = None
+        last: compiler_pb2.CompileProgress | CagError
+        try:
+            module = await self._build(job, feed)
+            job.state, job.module_id = JobState.SUCCEEDED, module.module_id
+            job.logs.append(f"{'published' if module.version else 'registered'} {module.module_id}")
+            last = compiler_pb2.CompileProgress(finished=module)
+        except CagError as e:
+            self._fail(job, e)
+            last = e
+        except Exception as e:  # a bug: the job fails with what happened, the service goes on
+            log.exception("compile job %s failed", job.job_id)
+            last = CagError(f"compile failed unexpectedly: {type(e).__name__}: {e}")
+            self._fail(job, last)
+        # The record first: a follower told the outcome may look the job up at once.
+        job.finished_at = _now()
+        await self._store.save(job, module.SerializeToString() if module is not None else None)
+        await feed.put(last)
 
     def _fail(self, job: Job, error: CagError) -> None:
         job.state = JobState.FAILED

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 from faststream.nats import NatsBroker
+from prometheus_client import Histogram
 
 from cag.acl import PUBLIC_TENANT
 from cag.errors import NoEvidenceError, UnavailableError
@@ -22,9 +23,17 @@ from cag.fallback.embedder import Embeds, embed
 from cag.fallback.index import ChunkIndex, Retrieved
 from cag.fallback.reindexing import Reindexing
 from cag.rpc.clients import AsyncCachePoolClient
+from cag.telemetry.metrics import REGISTRY, TTFT
 from cag.v1 import cachepool_pb2, common_pb2
 
 log = logging.getLogger(__name__)
+
+RETRIEVAL_SECONDS = Histogram(
+    "cag_fallback_retrieval_seconds",
+    "Finding a fallback question's evidence: embedding the query, the nearest chunks, their order",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +69,7 @@ class Answerer:
     async def answer(self, question: Question, timeout_s: float | None) -> AsyncIterator[common_pb2.GenerateResponse]:
         arrived = time.perf_counter()
         evidence = await self.evidence(question.reader, question.query)
+        RETRIEVAL_SECONDS.observe(time.perf_counter() - arrived)
         request = cachepool_pb2.EvidenceGenerateRequest(
             tenant_id=question.reader.tenant_id,
             layout=self.layout_json,
@@ -72,6 +82,8 @@ class Answerer:
         try:
             async for response in call:
                 if response.HasField("token"):
+                    if not answer:
+                        TTFT.labels(service="fallback", path="fallback").observe(time.perf_counter() - arrived)
                     answer.append(response.token.text)
                 elif response.HasField("done"):
                     _name_evidence(response.done, evidence)

@@ -52,6 +52,10 @@ class FallbackSettings(CagBaseSettings):
     # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
     health_address: str | None = None
     shutdown_grace_s: float = 10.0
+    # Prometheus metrics on http://<metrics_host>:<port>/metrics, as the other services serve them.
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
+    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
+    metrics_host: str = "127.0.0.1"
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0)
     event_ack_wait_s: float = 60.0

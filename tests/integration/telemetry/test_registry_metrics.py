@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import urllib.error
-import urllib.request
 
 import grpc
 import pytest
@@ -17,11 +16,7 @@ from cag.registry.settings import RegistrySettings
 from cag.rpc.clients import AsyncRegistryClient
 from cag.settings import InfraSettings
 from tests.infra_fixtures import FreshDatabase, Infra
-
-
-def scrape(port: int, host: str = "127.0.0.1") -> str:
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as reply:
-        return str(reply.read().decode())
+from tests.support.metrics import scrape
 
 
 async def test_the_registry_serves_its_request_counts_on_the_metrics_host_and_port(
