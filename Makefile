@@ -65,6 +65,7 @@ TOOLS_STAMP := $(TOOLS_VENV)/.installed
 KUBE_VERSION := 1.35.0
 # Every optional part of the chart switched on (CronJob, HPAs, certificates), so their templates are validated too.
 CHART_EVERYTHING_ON := --set sourcesSync.enabled=true,tls.enabled=true,tls.certManager.issuerRef.name=cag-ca \
+	--set sources.existingClaim=cag-sources,promotions.existingClaim=cag-promotions \
 	$(foreach s,registry router cachepool compiler fallback,--set $(s).autoscaling.enabled=true,$(s).pdb.enabled=true)
 # The manifests outside the chart (namespace, development NATS and Postgres); the values files are not manifests.
 DEPLOY_MANIFESTS = $(filter-out deploy/k8s/values-%,$(wildcard deploy/k8s/*.yaml))

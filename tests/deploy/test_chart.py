@@ -33,6 +33,7 @@ EVERYTHING = (
     "metrics.serviceMonitor.enabled=true",
     "tls.enabled=true",
     "tls.existingSecret=cag-tls",
+    "sources.existingClaim=cag-sources",
     "objectStore.existingSecret=cag-s3",
     "objectStore.endpoint=http://minio:9000",
     "otlp.endpoint=http://otel-collector:4317",
@@ -370,3 +371,22 @@ def test_the_certificate_carries_the_server_name_and_both_usages(render: Render)
     assert set(certificate["spec"]["usages"]) == {"server auth", "client auth"}  # servers that dial each other
     for _, spec in all_pod_specs(rendered):
         assert env_of(spec["containers"][0])["CAG_TLS_SERVER_NAME"] == "cag.example"
+
+
+def test_file_sources_are_mounted_read_only_where_sources_are_read(render: Render) -> None:
+    """The compiler, the fallback (it indexes sources) and the sources-sync job read file:// sources from the claim,
+    read-only; nothing else mounts it, and without a claim nobody does."""
+    readers = {f"{RELEASE}-compiler", f"{RELEASE}-fallback", f"{RELEASE}-sources-sync"}
+    sets = ("sources.existingClaim=knowledge", "sources.mountPath=/srv/kb", "sourcesSync.enabled=true")
+    for name, spec in all_pod_specs(render([], sets)):
+        claims = {
+            v["name"]: v["persistentVolumeClaim"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v
+        }
+        mounts = {m["name"]: m for m in spec["containers"][0].get("volumeMounts", [])}
+        if name in readers:
+            assert claims["sources"] == {"claimName": "knowledge", "readOnly": True}, name
+            assert (mounts["sources"]["mountPath"], mounts["sources"].get("readOnly")) == ("/srv/kb", True), name
+        else:
+            assert "sources" not in claims and "sources" not in mounts, name
+    for name, spec in all_pod_specs(render([], ("sourcesSync.enabled=true",))):
+        assert "sources" not in {v["name"] for v in spec.get("volumes", [])}, name

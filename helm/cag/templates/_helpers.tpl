@@ -361,6 +361,24 @@ spec:
 {{- end }}
 {{- end -}}
 
+{{/* The knowledge sources claim (root context), read-only where file:// sources are read: nothing without one. */}}
+{{- define "cag.sourcesVolume" -}}
+{{- with .Values.sources.existingClaim }}
+- name: sources
+  persistentVolumeClaim:
+    claimName: {{ . }}
+    readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "cag.sourcesMount" -}}
+{{- if .Values.sources.existingClaim }}
+- name: sources
+  mountPath: {{ .Values.sources.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
 {{/* A Deployment for a stateless service. */}}
 {{- define "cag.deployment" -}}
 {{- $c := index .root.Values .name -}}
