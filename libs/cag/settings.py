@@ -14,10 +14,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cag.errors import InvalidInputError
+from cag.source_roots import SourceRoots
 
 SHARED_PREFIX = "CAG_"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -60,6 +61,19 @@ class InfraSettings(BaseModel):
     tls_ca_file: Path | None = None
     tls_server_name: str | None = None
     tls_client_auth: bool = True
+    # Where each tenant's knowledge sources may live (cag.source_roots): comma-separated URI prefixes with {tenant};
+    # the registry and the compiler refuse sources elsewhere. None: anywhere.
+    source_roots: str | None = None
+
+    @field_validator("source_roots")
+    @classmethod
+    def _check_source_roots(cls, value: str | None) -> str | None:
+        SourceRoots.parse(value)  # ValueError, saying which root is wrong, when the settings are built
+        return value
+
+    @property
+    def roots(self) -> SourceRoots | None:
+        return SourceRoots.parse(self.source_roots)
 
 
 class _InfraEnvSource(EnvSettingsSource):

@@ -390,3 +390,18 @@ def test_file_sources_are_mounted_read_only_where_sources_are_read(render: Rende
             assert "sources" not in claims and "sources" not in mounts, name
     for name, spec in all_pod_specs(render([], ("sourcesSync.enabled=true",))):
         assert "sources" not in {v["name"] for v in spec.get("volumes", [])}, name
+
+
+def test_source_roots_reach_the_registry_and_the_compiler_with_the_promotions_folder(render: Render) -> None:
+    """What the registry and the compiler check sources against (cag.source_roots parses it as they do), with each
+    tenant's promotions folder added so that approved candidates still compile."""
+    from cag.source_roots import SourceRoots
+
+    found = workloads(render([VALUES_CPU]))
+    promotions = env_of(pod_spec(found["fallback"])["containers"][0])["CAG_FALLBACK_PROMOTIONS_DIR"]
+    for service in ("registry", "compiler"):
+        roots = SourceRoots.parse(env_of(pod_spec(found[service])["containers"][0])["CAG_SOURCE_ROOTS"])
+        assert roots is not None
+        assert roots.of_tenant("acme") == ("s3://cag-knowledge/acme/", f"file://{promotions}/acme/"), service
+    for name, spec in all_pod_specs(render([])):
+        assert "CAG_SOURCE_ROOTS" not in env_of(spec["containers"][0]), name  # none configured: anywhere

@@ -125,6 +125,10 @@ livenessProbe:
 - name: {{ $p }}HEALTH_ADDRESS
   value: "0.0.0.0:{{ $v.tls.healthPort }}"
 {{- end }}
+{{- with $v.sources.roots }}
+- name: CAG_SOURCE_ROOTS
+  value: {{ append . (printf "file://%s/{tenant}/" (include "cag.promotionsDir" $)) | join "," | quote }}
+{{- end }}
 - name: OTEL_SERVICE_NAME
   value: cag-{{ .name }}
 {{- if $v.otlp.endpoint }}
@@ -347,6 +351,10 @@ spec:
     {{- with .extraVolumes }}
     {{- . | nindent 4 }}
     {{- end }}
+{{- end -}}
+
+{{- define "cag.promotionsDir" -}}
+/var/lib/cag-promotions
 {{- end -}}
 
 {{/* The folder where the fallback writes approved candidates' sources and the compiler reads them (file:// URIs):

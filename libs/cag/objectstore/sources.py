@@ -12,11 +12,13 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 from cag.canonical.uris import local_path
 from cag.errors import InvalidFieldError
 from cag.identifiers import is_control
 from cag.objectstore.s3 import ObjectStore, S3Location, is_s3_uri, parse_s3_uri
+from cag.source_roots import SourceRoots
 
 MAX_SOURCE_OBJECTS = 10_000
 MAX_SOURCE_BYTES = 256 << 20
@@ -29,6 +31,17 @@ def check_source_uri(uri: str, field: str = "source_uri") -> None:
         _prefix(uri, field)
     else:
         local_path(uri, field)
+
+
+def check_source_root(uri: str, tenant: str, roots: SourceRoots, field: str = "source_uri") -> None:
+    """InvalidFieldError naming `field` unless the source lies under one of `tenant`'s roots: by its URI, and for a
+    local folder also where it really is (a symbolic link out of the root is refused)."""
+    root = roots.check(uri, tenant, field)
+    if is_s3_uri(uri):
+        return
+    real_root = Path(urlparse(root).path).resolve()
+    if not local_path(uri, field).resolve().is_relative_to(real_root):
+        raise InvalidFieldError(field, f"{uri[:200]!r} leads out of its source root {root} (a symbolic link)")
 
 
 @contextlib.contextmanager

@@ -74,7 +74,12 @@ class CompilerApp:
         await start_broker(self.broker)
         log.info("compiler: %d unfinished job(s) resumed", await compiler.resume())
         self.server = await build_server(
-            [(compiler_pb2_grpc.add_CompilerServiceServicer_to_server, CompilerServicer(compiler, store))],
+            [
+                (
+                    compiler_pb2_grpc.add_CompilerServiceServicer_to_server,
+                    CompilerServicer(compiler, store, s.infra.roots),
+                )
+            ],
             [SERVICE_NAME],
             s.address,
             auth=key,

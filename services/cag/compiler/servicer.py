@@ -22,9 +22,10 @@ from cag.compiler.runner import Compiler
 from cag.errors import CagError, InvalidFieldError, UnknownJobError
 from cag.layout import layout_json, load_layout
 from cag.metadata import DTYPE_NAMES
-from cag.objectstore.sources import check_source_uri
+from cag.objectstore.sources import check_source_root, check_source_uri
 from cag.rpc.auth import current_caller
 from cag.rpc.timestamps import datetime_of, timestamp_of
+from cag.source_roots import SourceRoots
 from cag.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 
 if TYPE_CHECKING:
@@ -122,8 +123,10 @@ def job_message(job: Job, module: bytes | None = None) -> compiler_pb2.Job:
 
 
 class CompilerServicer(compiler_pb2_grpc.CompilerServiceServicer):
-    def __init__(self, compiler: Compiler, store: JobStore) -> None:
-        self._compiler, self._store = compiler, store
+    """`source_roots`: where each tenant's sources may be read from (cag.source_roots); None: anywhere."""
+
+    def __init__(self, compiler: Compiler, store: JobStore, source_roots: SourceRoots | None = None) -> None:
+        self._compiler, self._store, self._source_roots = compiler, store, source_roots
 
     @override
     async def Compile(
@@ -132,6 +135,8 @@ class CompilerServicer(compiler_pb2_grpc.CompilerServiceServicer):
         caller = current_caller()
         spec = spec_of(request)
         caller.require(Scope.WRITE, spec.tenant_id)
+        if self._source_roots is not None:
+            check_source_root(spec.source_uri, spec.tenant_id, self._source_roots)
         job, _ = await self._compiler.submit(spec, trigger="request")
         yield compiler_pb2.CompileProgress(job_id=job.job_id)
         feed = self._compiler.feed(job.job_id)

@@ -49,7 +49,7 @@ class RegistryApp:
         listen_tls = server_tls(s)  # a TLS setting wrong: refused before anything starts
         self.engine = await asyncio.to_thread(connect, s.database_url, pool_size=s.pool_size)  # runs migrations
         sessions = session_factory(self.engine)
-        self.core = RegistryCore(PostgresStore(sessions))
+        self.core = RegistryCore(PostgresStore(sessions), s.infra.roots)
         self.broker = make_broker(s.nats_url)
         subscribe_invalidations(self.broker, self.core, s.redelivery)
         subscribe_route_decisions(self.broker, self.core, s.redelivery)

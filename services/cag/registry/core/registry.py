@@ -35,6 +35,7 @@ from cag.registry.core.route_rules import RouteInfo, RouteRule, RuleSet, checked
 from cag.registry.core.states import ModuleState
 from cag.registry.core.store import ConcurrentPublishError, ListQuery, RegistryStore, RouteResolution
 from cag.registry.core.triggers import AclChanged, ModuleWithdrawn, SourceChanged, Trigger
+from cag.source_roots import SourceRoots
 
 # "Publish the next version" retries when another publisher took that version between its read and its
 # write: it must succeed exactly once per call however many publish at once.
@@ -73,8 +74,11 @@ def _check_chain_link(parent: ModuleRecord, child: ModuleMetadata) -> None:
 
 
 class RegistryCore:
-    def __init__(self, store: RegistryStore) -> None:
+    """`source_roots`: where each tenant's sources may live (cag.source_roots); None: anywhere."""
+
+    def __init__(self, store: RegistryStore, source_roots: SourceRoots | None = None) -> None:
         self.store = store
+        self.source_roots = source_roots
 
     async def register(self, caller: Caller, record: ModuleRecord) -> ModuleRecord:
         m = record.metadata
@@ -84,6 +88,9 @@ class RegistryCore:
         caller.require(Scope.WRITE, m.tenant_id)
         if not record.source_uri:
             raise InvalidFieldError("source_uri", "is required: invalidation by source needs to know its origin")
+        if self.source_roots is not None:
+            # Else a writer of one tenant records another tenant's source, which the fallback then indexes for it.
+            self.source_roots.check(record.source_uri, m.tenant_id)
         if canonical_layout_hash(m.layout) != m.layout_hash:
             # Layouts are stored once per hash and shared by every tenant: a hash that is not the text's own
             # would let one tenant plant the layout another tenant's modules are served with.
