@@ -36,7 +36,13 @@ from cag.rpc.server import build_server
 from cag.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 KEY = secrets.token_bytes(32)
-TOKEN = issue_user_token(KEY, "acme", 300, workspace="billing", user="alice")
+
+
+def user_token() -> str:
+    """Minted when a test calls (one minted at import could expire before a long run reaches these tests)."""
+    return issue_user_token(KEY, "acme", 300, workspace="billing", user="alice")
+
+
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 
 
@@ -106,7 +112,7 @@ async def serve(router: ScriptedRouter) -> AsyncIterator[str]:
 async def test_sync_ask_folds_the_stream() -> None:
     router = ScriptedRouter()
     async with serve(router) as address:
-        with CagClient(address, TOKEN) as cag:
+        with CagClient(address, user_token()) as cag:
             answer = await asyncio.to_thread(cag.ask, "How do refunds work?", route="refunds", metadata={"intent": "x"})
     assert (answer.text, answer.token_ids) == ("Hello", (1, 2, 3))
     assert answer.decision is not None
@@ -121,7 +127,7 @@ async def test_sync_ask_folds_the_stream() -> None:
 
 
 async def test_async_stream_yields_chunks_then_the_record() -> None:
-    async with serve(ScriptedRouter()) as address, AsyncCagClient(address, TOKEN) as cag:
+    async with serve(ScriptedRouter()) as address, AsyncCagClient(address, user_token()) as cag:
         async with cag.stream("q") as stream:
             chunks = [chunk async for chunk in stream]
         assert chunks == ["Hel", "lo"] and stream.answer.summary.trace_id.startswith("0af7")
@@ -131,7 +137,7 @@ async def test_async_stream_yields_chunks_then_the_record() -> None:
 
 async def test_transient_failures_before_the_first_token_are_retried() -> None:
     router = ScriptedRouter([KVCacheFullError("queue full"), KVCacheFullError("queue full")])
-    async with serve(router) as address, AsyncCagClient(address, TOKEN, retry=FAST_RETRY) as cag:
+    async with serve(router) as address, AsyncCagClient(address, user_token(), retry=FAST_RETRY) as cag:
         assert (await cag.ask("q")).text == "Hello"
     assert len(router.calls) == 3
 
@@ -139,14 +145,17 @@ async def test_transient_failures_before_the_first_token_are_retried() -> None:
 async def test_retries_are_bounded() -> None:
     router = ScriptedRouter([KVCacheFullError("queue full")] * 3)
     async with serve(router) as address:
-        with CagClient(address, TOKEN, retry=FAST_RETRY) as cag, pytest.raises(ResourceExhaustedError) as failure:
+        with (
+            CagClient(address, user_token(), retry=FAST_RETRY) as cag,
+            pytest.raises(ResourceExhaustedError) as failure,
+        ):
             await asyncio.to_thread(cag.ask, "q")
     assert failure.value.reason == "KV_CACHE_FULL" and len(router.calls) == 3
 
 
 async def test_no_retry_once_a_token_arrived() -> None:
     router = ScriptedRouter([KVCacheFullError("engine full mid-answer")], fail_after_token=True)
-    async with serve(router) as address, AsyncCagClient(address, TOKEN, retry=FAST_RETRY) as cag:
+    async with serve(router) as address, AsyncCagClient(address, user_token(), retry=FAST_RETRY) as cag:
         seen: list[str] = []
         with pytest.raises(ResourceExhaustedError):
             async with cag.stream("q") as stream:
@@ -158,7 +167,7 @@ async def test_no_retry_once_a_token_arrived() -> None:
 async def test_permission_denied_and_bad_tokens_are_typed() -> None:
     router = ScriptedRouter([DeniedError("user:alice may not read tenant 'globex'")])
     async with serve(router) as address:
-        async with AsyncCagClient(address, TOKEN, retry=FAST_RETRY) as cag:
+        async with AsyncCagClient(address, user_token(), retry=FAST_RETRY) as cag:
             with pytest.raises(PermissionDeniedError) as denied:
                 await cag.explain("q", tenant="globex")
         assert denied.value.reason == "PERMISSION_DENIED" and "globex" in denied.value.message
@@ -171,7 +180,7 @@ async def test_permission_denied_and_bad_tokens_are_typed() -> None:
 async def test_deadline() -> None:
     router = ScriptedRouter()
     router.hang = True
-    async with serve(router) as address, AsyncCagClient(address, TOKEN) as cag:
+    async with serve(router) as address, AsyncCagClient(address, user_token()) as cag:
         with pytest.raises(DeadlineExceededError):
             await cag.ask("q", timeout_s=0.5)
         await asyncio.wait_for(router.cancelled.wait(), 5)
@@ -181,7 +190,7 @@ async def test_closing_a_sync_stream_cancels_the_call() -> None:
     router = ScriptedRouter()
     router.hang = True
     async with serve(router) as address:
-        with CagClient(address, TOKEN) as cag:
+        with CagClient(address, user_token()) as cag:
 
             def first_chunk_then_stop() -> str:
                 with cag.stream("q") as stream:
@@ -194,7 +203,7 @@ async def test_closing_a_sync_stream_cancels_the_call() -> None:
 async def test_breaking_out_of_an_async_stream_cancels_the_call() -> None:
     router = ScriptedRouter()
     router.hang = True
-    async with serve(router) as address, AsyncCagClient(address, TOKEN) as cag:
+    async with serve(router) as address, AsyncCagClient(address, user_token()) as cag:
         async with cag.stream("q") as stream:
             async for _chunk in stream:
                 break

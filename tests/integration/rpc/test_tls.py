@@ -26,7 +26,11 @@ from tests.support.pki import SERVER_NAME, Pki, make_pki
 
 SERVICE = "cag.v1.RegistryService"
 KEY = secrets.token_bytes(32)
-TOKEN = issue_token(KEY, "service:caller", [Scope.READ], ["acme"], 60)
+
+
+def token() -> str:
+    """Minted when a call is made (a token minted at import expires before a long test run reaches it)."""
+    return issue_token(KEY, "service:caller", [Scope.READ], ["acme"], 60)
 
 
 class WhoAmI(registry_pb2_grpc.RegistryServiceServicer):
@@ -81,7 +85,7 @@ async def serve(tls: ServerTls | None, *, health: bool = False) -> AsyncIterator
 
 async def who(address: str, tls: ClientTls | None) -> str:
     """The subject the server saw, over the platform's asyncio channel."""
-    async with AsyncRegistryClient(address, token=TOKEN, tls=tls, timeout_s=5.0) as client:
+    async with AsyncRegistryClient(address, token=token(), tls=tls, timeout_s=5.0) as client:
         return (await client.get("m")).module_id
 
 
@@ -132,7 +136,7 @@ async def test_the_server_name_setting_checks_the_certificate_whatever_address_i
 async def test_the_blocking_channel_speaks_tls_too(pki: Pki) -> None:
     """The command line's and the SDK's channel (its calls run in a thread: the server shares this loop)."""
     async with serve(server_tls(pki)) as (address, _):
-        with RegistryClient(address, token=TOKEN, tls=client_tls(pki, certificate_of=pki), timeout_s=5.0) as client:
+        with RegistryClient(address, token=token(), tls=client_tls(pki, certificate_of=pki), timeout_s=5.0) as client:
             module = await asyncio.to_thread(client.get, "m")
         assert module.module_id == "service:caller"
 
@@ -150,7 +154,7 @@ async def test_the_health_port_is_plaintext_and_serves_health_alone(pki: Pki) ->
             await registry_pb2_grpc.RegistryServiceStub(channel).Get(
                 registry_pb2.GetModuleRequest(module_id="m"),
                 timeout=5,
-                metadata=(("authorization", f"Bearer {TOKEN}"),),
+                metadata=(("authorization", f"Bearer {token()}"),),
             )
         assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
