@@ -50,8 +50,8 @@ def test_the_shared_variables_give_every_service_mutual_tls(env: pytest.MonkeyPa
     platform_tls(env, pki)
     listen, dial = server_tls(RegistrySettings()), client_tls(RegistrySettings())
     assert listen is not None and dial is not None
-    assert listen.certificate_chain == pki.server_cert_file.read_bytes()
-    assert listen.client_ca == pki.ca_file.read_bytes()  # client certificates are asked for
+    assert (listen.cert_file, listen.key_file) == (pki.server_cert_file, pki.server_key_file)
+    assert listen.client_ca_file == pki.ca_file  # client certificates are asked for
     assert (dial.ca, dial.certificate_chain) == (pki.ca_file.read_bytes(), pki.server_cert_file.read_bytes())
     assert dial.options() == [("grpc.ssl_target_name_override", "cag-internal")]
 
@@ -61,8 +61,8 @@ def test_one_service_turns_client_certificates_off_for_itself(env: pytest.Monkey
     platform_tls(env, pki)
     env.setenv("CAG_ROUTER_TLS_CLIENT_AUTH", "false")
     router, registry = server_tls(RouterSettings()), server_tls(RegistrySettings())
-    assert router is not None and router.client_ca is None
-    assert registry is not None and registry.client_ca is not None
+    assert router is not None and router.client_ca_file is None
+    assert registry is not None and registry.client_ca_file is not None
     assert client_tls(RouterSettings()) is not None  # the router still dials the registry with its certificate
 
 
@@ -91,7 +91,7 @@ def test_mutual_tls_without_a_ca_says_what_to_set(env: pytest.MonkeyPatch, pki: 
         server_tls(RegistrySettings())
     env.setenv("CAG_REGISTRY_TLS_CLIENT_AUTH", "false")
     listen = server_tls(RegistrySettings())
-    assert listen is not None and listen.client_ca is None
+    assert listen is not None and listen.client_ca_file is None
 
 
 def test_a_certificate_without_its_key_is_refused(env: pytest.MonkeyPatch, pki: Pki) -> None:

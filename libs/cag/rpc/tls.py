@@ -9,11 +9,15 @@ by the CA: mutual TLS, the default). Each reads CAG_<SERVICE>_TLS_... first, so 
 router facing callers outside the platform without client certificates. Nothing set: plaintext, as on a
 developer's machine.
 
-Files are read once, when the server or channel is built: a renewed certificate takes effect on restart.
+A server reads its files again at the first handshake after they change, so a renewed certificate is served
+without a restart; a client reads its certificate when its channel is built (at start), and presents that one
+until the process restarts.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,19 +28,61 @@ from cag.settings import CagBaseSettings
 
 PEM_MARKER = b"-----BEGIN "
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ServerTls:
-    certificate_chain: bytes = field(repr=False)
-    private_key: bytes = field(repr=False)
-    client_ca: bytes | None = field(repr=False)  # None: no client certificate is asked for
+    """A server's certificate chain, key and, for mutual TLS, the CA of its callers' certificates: PEM files, read
+    again at the first handshake after any of them changes (a renewal rewriting the mounted Secret), so a renewed
+    certificate is served without a restart."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None  # None: no client certificate is asked for
 
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.private_key, self.certificate_chain)],
-            root_certificates=self.client_ca,
-            require_client_auth=self.client_ca is not None,
+        reloader = _Reloader(self)
+        return grpc.dynamic_ssl_server_credentials(  # the stubs miss that the fetcher may answer None (no change)
+            reloader.loaded,
+            reloader.fetch,  # type: ignore[arg-type]
+            require_client_authentication=self.client_ca_file is not None,
         )
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        """The files as they are now; InvalidInputError for one unreadable or not PEM."""
+        ca = None if self.client_ca_file is None else _read_pem(self.client_ca_file, "client CA")
+        pair = (_read_pem(self.key_file, "key"), _read_pem(self.cert_file, "certificate"))
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
+
+    def files(self) -> tuple[Path, ...]:
+        return (self.cert_file, self.key_file, *([] if self.client_ca_file is None else [self.client_ca_file]))
+
+
+class _Reloader:
+    """gRPC asks `fetch` at every handshake: a new configuration when the files changed since the last one read
+    (by modification time, size and inode: a Secret update swaps a symbolic link), else None (keep the current)."""
+
+    def __init__(self, tls: ServerTls) -> None:
+        self._tls = tls
+        self._seen = self._stamp()
+        self.loaded = tls.configuration()
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            stamp = self._stamp()
+            if stamp == self._seen:
+                return None
+            configuration = self._tls.configuration()
+        except (OSError, InvalidInputError) as e:  # mid-rotation: serve the certificate read last, try again later
+            log.warning("TLS files changed but cannot be read (%s); serving the certificate read before", e)
+            return None
+        self._seen = stamp
+        log.info("TLS certificate reloaded from %s", self._tls.cert_file)
+        return configuration
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in (os.stat(path) for path in self._tls.files()))
 
 
 @dataclass(frozen=True)
@@ -89,10 +135,12 @@ def server_tls(settings: CagBaseSettings) -> ServerTls | None:
             f"mutual TLS checks client certificates against a CA: set {settings.env_names('tls_ca_file')}, or "
             f"{settings.env_names('tls_client_auth')}=false to ask for none"
         )
+    for name in ("tls_cert_file", "tls_key_file", *(["tls_ca_file"] if infra.tls_client_auth else [])):
+        _read_setting(settings, name)  # each readable PEM now, or the message names its setting
     return ServerTls(
-        certificate_chain=_read_setting(settings, "tls_cert_file"),
-        private_key=_read_setting(settings, "tls_key_file"),
-        client_ca=_read_setting(settings, "tls_ca_file") if infra.tls_client_auth else None,
+        cert_file=infra.tls_cert_file,
+        key_file=infra.tls_key_file,
+        client_ca_file=infra.tls_ca_file if infra.tls_client_auth else None,
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -51,11 +53,7 @@ def stranger(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def server_tls(pki: Pki, *, mutual: bool = True) -> ServerTls:
-    return ServerTls(
-        certificate_chain=pki.server_cert_file.read_bytes(),
-        private_key=pki.server_key_file.read_bytes(),
-        client_ca=pki.ca_file.read_bytes() if mutual else None,
-    )
+    return ServerTls(pki.server_cert_file, pki.server_key_file, pki.ca_file if mutual else None)
 
 
 def client_tls(pki: Pki, *, certificate_of: Pki | None = None, server_name: str | None = SERVER_NAME) -> ClientTls:
@@ -166,3 +164,31 @@ async def test_the_health_port_stops_with_the_service(pki: Pki) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
         assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    """The files the server was started with are replaced, as a renewal swaps a mounted Secret: the next
+    connection gets the new certificate (a client trusting only the new CA gets in), the server never stopped."""
+    old, new = make_pki(tmp_path / "old"), make_pki(tmp_path / "new")
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    for name in ("server.crt", "server.key", "ca.crt"):
+        shutil.copy(tmp_path / "old" / name, mounted / name)
+    tls = ServerTls(mounted / "server.crt", mounted / "server.key", mounted / "ca.crt")
+    async with serve(tls) as (address, _):
+        assert await who(address, client_tls(old, certificate_of=old)) == "service:caller"
+        await refused(address, client_tls(new, certificate_of=new))
+        for name in ("server.crt", "server.key", "ca.crt"):  # written aside, then renamed over: atomic
+            shutil.copy(tmp_path / "new" / name, mounted / f".{name}")
+            (mounted / f".{name}").replace(mounted / name)
+        assert await who(address, client_tls(new, certificate_of=new)) == "service:caller"
+        await refused(address, client_tls(old, certificate_of=old))
+
+
+async def test_unreadable_files_mid_rotation_keep_the_certificate_read_before(pki: Pki, tmp_path: Path) -> None:
+    mounted = tmp_path / "mounted"
+    shutil.copytree(pki.ca_file.parent, mounted)
+    tls = ServerTls(mounted / "server.crt", mounted / "server.key", mounted / "ca.crt")
+    async with serve(tls) as (address, _):
+        (mounted / "server.key").write_text("half-written")
+        assert await who(address, client_tls(pki, certificate_of=pki)) == "service:caller"
