@@ -335,7 +335,7 @@ def test_tls_files_reach_every_process_that_speaks_grpc(render: Render) -> None:
 def test_without_tls_nothing_of_it_is_rendered(render: Render, values: list[Path]) -> None:
     for name, spec in all_pod_specs(render(values, ("sourcesSync.enabled=true",))):
         container = spec["containers"][0]
-        assert not [n for n in env_of(container) if "_TLS_" in n and n != "CAG_ROUTER_TLS_CLIENT_AUTH"], name
+        assert not [n for n in env_of(container) if "_TLS_" in n], name
         assert "health" not in {p["name"] for p in container.get("ports", [])}, name
         assert "tls" not in {v["name"] for v in spec.get("volumes", [])}, name
 
