@@ -23,6 +23,7 @@ from cag.auth.credentials import AUTHORIZATION, bearer_metadata
 from cag.auth.tokens import KeySet, check_key, verify_token
 from cag.errors import UnauthenticatedError
 from cag.rpc.errors import HANDLER_FACTORIES, abort_with
+from cag.rpc.reloading_channel import ReloadingChannel
 from cag.rpc.tls import ClientTls
 from cag.telemetry import aio_channel_interceptors
 
@@ -193,7 +194,14 @@ def _refuse_sync(method: str) -> Callable[..., Awaitable[Any]]:
 
 def authenticated_channel(address: str, token: str, tls: ClientTls | None = None) -> grpc.aio.Channel:
     """A grpc.aio channel to `address`, over TLS with `tls` (else plaintext), whose every call (unary or
-    streaming) presents `token` and carries the current trace."""
+    streaming) presents `token` and carries the current trace. TLS read from files follows them: a renewed
+    certificate is presented from the next call on (cag.rpc.reloading_channel)."""
+    if tls is not None and tls.files is not None:
+        return ReloadingChannel(partial(_channel, address, token), tls)
+    return _channel(address, token, tls)
+
+
+def _channel(address: str, token: str, tls: ClientTls | None) -> grpc.aio.Channel:
     metadata = bearer_metadata(token)
     interceptors: list[Any] = [  # the stubs type client interceptors as "cast or ignore"
         *aio_channel_interceptors(),  # client spans; the trace goes on in the call's metadata

@@ -9,9 +9,8 @@ by the CA: mutual TLS, the default). Each reads CAG_<SERVICE>_TLS_... first, so 
 router facing callers outside the platform without client certificates. Nothing set: plaintext, as on a
 developer's machine.
 
-A server reads its files again at the first handshake after they change, so a renewed certificate is served
-without a restart; a client reads its certificate when its channel is built (at start), and presents that one
-until the process restarts.
+A server reads its files again at the first handshake after they change, and a client channel of the platform
+(cag.rpc.reloading_channel) at its first call, so a renewed certificate is used without a restart.
 """
 
 from __future__ import annotations
@@ -81,8 +80,29 @@ class _Reloader:
         log.info("TLS certificate reloaded from %s", self._tls.cert_file)
         return configuration
 
-    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
-        return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in (os.stat(path) for path in self._tls.files()))
+    def _stamp(self) -> FilesStamp:
+        return files_stamp(self._tls.files())
+
+
+# What says whether files changed: each one's modification time, size and inode (a Secret update swaps a link).
+FilesStamp = tuple[tuple[int, int, int], ...]
+
+
+def files_stamp(paths: tuple[Path, ...]) -> FilesStamp:
+    """OSError when one is missing."""
+    return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in (os.stat(path) for path in paths))
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where a client's TLS material was read from, to read it again after a renewal."""
+
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(path for path in (self.ca_file, self.cert_file, self.key_file) if path is not None)
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,9 @@ class ClientTls:
     certificate_chain: bytes | None = field(default=None, repr=False)  # presented to servers that ask (mutual TLS)
     private_key: bytes | None = field(default=None, repr=False)
     server_name: str | None = None  # None: the host of the address dialled
+    # The files it was read from: channels of the platform read them again when they change (ReloadingChannel).
+    # None: given as bytes, kept as they are.
+    files: TlsFiles | None = None
 
     @classmethod
     def from_files(
@@ -110,7 +133,19 @@ class ClientTls:
             certificate_chain=None if cert_file is None else _read_pem(Path(cert_file), "cert_file"),
             private_key=None if key_file is None else _read_pem(Path(key_file), "key_file"),
             server_name=server_name,
+            files=TlsFiles(*(None if f is None else Path(f) for f in (ca_file, cert_file, key_file))),
         )
+
+    def stamp(self) -> FilesStamp:
+        """The files' stamp now (empty without files); OSError when one is missing."""
+        return () if self.files is None else files_stamp(self.files.paths())
+
+    def reread(self) -> ClientTls:
+        """The same TLS from the files as they are now; InvalidInputError for one unreadable or not PEM."""
+        if self.files is None:
+            return self
+        f = self.files
+        return ClientTls.from_files(f.ca_file, f.cert_file, f.key_file, server_name=self.server_name)
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(self.ca, self.private_key, self.certificate_chain)
@@ -161,6 +196,7 @@ def client_tls(settings: CagBaseSettings) -> ClientTls | None:
         certificate_chain=_read_setting(settings, "tls_cert_file") if with_certificate else None,
         private_key=_read_setting(settings, "tls_key_file") if with_certificate else None,
         server_name=infra.tls_server_name,
+        files=TlsFiles(infra.tls_ca_file, infra.tls_cert_file, infra.tls_key_file),
     )
 
 

@@ -4,6 +4,7 @@ blocking), certificates from a throwaway CA (tests.support.pki)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import shutil
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from typing_extensions import override
 from cag.auth import Scope
 from cag.auth.tokens import issue_token
 from cag.infra.ports import free_port
+from cag.rpc import reloading_channel
 from cag.rpc.auth import current_caller
 from cag.rpc.clients import AsyncRegistryClient, RegistryClient
 from cag.rpc.server import build_server
@@ -36,9 +38,17 @@ def token() -> str:
 
 
 class WhoAmI(registry_pb2_grpc.RegistryServiceServicer):
+    """Get answers with the caller's subject (module_id) and the fingerprint of the certificate it presented
+    (source_uri; "" for none)."""
+
     @override
     async def Get(self, request: registry_pb2.GetModuleRequest, context: Any) -> common_pb2.Module:
-        return common_pb2.Module(module_id=current_caller().subject)
+        [presented] = context.auth_context().get("x509_pem_cert", [b""])
+        return common_pb2.Module(module_id=current_caller().subject, source_uri=fingerprint(presented))
+
+
+def fingerprint(pem: bytes) -> str:
+    return hashlib.sha256(pem).hexdigest() if pem else ""
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +202,29 @@ async def test_unreadable_files_mid_rotation_keep_the_certificate_read_before(pk
     async with serve(tls) as (address, _):
         (mounted / "server.key").write_text("half-written")
         assert await who(address, client_tls(pki, certificate_of=pki)) == "service:caller"
+
+
+async def test_a_renewed_client_certificate_is_presented_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service's channel built from files (client_tls of its settings) presents the renewed certificate from the
+    next call on: the server, trusting both CAs, sees the new one on the same client object."""
+    monkeypatch.setattr(reloading_channel, "CHECK_INTERVAL_S", 0.0)  # look at the files at every call
+    old, new = make_pki(tmp_path / "old"), make_pki(tmp_path / "new")
+    both_cas = tmp_path / "cas.crt"
+    both_cas.write_bytes(old.ca_file.read_bytes() + new.ca_file.read_bytes())
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    shutil.copy(old.ca_file, mounted / "ca.crt")
+    for source, name in ((old.client_cert_file, "tls.crt"), (old.client_key_file, "tls.key")):
+        shutil.copy(source, mounted / name)
+    tls = ClientTls.from_files(mounted / "ca.crt", mounted / "tls.crt", mounted / "tls.key", server_name=SERVER_NAME)
+    async with (
+        serve(ServerTls(old.server_cert_file, old.server_key_file, both_cas)) as (address, _),
+        AsyncRegistryClient(address, token=token(), tls=tls, timeout_s=5.0) as client,
+    ):
+        assert (await client.get("m")).source_uri == fingerprint(old.client_cert_file.read_bytes())
+        for source, name in ((new.client_cert_file, "tls.crt"), (new.client_key_file, "tls.key")):
+            shutil.copy(source, mounted / f".{name}")
+            (mounted / f".{name}").replace(mounted / name)
+        assert (await client.get("m")).source_uri == fingerprint(new.client_cert_file.read_bytes())
