@@ -149,6 +149,22 @@ class CagBaseSettings(BaseSettings):
         return Path(self._infra("auth_key_file"))
 
 
+class ServiceSettings(CagBaseSettings):
+    """What every service process has besides its own settings: its gRPC server's extras and its metrics endpoint."""
+
+    # Server reflection lists every method to anyone who can connect: for development only.
+    reflection: bool = False
+    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
+    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
+    health_address: str | None = None
+    # On SIGTERM: how long in-flight RPCs get to finish before they are cancelled.
+    shutdown_grace_s: float = 10.0
+    # Prometheus metrics on http://<metrics_host>:<metrics_port>/metrics (cag.telemetry.metrics); 0: none.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
+    metrics_host: str = "127.0.0.1"
+
+
 class CagSettings(CagBaseSettings):
     """The command line (env prefix `CAG_`): where converted models and the run directory live, its credentials,
     which registry it talks to."""

@@ -5,6 +5,7 @@ reached from outside the release."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,19 @@ def test_cpu_values_ask_for_no_gpu(render: Render) -> None:
         assert "/gpu" not in str(spec.get("containers")), f"{name} asks for a GPU with the CPU values"
 
 
+def settings_fields(service: str) -> set[str]:
+    """The settings a service reads (the fields of its settings class, CAG_<SERVICE>_<FIELD>)."""
+    from cag.settings import ServiceSettings
+
+    module = importlib.import_module(f"cag.{service}.settings")
+    [settings] = [
+        c
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, ServiceSettings) and c is not ServiceSettings
+    ]
+    return set(settings.model_fields)
+
+
 def test_prometheus_annotations_and_otlp_endpoint(render: Render) -> None:
     rendered = render([], ("otlp.endpoint=http://otel-collector:4317",))
     for service, workload in workloads(rendered).items():
@@ -261,7 +275,7 @@ def test_prometheus_annotations_and_otlp_endpoint(render: Render) -> None:
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         # Every service serves metrics on the port its settings name (CAG_<NAME>_METRICS_PORT).
-        assert "metrics_port" in (REPO / "services" / "cag" / service / "settings.py").read_text()
+        assert "metrics_port" in settings_fields(service)
         assert annotations.get("prometheus.io/scrape") == "true", service
         assert int(annotations["prometheus.io/port"]) == ports["metrics"]
         assert int(env[f"CAG_{service.upper()}_METRICS_PORT"]) == ports["metrics"]
@@ -344,7 +358,7 @@ def test_with_tls_probes_go_to_the_plaintext_health_port(render: Render) -> None
     """kubelet's gRPC probes speak no TLS: each service opens a health-only port (its HEALTH_ADDRESS setting) and
     every probe goes there, never to the TLS port."""
     for service, workload in workloads(render([], TLS)).items():
-        assert "health_address" in (REPO / "services" / "cag" / service / "settings.py").read_text()
+        assert "health_address" in settings_fields(service)
         container = pod_spec(workload)["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         health_address = env_of(container)[f"CAG_{service.upper()}_HEALTH_ADDRESS"]

@@ -6,7 +6,13 @@ the service registers a collector that reads them at scrape time (see cag.cachep
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from cag.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry()
 
@@ -29,3 +35,10 @@ def serve_metrics(host: str, port: int) -> int:
     """Serve REGISTRY on http://host:port/metrics (port 0: any free one); returns the bound port."""
     server, _ = start_http_server(port, addr=host, registry=REGISTRY)
     return int(server.server_address[1])
+
+
+def serve_service_metrics(settings: ServiceSettings) -> None:
+    """A service's endpoint where its settings ask for one (metrics_port; 0: none), said in the log."""
+    if settings.metrics_port:
+        port = serve_metrics(settings.metrics_host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)

@@ -42,7 +42,7 @@ from cag.rpc.server import ServiceServer, build_server
 from cag.rpc.tls import client_tls, server_tls
 from cag.rpc.watch import RegistryFollower
 from cag.service_process import run_until_signalled
-from cag.telemetry.metrics import REGISTRY, serve_metrics
+from cag.telemetry.metrics import REGISTRY, serve_service_metrics
 from cag.v1 import cachepool_pb2_grpc, registry_pb2
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class CachePoolApp:
         servicer = CachePoolServicer(Answerer(pool, scheduler, prompts, self.executor), limits, replica_id=s.replica)
         if s.metrics_port:
             REGISTRY.register(PoolCollector(pool, scheduler))
-            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
+        serve_service_metrics(s)
         self.server = await build_server(
             [(cachepool_pb2_grpc.add_CachePoolServiceServicer_to_server, servicer)],
             [SERVICE_NAME],

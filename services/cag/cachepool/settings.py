@@ -11,12 +11,12 @@ from pydantic_settings import SettingsConfigDict
 from cag.cachepool.core import POLICIES, PoolSettings, PromotionRule, TierBudgets
 from cag.cachepool.core.admission import QueueLimits
 from cag.events.consumer import Redelivery
-from cag.settings import CagBaseSettings, default_engine, default_home
+from cag.settings import ServiceSettings, default_engine, default_home
 
 GIB = 1 << 30
 
 
-class CachePoolSettings(CagBaseSettings):
+class CachePoolSettings(ServiceSettings):
     """Validated when built: without NATS or the signing key the pool does not start."""
 
     model_config = SettingsConfigDict(env_prefix="CAG_CACHEPOOL_")
@@ -76,14 +76,6 @@ class CachePoolSettings(CagBaseSettings):
     num_threads: int | None = Field(
         default=None, validation_alias=AliasChoices("CAG_CACHEPOOL_NUM_THREADS", "CAG_NUM_THREADS")
     )
-    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
-    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
-    metrics_host: str = "127.0.0.1"
-    reflection: bool = False
-    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
-    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
-    health_address: str | None = None
-    shutdown_grace_s: float = 10.0
     # This replica among several (cag.events.replicas): its key in the announcement bucket; "" takes `instance`
     # (unique per pool process already: it names the process's NATS durables). It announces what it holds and
     # its load when they change (looked at every poll), and as a heartbeat; its key expires `announce_ttl_s`

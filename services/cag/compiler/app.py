@@ -26,7 +26,7 @@ from cag.rpc.clients import AsyncRegistryClient
 from cag.rpc.server import ServiceServer, build_server
 from cag.rpc.tls import client_tls, server_tls
 from cag.service_process import run_until_signalled
-from cag.telemetry.metrics import REGISTRY, serve_metrics
+from cag.telemetry.metrics import REGISTRY, serve_service_metrics
 from cag.v1 import compiler_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class CompilerApp:
         if s.metrics_port:
             self.collector = CompilerCollector(compiler)
             REGISTRY.register(self.collector)
-            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
+        serve_service_metrics(s)
         await self.server.start()
         log.info("compiler serving on %s", s.address)
 

@@ -10,10 +10,10 @@ from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
 from cag.objectstore import parse_s3_uri
-from cag.settings import CagBaseSettings, default_engine, default_home
+from cag.settings import ServiceSettings, default_engine, default_home
 
 
-class CompilerSettings(CagBaseSettings):
+class CompilerSettings(ServiceSettings):
     """Validated when built: without the database (jobs), NATS or the signing key the compiler does not start."""
 
     model_config = SettingsConfigDict(env_prefix="CAG_COMPILER_")
@@ -41,15 +41,6 @@ class CompilerSettings(CagBaseSettings):
     )
     # Compiler replicas sharing a group share its NATS durables: each invalidation is handled by one of them.
     group: str = Field(default="compiler", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    reflection: bool = False
-    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
-    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
-    health_address: str | None = None
-    shutdown_grace_s: float = 10.0
-    # Prometheus metrics on http://<metrics_host>:<port>/metrics, as the other services serve them.
-    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
-    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
-    metrics_host: str = "127.0.0.1"
     # Recompiles wait for a parent that is being rebuilt by redelivery with these delays (then give up).
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (2.0, 5.0, 15.0, 60.0, 300.0)

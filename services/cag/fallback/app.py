@@ -39,7 +39,7 @@ from cag.rpc.clients.compiler import AsyncCompilerClient
 from cag.rpc.server import ServiceServer, build_server
 from cag.rpc.tls import ClientTls, client_tls, server_tls
 from cag.service_process import run_until_signalled
-from cag.telemetry.metrics import serve_metrics
+from cag.telemetry.metrics import serve_service_metrics
 from cag.v1 import fallback_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ class FallbackApp:
             tls=listen_tls,
             health_address=s.health_address,
         )
-        if s.metrics_port:
-            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
+        serve_service_metrics(s)
         await self.server.start()
         log.info("fallback serving on %s", s.address)
 

@@ -10,13 +10,13 @@ from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
 from cag.fallback.promotion_settings import PromotionSettings
-from cag.settings import CagBaseSettings
+from cag.settings import ServiceSettings
 
 # A generic answering layout shipped with the service (the chat template's im_end boundary, as SmolLM2 has).
 DEFAULT_LAYOUT_FILE = Path(__file__).with_name("default_layout.json")
 
 
-class FallbackSettings(CagBaseSettings):
+class FallbackSettings(ServiceSettings):
     """Validated when built: without the database (the index), NATS or the signing key the fallback does not start."""
 
     model_config = SettingsConfigDict(env_prefix="CAG_FALLBACK_")
@@ -47,15 +47,6 @@ class FallbackSettings(CagBaseSettings):
     )
     # Fallback replicas sharing a group share its NATS durables: each source event is indexed by one of them.
     group: str = Field(default="fallback", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    reflection: bool = False
-    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
-    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
-    health_address: str | None = None
-    shutdown_grace_s: float = 10.0
-    # Prometheus metrics on http://<metrics_host>:<port>/metrics, as the other services serve them.
-    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
-    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
-    metrics_host: str = "127.0.0.1"
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0)
     event_ack_wait_s: float = 60.0

@@ -26,7 +26,7 @@ from cag.registry.settings import RegistrySettings
 from cag.rpc.server import ServiceServer, build_server
 from cag.rpc.tls import server_tls
 from cag.service_process import run_until_signalled, service_main
-from cag.telemetry.metrics import serve_metrics
+from cag.telemetry.metrics import serve_service_metrics
 from cag.v1 import registry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ class RegistryApp:
             tls=listen_tls,
             health_address=s.health_address,
         )
-        if s.metrics_port:
-            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
+        serve_service_metrics(s)
         await self.server.start()
         log.info("registry serving on %s", s.address)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
-from cag.settings import CagBaseSettings
+from cag.settings import ServiceSettings
 
 
-class RegistrySettings(CagBaseSettings):
+class RegistrySettings(ServiceSettings):
     """Validated when built: without a database, NATS or the signing key the registry does not start."""
 
     model_config = SettingsConfigDict(env_prefix="CAG_REGISTRY_")
@@ -24,17 +23,6 @@ class RegistrySettings(CagBaseSettings):
     outbox_poll_s: float = 0.02
     watch_poll_s: float = 0.1
     pool_size: int = 10
-    # Server reflection lists every method to anyone who can connect: for development only.
-    reflection: bool = False
-    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
-    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
-    health_address: str | None = None
-    # On SIGTERM: how long in-flight RPCs get to finish before they are cancelled.
-    shutdown_grace_s: float = 10.0
-    # Prometheus metrics on http://127.0.0.1:<port>/metrics, as the router and the cache pool serve them.
-    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
-    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
-    metrics_host: str = "127.0.0.1"
     # Redelivery of events whose handling fails (docs/events.md): tries, then the delays between them.
     event_max_deliver: int = 6
     event_backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)

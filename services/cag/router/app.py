@@ -33,7 +33,7 @@ from cag.rpc.server import ServiceServer, build_server
 from cag.rpc.tls import ClientTls, client_tls, server_tls
 from cag.rpc.watch import RegistryFollower
 from cag.service_process import run_until_signalled
-from cag.telemetry.metrics import serve_metrics
+from cag.telemetry.metrics import serve_service_metrics
 from cag.v1 import router_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,7 @@ class RouterApp:
         )
         await routes.caught_up.wait()
         self.tasks.append(asyncio.create_task(routes.reconcile_every(s.reconcile_interval_s), name="reconcile"))
-        if s.metrics_port:
-            log.info("metrics on http://%s:%d/metrics", s.metrics_host, serve_metrics(s.metrics_host, s.metrics_port))
+        serve_service_metrics(s)
         await self.server.start()
         log.info("router serving on %s", s.address)
 

@@ -9,10 +9,10 @@ from pydantic_settings import SettingsConfigDict
 
 from cag.events.consumer import Redelivery
 from cag.router.core.replicas import ReplicaPolicy
-from cag.settings import CagBaseSettings
+from cag.settings import ServiceSettings
 
 
-class RouterSettings(CagBaseSettings):
+class RouterSettings(ServiceSettings):
     """Validated when built: without NATS or the signing key the router does not start."""
 
     model_config = SettingsConfigDict(env_prefix="CAG_ROUTER_")
@@ -43,13 +43,6 @@ class RouterSettings(CagBaseSettings):
     reconcile_interval_s: float = Field(default=300.0, gt=0)
     registry_timeout_s: float = Field(default=5.0, gt=0)
     max_query_chars: int = Field(default=4096, ge=1, le=1_000_000)
-    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
-    # Where the metrics endpoint listens: loopback unless a scraper outside the host needs it (a pod: 0.0.0.0).
-    metrics_host: str = "127.0.0.1"
-    reflection: bool = False
-    # A second, plaintext port serving only the health service: where kubelet's gRPC probes (which speak no TLS)
-    # reach a service that listens with TLS (cag.rpc.tls). None: no such port.
-    health_address: str | None = None
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # Names this process's NATS durable: every router process applies every rule update.
     instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
