@@ -10,7 +10,7 @@ import pytest
 
 from cag.auth import ALL_TENANTS, Scope
 from cag.auth.tokens import issue_token, load_key
-from cag.infra.ports import free_port
+from cag.infra.ports import free_ports
 from cag.registry.app import RegistryApp
 from cag.registry.settings import RegistrySettings
 from cag.rpc.clients import AsyncRegistryClient
@@ -25,7 +25,8 @@ async def test_the_registry_serves_its_request_counts_on_the_metrics_host_and_po
     shared = InfraSettings(
         database_url=fresh_database.database_url, nats_url=infra.nats_url, auth_key_file=infra.auth_key_file
     )
-    address, metrics_port = f"127.0.0.1:{free_port()}", free_port()
+    grpc_port, metrics_port = free_ports(2)  # distinct: the same port on 127.0.0.1 would answer the refusal check
+    address = f"127.0.0.1:{grpc_port}"
     # Another loopback address than the default one: the endpoint listens where the setting says, and only there.
     settings = RegistrySettings(
         infra=shared, address=address, metrics_port=metrics_port, metrics_host="127.0.0.2", shutdown_grace_s=0
