@@ -9,7 +9,6 @@ are closed with this one. The files are looked at no more than once a second.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -17,20 +16,19 @@ from typing import Any
 
 import grpc
 
-from cag.errors import InvalidInputError
-from cag.rpc.tls import ClientTls
-
-log = logging.getLogger(__name__)
+from cag.rpc.tls import ClientTls, FollowedFiles
 
 CHECK_INTERVAL_S = 1.0
 
 
 class ReloadingChannel(grpc.aio.Channel):
     def __init__(self, build: Callable[[ClientTls], grpc.aio.Channel], tls: ClientTls) -> None:
-        self._build, self._tls = build, tls
+        if tls.files is None:
+            raise ValueError("a reloading channel follows the files its TLS was read from: give ClientTls.from_files")
+        self._build = build
+        self._tls = FollowedFiles(tls.files.paths(), tls.reread, tls)
         self._channel = build(tls)
         self._retired: list[grpc.aio.Channel] = []
-        self._stamp = tls.stamp()
         self._checked_at = time.monotonic()
         self.generation = 0  # how many times the files were read again
 
@@ -39,22 +37,12 @@ class ReloadingChannel(grpc.aio.Channel):
         now = time.monotonic()
         if now - self._checked_at >= CHECK_INTERVAL_S:
             self._checked_at = now
-            self._reload_if_changed()
+            renewed = self._tls.changed()
+            if renewed is not None:
+                self._retired.append(self._channel)
+                self._channel = self._build(renewed)
+                self.generation += 1
         return self._channel
-
-    def _reload_if_changed(self) -> None:
-        try:
-            stamp = self._tls.stamp()
-            if stamp == self._stamp:
-                return
-            tls = self._tls.reread()
-        except (OSError, InvalidInputError) as e:  # mid-rotation: keep presenting the files read last
-            log.warning("TLS files changed but cannot be read (%s); the channel keeps the ones read before", e)
-            return
-        self._retired.append(self._channel)
-        self._channel, self._tls, self._stamp = self._build(tls), tls, stamp
-        self.generation += 1
-        log.info("TLS client certificate reloaded: new connections present the renewed one")
 
     async def close(self, grace: float | None = None) -> None:
         for channel in (*self._retired, self._channel):

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import grpc
 
@@ -28,6 +30,8 @@ from cag.settings import CagBaseSettings
 PEM_MARKER = b"-----BEGIN "
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,10 @@ class ServerTls:
     client_ca_file: Path | None  # None: no client certificate is asked for
 
     def credentials(self) -> grpc.ServerCredentials:
-        reloader = _Reloader(self)
+        followed = FollowedFiles(self.files(), self.configuration)
         return grpc.dynamic_ssl_server_credentials(  # the stubs miss that the fetcher may answer None (no change)
-            reloader.loaded,
-            reloader.fetch,  # type: ignore[arg-type]
+            followed.value,
+            followed.changed,  # type: ignore[arg-type]
             require_client_authentication=self.client_ca_file is not None,
         )
 
@@ -58,37 +62,33 @@ class ServerTls:
         return (self.cert_file, self.key_file, *([] if self.client_ca_file is None else [self.client_ca_file]))
 
 
-class _Reloader:
-    """gRPC asks `fetch` at every handshake: a new configuration when the files changed since the last one read
-    (by modification time, size and inode: a Secret update swaps a symbolic link), else None (keep the current)."""
+class FollowedFiles(Generic[T]):
+    """A value read from files, read again when they changed: by modification time, size and inode (a Secret
+    update swaps a symbolic link). What a server's TLS configuration and a client channel's TLS are kept in."""
 
-    def __init__(self, tls: ServerTls) -> None:
-        self._tls = tls
-        self._seen = self._stamp()
-        self.loaded = tls.configuration()
+    def __init__(self, paths: tuple[Path, ...], read: Callable[[], T], value: T | None = None) -> None:
+        """`value`: what `read` gave a moment ago (None: read now)."""
+        self._paths, self._read = paths, read
+        self._stamp = _stamp(paths)
+        self.value = read() if value is None else value
 
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+    def changed(self) -> T | None:
+        """The value read again when the files changed since it was last read, else None. Files that changed but
+        cannot be read (mid-rotation) keep the value read before: None, and a warning."""
         try:
-            stamp = self._stamp()
-            if stamp == self._seen:
+            stamp = _stamp(self._paths)
+            if stamp == self._stamp:
                 return None
-            configuration = self._tls.configuration()
-        except (OSError, InvalidInputError) as e:  # mid-rotation: serve the certificate read last, try again later
-            log.warning("TLS files changed but cannot be read (%s); serving the certificate read before", e)
+            value = self._read()
+        except (OSError, InvalidInputError) as e:
+            log.warning("TLS files changed but cannot be read (%s); keeping the ones read before", e)
             return None
-        self._seen = stamp
-        log.info("TLS certificate reloaded from %s", self._tls.cert_file)
-        return configuration
-
-    def _stamp(self) -> FilesStamp:
-        return files_stamp(self._tls.files())
+        self._stamp, self.value = stamp, value
+        log.info("TLS files read again: %s", ", ".join(str(path) for path in self._paths))
+        return value
 
 
-# What says whether files changed: each one's modification time, size and inode (a Secret update swaps a link).
-FilesStamp = tuple[tuple[int, int, int], ...]
-
-
-def files_stamp(paths: tuple[Path, ...]) -> FilesStamp:
+def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
     """OSError when one is missing."""
     return tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in (os.stat(path) for path in paths))
 
@@ -135,10 +135,6 @@ class ClientTls:
             server_name=server_name,
             files=TlsFiles(*(None if f is None else Path(f) for f in (ca_file, cert_file, key_file))),
         )
-
-    def stamp(self) -> FilesStamp:
-        """The files' stamp now (empty without files); OSError when one is missing."""
-        return () if self.files is None else files_stamp(self.files.paths())
 
     def reread(self) -> ClientTls:
         """The same TLS from the files as they are now; InvalidInputError for one unreadable or not PEM."""
